@@ -1,0 +1,1 @@
+"""llmux: an LLM gateway as an Envoy external processor."""

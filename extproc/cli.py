@@ -1,0 +1,117 @@
+"""The `llmux` command: wiring only (parse args, load config, build objects, run)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from extproc import children, config, envoy_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="llmux", description="LLM gateway on Envoy ext_proc")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (
+        ("up", "run Envoy, the ext_proc and (if needed) an embedded Valkey"),
+        ("check", "validate a config (schema, references, env vars, Envoy validation)"),
+        ("envoy-config", "print the Envoy bootstrap generated from a config"),
+        ("serve", "run only the ext_proc gRPC server (Envoy runs elsewhere)"),
+    ):
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("--config", "-c", required=True, help="llmux YAML config")
+        if name == "serve":
+            sub.add_argument("--port", type=int, help="gRPC port (default: extproc.port)")
+        if name == "up":
+            sub.add_argument("--log-dir", help="where child logs go (default: a temp dir)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        cfg = config.load(args.config)
+    except config.ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    handlers = {"up": _up, "check": _check, "envoy-config": _envoy_config, "serve": _serve}
+    return handlers[args.command](args, cfg)
+
+
+def _envoy_config(args: argparse.Namespace, cfg: config.Config) -> int:
+    json.dump(envoy_config.bootstrap(cfg), sys.stdout, indent=2)
+    print()
+    return 0
+
+
+def _check(args: argparse.Namespace, cfg: config.Config) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "envoy.json"
+        path.write_text(json.dumps(envoy_config.bootstrap(cfg)))
+        result = subprocess.run(
+            [children.envoy_binary(), "--mode", "validate", "-c", str(path), "-l", "error"],
+            capture_output=True, text=True, check=False,
+        )
+    if result.returncode != 0:
+        print(f"{args.config}: generated Envoy config is invalid:\n{result.stdout}{result.stderr}",
+              file=sys.stderr)
+        return 2
+    print(f"{args.config}: OK ({len(cfg.providers)} providers, {len(cfg.models)} models)")
+    return 0
+
+
+def _serve(args: argparse.Namespace, cfg: config.Config) -> int:
+    from extproc import server
+
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(server.serve(cfg, port=args.port))
+    return 0
+
+
+def _up(args: argparse.Namespace, cfg: config.Config) -> int:
+    log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="llmux-"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    procs: list[subprocess.Popen[bytes]] = []
+    stopping = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        env = dict(os.environ)
+        if cfg.store.url is None:
+            port = children.free_port()
+            procs.append(children.start_valkey(port, log_dir / "valkey.log"))
+            env["LLMUX_STORE_URL"] = f"redis://127.0.0.1:{port}/0"
+        procs.append(children.start_extproc(args.config, cfg.extproc.port, log_dir / "extproc.log", env))
+        bootstrap = log_dir / "envoy.json"
+        bootstrap.write_text(json.dumps(envoy_config.bootstrap(cfg)))
+        procs.append(children.start_envoy(bootstrap, cfg.listen.port, log_dir / "envoy.log"))
+        print(f"llmux listening on http://{cfg.listen.address}:{cfg.listen.port} (logs: {log_dir})",
+              flush=True)
+        while not stopping:
+            for proc in procs:
+                if proc.poll() is not None:
+                    print(f"llmux: {proc.args[0]} exited with code {proc.returncode}; "
+                          f"see {log_dir}", file=sys.stderr)
+                    return 1
+            time.sleep(0.2)
+        return 0
+    except children.ChildError as exc:
+        print(f"llmux: {exc}; see {log_dir}", file=sys.stderr)
+        return 1
+    finally:
+        children.stop_all(procs)

@@ -1,0 +1,76 @@
+"""Which client API a request speaks, from its method and path alone.
+
+Owns the table of public endpoints. Knows nothing of Envoy or providers.
+"""
+
+from __future__ import annotations
+
+import re
+from types import ModuleType
+from typing import Literal, NamedTuple
+
+from extproc.formats import anthropic_messages, gemini_generate, ollama_chat, openai_chat
+
+Dialect = Literal["openai", "anthropic", "gemini", "ollama"]
+Operation = Literal["chat", "embeddings", "models", "tags", "generate"]
+
+CODECS: dict[str, ModuleType] = {
+    "openai": openai_chat,
+    "anthropic": anthropic_messages,
+    "gemini": gemini_generate,
+    "ollama": ollama_chat,
+}
+
+
+class Endpoint(NamedTuple):
+    dialect: Dialect
+    operation: Operation
+    path_model: str | None = None  # Gemini names the model in the path
+    path_stream: bool = False  # Gemini's :streamGenerateContent
+
+    @property
+    def codec(self) -> ModuleType:
+        return CODECS[self.dialect]
+
+
+_EXACT: dict[tuple[str, str], Endpoint] = {
+    ("POST", "/v1/chat/completions"): Endpoint("openai", "chat"),
+    ("POST", "/v1/embeddings"): Endpoint("openai", "embeddings"),
+    ("GET", "/v1/models"): Endpoint("openai", "models"),
+    ("POST", "/v1/messages"): Endpoint("anthropic", "chat"),
+    ("POST", "/api/chat"): Endpoint("ollama", "chat"),
+    ("POST", "/api/embed"): Endpoint("ollama", "embeddings"),
+    ("POST", "/api/generate"): Endpoint("ollama", "generate"),
+    ("GET", "/api/tags"): Endpoint("ollama", "tags"),
+}
+
+# google-genai 3.x calls /v1/models/..., older clients /v1beta/models/... (DESIGN.md).
+_GEMINI = re.compile(
+    r"^/v1(?:beta|alpha)?/models/(?P<model>[^/:]+):(?P<method>generateContent|streamGenerateContent|embedContent|batchEmbedContents)$"
+)
+
+
+def classify(method: str, path: str) -> Endpoint | None:
+    """The endpoint for a request line, or None when it is not ours."""
+    bare = path.split("?", 1)[0]
+    found = _EXACT.get((method, bare))
+    if found is not None:
+        return found
+    match = _GEMINI.match(bare)
+    if match is None or method != "POST":
+        return None
+    gemini_method = match.group("method")
+    operation: Operation = "chat" if "generate" in gemini_method.lower() else "embeddings"
+    stream = gemini_method == "streamGenerateContent"
+    return Endpoint("gemini", operation, match.group("model"), stream)
+
+
+def dialect_for_path(path: str) -> Dialect:
+    """Best guess of the client's dialect for an unknown path, for the error shape."""
+    if path.startswith("/api/"):
+        return "ollama"
+    if path.startswith("/v1beta/") or ":generateContent" in path:
+        return "gemini"
+    if path.startswith("/v1/messages"):
+        return "anthropic"
+    return "openai"

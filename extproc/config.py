@@ -1,0 +1,233 @@
+"""Typed, frozen llmux configuration: YAML file -> validated structs.
+
+The only module that reads os.environ (for `${VAR}` expansion). Errors name the
+file, the field path and why, so `llmux check` can print them as they are.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import msgspec
+import yaml
+
+ProviderType = Literal["openai", "azure_openai", "anthropic", "gemini", "ollama"]
+
+
+class ConfigError(Exception):
+    """An invalid configuration, with every problem found."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__("\n".join(f"{source}: {p}" for p in problems))
+
+
+class Listen(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    address: str = "127.0.0.1"
+    port: int = 8080
+
+
+class EnvoyAdmin(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    port: int = 9901  # always bound to 127.0.0.1
+
+
+class ExtProc(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    address: str = "127.0.0.1"
+    port: int = 50051  # gRPC port Envoy calls
+    admin_port: int = 9090  # HTTP admin/metrics of the ext_proc, loopback only
+    message_timeout_ms: int = 5000  # Envoy waits this long for each ext_proc answer
+
+
+class Timeouts(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    connect_ms: int = 5000  # TCP/TLS connect to a provider
+    request_s: float = 600.0  # whole request including a streamed response
+    idle_s: float = 120.0  # no bytes in either direction on an open stream
+
+
+class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    max_body_bytes: int = 10 * 1024 * 1024
+
+
+class Credential(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: str
+    api_key: str = ""
+    rpm: int | None = None
+    tpm: int | None = None
+
+    def __repr__(self) -> str:  # keys never reach logs through a repr
+        return f"Credential(name={self.name!r}, rpm={self.rpm}, tpm={self.tpm})"
+
+
+class Provider(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: str
+    type: ProviderType
+    base_url: str
+    api_key: str | None = None
+    credentials: list[Credential] = []
+    api_version: str | None = None  # azure_openai `api-version`
+    anthropic_version: str = "2023-06-01"
+
+    @property
+    def all_credentials(self) -> list[Credential]:
+        if self.credentials:
+            return self.credentials
+        return [Credential(name="default", api_key=self.api_key or "")]
+
+    @property
+    def url(self) -> UpstreamURL:
+        return UpstreamURL.parse(self.base_url)
+
+    def __repr__(self) -> str:
+        return f"Provider(name={self.name!r}, type={self.type!r}, base_url={self.base_url!r})"
+
+
+class Target(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    provider: str
+    model: str
+    weight: int = 1
+    priority: int = 0
+
+
+class Model(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: str
+    targets: list[Target]
+
+
+class Store(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    url: str | None = None  # None -> `llmux up` starts an embedded server
+    on_error: Literal["open", "closed"] = "open"
+
+
+class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    providers: list[Provider]
+    models: list[Model]
+    listen: Listen = Listen()
+    admin: EnvoyAdmin = EnvoyAdmin()
+    extproc: ExtProc = ExtProc()
+    timeouts: Timeouts = Timeouts()
+    limits: Limits = Limits()
+    store: Store = Store()
+
+    def provider(self, name: str) -> Provider:
+        return next(p for p in self.providers if p.name == name)
+
+    def model(self, name: str) -> Model | None:
+        return next((m for m in self.models if m.name == name), None)
+
+
+class UpstreamURL(msgspec.Struct, frozen=True):
+    """A provider base_url split into what Envoy needs."""
+
+    tls: bool
+    host: str
+    port: int
+    prefix: str  # path prefix without trailing slash, "" for none
+
+    @classmethod
+    def parse(cls, url: str) -> UpstreamURL:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"base_url must be http(s)://host[:port][/prefix], got {url!r}")
+        tls = parts.scheme == "https"
+        port = parts.port or (443 if tls else 80)
+        return cls(tls=tls, host=parts.hostname, port=port, prefix=parts.path.rstrip("/"))
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(node: Any, env: Mapping[str, str], path: str, missing: list[str]) -> Any:
+    """Replace ${VAR} / ${VAR:-default} in every string of a YAML tree; collect the missing."""
+    if isinstance(node, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name not in env and default is not None:
+                return default
+            if name not in env:
+                missing.append(f"{path}: environment variable {name} is not set")
+                return ""
+            return env[name]
+
+        return _VAR.sub(substitute, node)
+    if isinstance(node, list):
+        return [expand_env(v, env, f"{path}[{i}]", missing) for i, v in enumerate(node)]
+    if isinstance(node, dict):
+        return {k: expand_env(v, env, f"{path}.{k}", missing) for k, v in node.items()}
+    return node
+
+
+def load(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    source = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(source, [f"cannot read: {exc.strerror}"]) from None
+    return parse(text, source=source, env=os.environ if env is None else env)
+
+
+def parse(text: str, *, source: str = "<config>", env: Mapping[str, str]) -> Config:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, [f"invalid YAML: {exc}"]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(source, ["the top level must be a mapping"])
+    missing: list[str] = []
+    raw = expand_env(raw, env, "$", missing)
+    if missing:
+        raise ConfigError(source, missing)
+    try:
+        config = msgspec.convert(raw, Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(source, [str(exc)]) from None
+    problems = check_references(config)
+    if problems:
+        raise ConfigError(source, problems)
+    return config
+
+
+def check_references(config: Config) -> list[str]:
+    """Cross-field rules msgspec cannot express."""
+    problems: list[str] = []
+    names = [p.name for p in config.providers]
+    for i, provider in enumerate(config.providers):
+        at = f"$.providers[{i}]"
+        if names.count(provider.name) > 1:
+            problems.append(f"{at}.name: duplicate provider name {provider.name!r}")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", provider.name):
+            problems.append(f"{at}.name: use letters, digits, '_', '.', '-' only")
+        try:
+            UpstreamURL.parse(provider.base_url)
+        except ValueError as exc:
+            problems.append(f"{at}.base_url: {exc}")
+        if provider.api_key is not None and provider.credentials:
+            problems.append(f"{at}: give either api_key or credentials, not both")
+        if provider.type != "ollama" and not any(c.api_key for c in provider.all_credentials):
+            problems.append(f"{at}: a {provider.type} provider needs api_key or credentials")
+        if provider.type == "azure_openai" and not provider.api_version:
+            problems.append(f"{at}.api_version: required for azure_openai")
+    model_names = [m.name for m in config.models]
+    for i, model in enumerate(config.models):
+        at = f"$.models[{i}]"
+        if model_names.count(model.name) > 1:
+            problems.append(f"{at}.name: duplicate model name {model.name!r}")
+        if not model.targets:
+            problems.append(f"{at}.targets: at least one target is needed")
+        for j, target in enumerate(model.targets):
+            if target.provider not in names:
+                problems.append(
+                    f"{at}.targets[{j}].provider: unknown provider {target.provider!r}"
+                    f" (known: {', '.join(names) or 'none'})"
+                )
+            if target.weight < 1:
+                problems.append(f"{at}.targets[{j}].weight: must be >= 1")
+            if target.priority < 0:
+                problems.append(f"{at}.targets[{j}].priority: must be >= 0")
+    return problems

@@ -1,0 +1,351 @@
+"""llmux config -> Envoy bootstrap (one source of truth for both processes).
+
+Layout of the generated bootstrap:
+  listener -> HCM -> [ext_proc "llmux.router"] -> router
+    The router-phase ext_proc parses the client body once, answers what it can
+    itself, and names the model's cluster in `x-llmux-cluster`.
+  one cluster per client model, one endpoint per target (priority/weight from the
+  config, metadata naming the target) with an upstream (per-attempt) ext_proc
+  "llmux.upstream" that translates the body for that attempt's provider.
+Envoy's own retries move a failed attempt to the next target; Python never
+proxies bytes. This module builds plain dicts and does no I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from extproc.config import Config, Model, Provider
+
+EXTPROC_CLUSTER = "llmux_extproc"
+CLUSTER_HEADER = "x-llmux-cluster"
+CLIENT_HEADER = "x-llmux-client"  # client API id, set by the router phase
+METADATA_NAMESPACE = "llmux"
+TARGET_KEY = "llmux_target"  # endpoint metadata naming the target index of the model
+ROUTER_FILTER = "llmux.router"
+UPSTREAM_FILTER = "llmux.upstream"
+PHASE_METADATA = "x-llmux-phase"  # gRPC metadata telling the ext_proc which filter calls
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+
+_T = "type.googleapis.com/"
+_HCM = _T + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+_EXT_PROC = _T + "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
+_ROUTER = _T + "envoy.extensions.filters.http.router.v3.Router"
+_CODEC = _T + "envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"
+_HTTP_OPTIONS = _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_TLS = _T + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+_HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+def model_cluster_name(index: int) -> str:
+    """Cluster names never carry user strings; the index is stable for one config."""
+    return f"llmux_model_{index}"
+
+
+def bootstrap(config: Config, *, extproc_ports: list[int] | None = None) -> dict[str, Any]:
+    ports = extproc_ports or [config.extproc.port]
+    return {
+        "node": {"id": "llmux", "cluster": "llmux"},
+        "admin": {"address": _socket("127.0.0.1", config.admin.port)},
+        "static_resources": {
+            "listeners": [_listener(config)],
+            "clusters": [
+                _extproc_cluster(config, ports),
+                *(_model_cluster(config, i, m) for i, m in enumerate(config.models)),
+            ],
+        },
+        "layered_runtime": {
+            "layers": [
+                {
+                    "name": "static",
+                    "static_layer": {"overload.global_downstream_max_connections": 50000},
+                }
+            ]
+        },
+    }
+
+
+def _socket(address: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": address, "port_value": port}}
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}s"
+
+
+def _listener(config: Config) -> dict[str, Any]:
+    hcm = {
+        "@type": _HCM,
+        "stat_prefix": "llmux",
+        "codec_type": "AUTO",
+        "use_remote_address": True,
+        "server_name": "llmux",
+        "stream_idle_timeout": _seconds(config.timeouts.idle_s),
+        "request_timeout": "0s",  # bodies may stream slowly; idle timeout bounds them
+        "local_reply_config": local_reply_config(),
+        "route_config": _route_config(config),
+        "http_filters": [
+            {"name": ROUTER_FILTER, "typed_config": _router_ext_proc(config)},
+            {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}},
+        ],
+    }
+    return {
+        "name": "llmux",
+        "address": _socket(config.listen.address, config.listen.port),
+        "per_connection_buffer_limit_bytes": config.limits.max_body_bytes,
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
+        ],
+    }
+
+
+def _route_config(config: Config) -> dict[str, Any]:
+    routes = [_model_route(config, i, m) for i, m in enumerate(config.models)]
+    # Unreachable when the ext_proc works: it answers or names a cluster for every request.
+    routes.append(
+        {
+            "match": {"prefix": "/"},
+            "direct_response": {
+                "status": 404,
+                "body": {"inline_string": '{"error":{"message":"no route","type":"not_found"}}'},
+            },
+        }
+    )
+    return {
+        "name": "llmux",
+        "virtual_hosts": [
+            {
+                "name": "llmux",
+                "domains": ["*"],
+                "include_request_attempt_count": True,
+                "include_attempt_count_in_response": True,
+                "routes": routes,
+            }
+        ],
+    }
+
+
+def _model_route(config: Config, index: int, model: Model) -> dict[str, Any]:
+    cluster = model_cluster_name(index)
+    route: dict[str, Any] = {
+        "cluster": cluster,
+        "timeout": _seconds(config.timeouts.request_s),
+        "idle_timeout": _seconds(config.timeouts.idle_s),
+        "auto_host_rewrite": True,
+    }
+    if len(model.targets) > 1:
+        route["retry_policy"] = _retry_policy(model)
+    return {
+        "match": {
+            "prefix": "/",
+            "headers": [{"name": CLUSTER_HEADER, "string_match": {"exact": cluster}}],
+        },
+        "route": route,
+    }
+
+
+def _retry_policy(model: Model) -> dict[str, Any]:
+    """Fallback to the next target before the first byte reaches the client."""
+    return {
+        "retry_on": "connect-failure,refused-stream,reset-before-request,retriable-status-codes,5xx",
+        "retriable_status_codes": [429],
+        "num_retries": len(model.targets) - 1,
+        "retry_host_predicate": [
+            {
+                "name": "envoy.retry_host_predicates.previous_hosts",
+                "typed_config": {
+                    "@type": _T
+                    + "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+                },
+            }
+        ],
+        "host_selection_retry_max_attempts": 5,
+        "retry_back_off": {"base_interval": "0.01s", "max_interval": "0.05s"},
+    }
+
+
+def _processing_mode(**overrides: str) -> dict[str, str]:
+    mode = {
+        "request_header_mode": "SEND",
+        "response_header_mode": "SKIP",
+        "request_body_mode": "BUFFERED",
+        "response_body_mode": "NONE",
+        "request_trailer_mode": "SKIP",
+        "response_trailer_mode": "SKIP",
+    }
+    mode.update(overrides)
+    return mode
+
+
+def _grpc_service(phase: str) -> dict[str, Any]:
+    return {
+        "envoy_grpc": {"cluster_name": EXTPROC_CLUSTER},
+        "initial_metadata": [{"key": PHASE_METADATA, "value": phase}],
+    }
+
+
+def _router_ext_proc(config: Config) -> dict[str, Any]:
+    return {
+        "@type": _EXT_PROC,
+        "grpc_service": _grpc_service("router"),
+        "failure_mode_allow": False,
+        "message_timeout": f"{config.extproc.message_timeout_ms / 1000:g}s",
+        "processing_mode": _processing_mode(),
+        "status_on_error": {"code": 503},
+    }
+
+
+def _upstream_ext_proc(config: Config) -> dict[str, Any]:
+    return {
+        "@type": _EXT_PROC,
+        "grpc_service": _grpc_service("upstream"),
+        "failure_mode_allow": False,
+        "message_timeout": f"{config.extproc.message_timeout_ms / 1000:g}s",
+        # Response body mode is chosen per response (stream or not) by mode_override.
+        "processing_mode": _processing_mode(response_header_mode="SEND"),
+        "allow_mode_override": True,
+        "request_attributes": ["xds.upstream_host_metadata"],
+        "mutation_rules": {"allow_all_routing": True},
+        "status_on_error": {"code": 503},
+    }
+
+
+def _extproc_cluster(config: Config, ports: list[int]) -> dict[str, Any]:
+    window = 16 * 1024 * 1024  # large prompts travel in one gRPC message
+    endpoints = [{"endpoint": {"address": _socket(config.extproc.address, p)}} for p in ports]
+    return {
+        "name": EXTPROC_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "per_connection_buffer_limit_bytes": 2 * config.limits.max_body_bytes,
+        "typed_extension_protocol_options": {
+            _HTTP_OPTIONS_KEY: {
+                "@type": _HTTP_OPTIONS,
+                "explicit_http_config": {
+                    "http2_protocol_options": {
+                        "initial_stream_window_size": window,
+                        "initial_connection_window_size": window,
+                    }
+                },
+            }
+        },
+        "load_assignment": {"cluster_name": EXTPROC_CLUSTER, "endpoints": [{"lb_endpoints": endpoints}]},
+    }
+
+
+def _model_cluster(config: Config, index: int, model: Model) -> dict[str, Any]:
+    name = model_cluster_name(index)
+    priorities = sorted({t.priority for t in model.targets})
+    localities = []
+    any_tls = False
+    for priority in priorities:
+        lb_endpoints = []
+        for t_index, target in enumerate(model.targets):
+            if target.priority != priority:
+                continue
+            provider = config.provider(target.provider)
+            any_tls = any_tls or provider.url.tls
+            lb_endpoints.append(_target_endpoint(provider, t_index, target.weight))
+        localities.append({"priority": priorities.index(priority), "lb_endpoints": lb_endpoints})
+    cluster: dict[str, Any] = {
+        "name": name,
+        "type": "STRICT_DNS",
+        "dns_lookup_family": "V4_PREFERRED",
+        "connect_timeout": f"{config.timeouts.connect_ms / 1000:g}s",
+        "per_connection_buffer_limit_bytes": config.limits.max_body_bytes,
+        "typed_extension_protocol_options": {_HTTP_OPTIONS_KEY: _upstream_options(config, any_tls)},
+        "load_assignment": {"cluster_name": name, "endpoints": localities},
+    }
+    if any_tls:
+        cluster["transport_socket_matches"] = [_tls_match()]
+    return cluster
+
+
+def _target_endpoint(provider: Provider, target_index: int, weight: int) -> dict[str, Any]:
+    url = provider.url
+    return {
+        "endpoint": {"address": _socket(url.host, url.port), "hostname": url.host},
+        "load_balancing_weight": weight,
+        "metadata": {
+            "filter_metadata": {
+                METADATA_NAMESPACE: {TARGET_KEY: target_index, "provider": provider.name},
+                "envoy.transport_socket_match": {"tls": url.tls},
+            }
+        },
+    }
+
+
+def _upstream_options(config: Config, tls: bool) -> dict[str, Any]:
+    return {
+        "@type": _HTTP_OPTIONS,
+        "explicit_http_config": {"http_protocol_options": {}},
+        "upstream_http_protocol_options": {"auto_sni": True, "auto_san_validation": tls},
+        "http_filters": [
+            {"name": UPSTREAM_FILTER, "typed_config": _upstream_ext_proc(config)},
+            {"name": "envoy.filters.http.upstream_codec", "typed_config": {"@type": _CODEC}},
+        ],
+    }
+
+
+def _tls_match() -> dict[str, Any]:
+    return {
+        "name": "tls",
+        "match": {"tls": True},
+        "transport_socket": {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": _TLS,
+                "common_tls_context": {
+                    "validation_context": {"trusted_ca": {"filename": CA_BUNDLE}}
+                },
+            },
+        },
+    }
+
+
+# Envoy's own local replies (upstream connect failure, timeout, no healthy host)
+# are reshaped into the client's error format. Replies the ext_proc sends itself
+# carry no response flag and are left alone.
+_ENVOY_FAILURE_FLAGS = ["UF", "UH", "UT", "URX", "UO", "UC", "NR", "UMSDR", "LH", "DT", "SI"]
+
+_ERROR_BODIES: dict[str, dict[str, Any]] = {
+    "openai": {
+        "error": {
+            "message": "%LOCAL_REPLY_BODY%",
+            "type": "upstream_error",
+            "param": None,
+            "code": "%RESPONSE_CODE%",
+        }
+    },
+    "anthropic": {"type": "error", "error": {"type": "api_error", "message": "%LOCAL_REPLY_BODY%"}},
+    "gemini": {
+        "error": {"code": "%RESPONSE_CODE%", "message": "%LOCAL_REPLY_BODY%", "status": "UNAVAILABLE"}
+    },
+    "ollama": {"error": "%LOCAL_REPLY_BODY%"},
+}
+
+
+def local_reply_config() -> dict[str, Any]:
+    mappers = []
+    for dialect in ("anthropic", "gemini", "ollama", "openai"):
+        flag_filter = {"response_flag_filter": {"flags": _ENVOY_FAILURE_FLAGS}}
+        header_filter = {
+            "header_filter": {
+                "header": {"name": CLIENT_HEADER, "string_match": {"exact": dialect}}
+            }
+        }
+        match = (
+            flag_filter
+            if dialect == "openai"
+            else {"and_filter": {"filters": [flag_filter, header_filter]}}
+        )
+        mappers.append(
+            {
+                "filter": match,
+                "body_format_override": {
+                    "json_format": _ERROR_BODIES[dialect],
+                    "content_type": "application/json",
+                },
+            }
+        )
+    return {"mappers": mappers}

@@ -1,0 +1,116 @@
+"""The grpc.aio ext_proc server: one Process stream per HTTP request phase chain.
+
+Thin by design: it reads ProcessingRequests, hands each phase to the stream's
+state machine and writes exactly one ProcessingResponse back, in order. The
+per-stream guard is the one place that catches every exception: the client then
+gets a clean error in its own dialect instead of a broken stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from extproc import envoy_msgs, ir
+from extproc.config import Config
+from extproc.envoy_config import PHASE_METADATA
+from extproc.pb import ext_proc_grpc, ext_proc_pb2
+from extproc.processor import Action, RouterStream, Routes, UpstreamStream, error_response
+
+log = logging.getLogger("llmux.server")
+
+_UNLIMITED = [
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.max_send_message_length", -1),
+    ("grpc.so_reuseport", 1),
+]
+
+
+def _phase_of(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == PHASE_METADATA:
+            return str(value)
+    return "router"
+
+
+class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
+    def __init__(self, routes: Routes) -> None:
+        self.routes = routes
+        self.active = 0
+
+    async def Process(  # noqa: N802 - gRPC method name
+        self,
+        request_iterator: AsyncIterator[ext_proc_pb2.ProcessingRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[ext_proc_pb2.ProcessingResponse]:
+        upstream = _phase_of(context) == "upstream"
+        stream: RouterStream | UpstreamStream = (
+            UpstreamStream(self.routes) if upstream else RouterStream(self.routes)
+        )
+        self.active += 1
+        try:
+            async for request in request_iterator:
+                phase = request.WhichOneof("request")
+                if phase is None:
+                    continue
+                yield envoy_msgs.response_for(phase, self._guarded(stream, phase, request))
+        finally:
+            self.active -= 1
+
+    def _guarded(
+        self, stream: RouterStream | UpstreamStream, phase: str, request: ext_proc_pb2.ProcessingRequest
+    ) -> Action:
+        try:
+            return dispatch(stream, phase, request)
+        except Exception:  # the per-stream guard: answer cleanly, never a stack trace
+            log.exception("ext_proc phase %s failed", phase)
+            info = ir.ErrorInfo(kind="server_error", message="internal error in the gateway")
+            return error_response(stream.dialect, info)
+
+
+def dispatch(
+    stream: RouterStream | UpstreamStream, phase: str, request: ext_proc_pb2.ProcessingRequest
+) -> Action:
+    if phase == "request_headers":
+        headers = envoy_msgs.header_dict(request.request_headers)
+        if isinstance(stream, UpstreamStream):
+            return stream.request_headers(headers, envoy_msgs.upstream_target(request))
+        return stream.request_headers(headers, request.request_headers.end_of_stream)
+    if phase == "request_body":
+        body = request.request_body
+        if isinstance(stream, UpstreamStream):
+            return stream.request_body(body.body)
+        return stream.request_body(body.body, body.end_of_stream)
+    assert isinstance(stream, UpstreamStream), f"router phase got {phase}"
+    if phase == "response_headers":
+        return stream.response_headers(envoy_msgs.header_dict(request.response_headers))
+    if phase == "response_body":
+        return stream.response_body(request.response_body.body, request.response_body.end_of_stream)
+    raise ValueError(f"unexpected ext_proc phase {phase}")
+
+
+async def serve(config: Config, *, port: int | None = None, drain_seconds: float = 30.0) -> None:
+    """Serve until SIGTERM/SIGINT, then drain in-flight streams and return."""
+    server = grpc.aio.server(options=_UNLIMITED)
+    processor = ExternalProcessor(Routes(config))
+    ext_proc_grpc.add_ExternalProcessorServicer_to_server(processor, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    address = f"{config.extproc.address}:{port or config.extproc.port}"
+    server.add_insecure_port(address)
+    await server.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    log.info("ext_proc listening on %s", address)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("draining %d in-flight streams (up to %gs)", processor.active, drain_seconds)
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(drain_seconds)

