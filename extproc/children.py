@@ -92,9 +92,9 @@ def start_envoy(bootstrap: Path, listen_port: int, log: Path, *, level: str = "w
 
 
 def _spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    handle = log.open("ab")
-    return subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)
+    with log.open("ab") as handle:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
 
 
 def stop_all(procs: list[subprocess.Popen[bytes]], timeout: float = 10.0) -> None:

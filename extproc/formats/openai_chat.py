@@ -229,7 +229,7 @@ _KIND_BY_TYPE: dict[str, ir.ErrorKind] = {
     "overloaded_error": "overloaded",
     "timeout_error": "timeout",
 }
-_SECRET = re.compile(r"\b(sk|key)-[A-Za-z0-9_*\-]{4,}")
+_SECRET = re.compile(r"\bsk-[A-Za-z0-9_*\-]{4,}")
 
 
 # ================================================================ client side: requests
@@ -795,7 +795,16 @@ class StreamDecoder:
     before finish (encoders such as Anthropic's need both in one event).
     """
 
-    __slots__ = ("_done", "_finish", "_finish_sent", "_last_key", "_sse", "_started", "_tools")
+    __slots__ = (
+        "_cut",
+        "_done",
+        "_finish",
+        "_finish_sent",
+        "_last_key",
+        "_sse",
+        "_started",
+        "_tools",
+    )
 
     def __init__(self) -> None:
         self._sse = SSEParser()
@@ -805,6 +814,7 @@ class StreamDecoder:
         self._finish: ir.FinishReason | None = None
         self._finish_sent = False
         self._done = False
+        self._cut = False
 
     def feed(self, chunk: bytes) -> list[ir.StreamEvent]:
         events: list[ir.StreamEvent] = []
@@ -814,6 +824,7 @@ class StreamDecoder:
 
     def finish(self) -> list[ir.StreamEvent]:
         events: list[ir.StreamEvent] = []
+        self._cut = self._sse.pending  # a half event left over means the connection was cut
         for sse in self._sse.finish():
             self._on_data(sse.data, events)
         if not self._done:
@@ -835,7 +846,8 @@ class StreamDecoder:
         try:
             chunk = _CHUNK.decode(data)
         except msgspec.DecodeError:
-            self._fail(_bad_gateway("upstream sent an invalid stream event").info, events)
+            message = _CUT_MESSAGE if self._cut else "upstream sent an invalid stream event"
+            self._fail(ir.ErrorInfo(kind="bad_gateway", message=message), events)
             return
         if chunk.error is not None:
             self._fail(_stream_error_info(chunk.error), events)
@@ -940,7 +952,7 @@ def _error_fields(body: bytes) -> tuple[str | None, str | None]:
 
 def _scrub(message: str) -> str:
     """Keep credentials that providers echo back (partially masked) out of our errors."""
-    return _SECRET.sub(r"\1-***", message)[:2000]
+    return _SECRET.sub("sk-***", message)[:2000]
 
 
 # ================================================================ embeddings and models

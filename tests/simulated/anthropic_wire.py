@@ -14,7 +14,7 @@ from tests.simulated.framing import SSE, Call, Rendered, json_reply, sse_frame
 from tests.simulated.replies import Prompt, Reply, ToolSpec, content_texts, plan_reply, split_even
 from tests.simulated.scenario import Usage
 
-MODELS = ("claude-sonnet-4-5", "claude-haiku-4-5")
+MODELS = ("claude-sonnet-4-6", "claude-haiku-4-5")
 _ERRORS = {
     400: ("invalid_request_error", "Invalid request (simulated)."),
     401: ("authentication_error", "invalid x-api-key"),
