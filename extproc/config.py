@@ -102,6 +102,20 @@ class Model(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class Store(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     url: str | None = None  # None -> `llmux up` starts an embedded server
     on_error: Literal["open", "closed"] = "open"
+    max_connections: int = 64  # per ext_proc process
+    timeout_ms: int = 500  # per Redis call; a slow Redis never stalls a request longer
+
+
+class Breaker(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    failures: int = 3  # open after this many failures ...
+    window_s: float = 30.0  # ... within this window
+    open_s: float = 30.0  # then skip the target this long (half-open afterwards)
+
+
+class Routing(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    max_attempts: int | None = None  # per client request; default: one per target
+    cooldown_s: float = 30.0  # after a 429 without Retry-After
+    breaker: Breaker = Breaker()
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -113,6 +127,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     timeouts: Timeouts = Timeouts()
     limits: Limits = Limits()
     store: Store = Store()
+    routing: Routing = Routing()
 
     def provider(self, name: str) -> Provider:
         return next(p for p in self.providers if p.name == name)
@@ -173,6 +188,15 @@ def load(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
 
 
 def parse(text: str, *, source: str = "<config>", env: Mapping[str, str]) -> Config:
+    config = _parse(text, source, env)
+    # `llmux up` hands the embedded server's URL to its ext_proc this way.
+    if config.store.url is None and env.get("LLMUX_STORE_URL"):
+        config = msgspec.structs.replace(
+            config, store=msgspec.structs.replace(config.store, url=env["LLMUX_STORE_URL"]))
+    return config
+
+
+def _parse(text: str, source: str, env: Mapping[str, str]) -> Config:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -22,6 +22,11 @@ CLUSTER_HEADER = "x-llmux-cluster"
 CLIENT_HEADER = "x-llmux-client"  # client API id, set by the router phase
 METADATA_NAMESPACE = "llmux"
 TARGET_KEY = "llmux_target"  # endpoint metadata naming the target index of the model
+# The router phase tells Envoy which targets may serve a request (healthy, in quota)
+# as a bitmask in dynamic metadata `envoy.lb`; each endpoint lists every mask that
+# contains it, and the subset load balancer (list_as_any) keeps only those endpoints.
+SUBSET_KEY = "llmux_set"
+MAX_SUBSET_TARGETS = 8  # 2^(n-1) list entries per endpoint; larger models skip subsetting
 ROUTER_FILTER = "llmux.router"
 UPSTREAM_FILTER = "llmux.upstream"
 PHASE_METADATA = "x-llmux-phase"  # gRPC metadata telling the ext_proc which filter calls
@@ -192,6 +197,7 @@ def _router_ext_proc(config: Config) -> dict[str, Any]:
         "message_timeout": f"{config.extproc.message_timeout_ms / 1000:g}s",
         "processing_mode": _processing_mode(),
         "status_on_error": {"code": 503},
+        "metadata_options": {"receiving_namespaces": {"untyped": ["envoy.lb"]}},
     }
 
 
@@ -245,7 +251,9 @@ def _model_cluster(config: Config, index: int, model: Model) -> dict[str, Any]:
                 continue
             provider = config.provider(target.provider)
             any_tls = any_tls or provider.url.tls
-            lb_endpoints.append(_target_endpoint(provider, t_index, target.weight))
+            lb_endpoints.append(
+                _target_endpoint(provider, t_index, target.weight, len(model.targets))
+            )
         localities.append({"priority": priorities.index(priority), "lb_endpoints": lb_endpoints})
     cluster: dict[str, Any] = {
         "name": name,
@@ -255,13 +263,28 @@ def _model_cluster(config: Config, index: int, model: Model) -> dict[str, Any]:
         "per_connection_buffer_limit_bytes": config.limits.max_body_bytes,
         "typed_extension_protocol_options": {_HTTP_OPTIONS_KEY: _upstream_options(config, any_tls)},
         "load_assignment": {"cluster_name": name, "endpoints": localities},
+        "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
     }
+    if len(model.targets) <= MAX_SUBSET_TARGETS:
+        cluster["lb_subset_config"] = {
+            "subset_selectors": [{"keys": [SUBSET_KEY]}],
+            "list_as_any": True,
+            "fallback_policy": "ANY_ENDPOINT",  # no mask sent: every target may serve
+        }
     if any_tls:
         cluster["transport_socket_matches"] = [_tls_match()]
     return cluster
 
 
-def _target_endpoint(provider: Provider, target_index: int, weight: int) -> dict[str, Any]:
+def eligible_sets(target_index: int, target_count: int) -> list[str]:
+    """Every eligible-target bitmask that includes this target (see SUBSET_KEY)."""
+    if target_count > MAX_SUBSET_TARGETS:
+        return []
+    bit = 1 << target_index
+    return [str(mask) for mask in range(1, 1 << target_count) if mask & bit]
+
+
+def _target_endpoint(provider: Provider, target_index: int, weight: int, count: int) -> dict[str, Any]:
     url = provider.url
     return {
         "endpoint": {"address": _socket(url.host, url.port), "hostname": url.host},
@@ -270,6 +293,7 @@ def _target_endpoint(provider: Provider, target_index: int, weight: int) -> dict
             "filter_metadata": {
                 METADATA_NAMESPACE: {TARGET_KEY: target_index, "provider": provider.name},
                 "envoy.transport_socket_match": {"tls": url.tls},
+                "envoy.lb": {SUBSET_KEY: eligible_sets(target_index, count)},
             }
         },
     }

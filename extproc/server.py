@@ -20,7 +20,10 @@ from extproc import envoy_msgs, ir
 from extproc.config import Config
 from extproc.envoy_config import PHASE_METADATA
 from extproc.pb import ext_proc_grpc, ext_proc_pb2
-from extproc.processor import Action, RouterStream, Routes, UpstreamStream, error_response
+from extproc.processor import Action, Context, error_response
+from extproc.router_phase import RouterStream
+from extproc.store import Store
+from extproc.upstream_phase import UpstreamStream
 
 log = logging.getLogger("llmux.server")
 
@@ -39,8 +42,8 @@ def _phase_of(context: grpc.aio.ServicerContext) -> str:
 
 
 class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
-    def __init__(self, routes: Routes) -> None:
-        self.routes = routes
+    def __init__(self, context: Context) -> None:
+        self.context = context
         self.active = 0
 
     async def Process(  # noqa: N802 - gRPC method name
@@ -50,7 +53,7 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
     ) -> AsyncIterator[ext_proc_pb2.ProcessingResponse]:
         upstream = _phase_of(context) == "upstream"
         stream: RouterStream | UpstreamStream = (
-            UpstreamStream(self.routes) if upstream else RouterStream(self.routes)
+            UpstreamStream(self.context) if upstream else RouterStream(self.context)
         )
         self.active += 1
         try:
@@ -58,22 +61,25 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
                 phase = request.WhichOneof("request")
                 if phase is None:
                     continue
-                yield envoy_msgs.response_for(phase, self._guarded(stream, phase, request))
+                action = await self._guarded(stream, phase, request)
+                yield envoy_msgs.response_for(phase, action)
         finally:
             self.active -= 1
+            if isinstance(stream, UpstreamStream):
+                stream.closed()
 
-    def _guarded(
+    async def _guarded(
         self, stream: RouterStream | UpstreamStream, phase: str, request: ext_proc_pb2.ProcessingRequest
     ) -> Action:
         try:
-            return dispatch(stream, phase, request)
+            return await dispatch(stream, phase, request)
         except Exception:  # the per-stream guard: answer cleanly, never a stack trace
             log.exception("ext_proc phase %s failed", phase)
             info = ir.ErrorInfo(kind="server_error", message="internal error in the gateway")
             return error_response(stream.dialect, info)
 
 
-def dispatch(
+async def dispatch(
     stream: RouterStream | UpstreamStream, phase: str, request: ext_proc_pb2.ProcessingRequest
 ) -> Action:
     if phase == "request_headers":
@@ -84,8 +90,8 @@ def dispatch(
     if phase == "request_body":
         body = request.request_body
         if isinstance(stream, UpstreamStream):
-            return stream.request_body(body.body)
-        return stream.request_body(body.body, body.end_of_stream)
+            return await stream.request_body(body.body)
+        return await stream.request_body(body.body, body.end_of_stream)
     assert isinstance(stream, UpstreamStream), f"router phase got {phase}"
     if phase == "response_headers":
         return stream.response_headers(envoy_msgs.header_dict(request.response_headers))
@@ -97,7 +103,12 @@ def dispatch(
 async def serve(config: Config, *, port: int | None = None, drain_seconds: float = 30.0) -> None:
     """Serve until SIGTERM/SIGINT, then drain in-flight streams and return."""
     server = grpc.aio.server(options=_UNLIMITED)
-    processor = ExternalProcessor(Routes(config))
+    store = None
+    if config.store.url:
+        store = Store(config.store.url, max_connections=config.store.max_connections,
+                      timeout_s=config.store.timeout_ms / 1000)
+    context = Context(config, store)
+    processor = ExternalProcessor(context)
     ext_proc_grpc.add_ExternalProcessorServicer_to_server(processor, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -114,3 +125,6 @@ async def serve(config: Config, *, port: int | None = None, drain_seconds: float
     log.info("draining %d in-flight streams (up to %gs)", processor.active, drain_seconds)
     await health_servicer.enter_graceful_shutdown()
     await server.stop(drain_seconds)
+    await context.drain()
+    if store is not None:
+        await store.close()

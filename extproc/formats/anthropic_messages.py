@@ -293,15 +293,14 @@ def _decode_part(block: dict[str, Any], where: str) -> ir.Part:
         return ir.TextPart(text=_required(_str(block, "text", where), "text", where))
     if kind == "image":
         source = _required(_dict(block, "source", where), "source", where)
+        at = f"{where}.source"
         if source.get("type") == "base64":
             return ir.ImagePart(
-                data=_required(_str(source, "data", where), "data", f"{where}.source"),
-                media_type=_required(
-                    _str(source, "media_type", where), "media_type", f"{where}.source"
-                ),
+                data=_required(_str(source, "data", at), "data", at),
+                media_type=_required(_str(source, "media_type", at), "media_type", at),
             )
         if source.get("type") == "url":
-            return ir.ImagePart(url=_required(_str(source, "url", where), "url", f"{where}.source"))
+            return ir.ImagePart(url=_required(_str(source, "url", at), "url", at))
     return ir.UnknownPart(source_format=SOURCE_FORMAT, raw=block)
 
 
@@ -339,7 +338,9 @@ def _decode_output_format(obj: dict[str, Any]) -> ir.ResponseFormat | None:
         return None
     if fmt.get("type") != "json_schema":
         raise ir.invalid_request("output_config.format.type: expected 'json_schema'")
-    schema = _required(_dict(fmt, "schema", "output_config.format"), "schema", "format")
+    schema = _required(
+        _dict(fmt, "schema", "output_config.format"), "schema", "output_config.format"
+    )
     return ir.ResponseFormat(type="json_schema", schema=schema)
 
 
@@ -536,11 +537,7 @@ def encode_request(req: ir.ChatRequest, *, model: str) -> bytes:
     }
     if req.system:
         body["system"] = req.system
-    for key in ("temperature", "top_p", "top_k"):
-        if getattr(req, key) is not None:
-            body[key] = getattr(req, key)
-    if req.stop:
-        body["stop_sequences"] = list(req.stop)
+    body.update(_sampling(req))
     if req.stream:
         body["stream"] = True
     if req.tools:
@@ -553,6 +550,27 @@ def encode_request(req: ir.ChatRequest, *, model: str) -> bytes:
     if req.user:
         body["metadata"] = {"user_id": req.user}
     return _encode_json(body)
+
+
+def _sampling(req: ir.ChatRequest) -> dict[str, Any]:
+    if req.temperature is not None and not 0 <= req.temperature <= 1:
+        # OpenAI allows up to 2; Anthropic refuses more than 1 and clamping would hide it.
+        raise ir.invalid_request(
+            f"temperature {req.temperature} is outside the anthropic provider's range 0..1",
+            param="temperature",
+        )
+    out: dict[str, Any] = {
+        key: value
+        for key, value in (
+            ("temperature", req.temperature),
+            ("top_p", req.top_p),
+            ("top_k", req.top_k),
+        )
+        if value is not None
+    }
+    if req.stop:
+        out["stop_sequences"] = list(req.stop)
+    return out
 
 
 def _encode_messages(messages: list[ir.Message]) -> list[dict[str, Any]]:

@@ -140,7 +140,7 @@ def schema_from_gemini(schema: object, where: str = "schema") -> Json:
         raise ir.invalid_request(f"{where} must be an object", param=where)
     out: Json = {}
     for raw_key, value in schema.items():
-        key = _SNAKE_SCHEMA_KEYS.get(raw_key, raw_key)
+        key = _SNAKE_SCHEMA_KEYS.get(raw_key) or str(raw_key)
         if key == "type":
             if isinstance(value, str) and value.upper() != "TYPE_UNSPECIFIED":
                 out["type"] = value.lower()
@@ -249,7 +249,7 @@ class _SchemaReducer:
             out[key] = [n for n in _list(value, key) if isinstance(n, str)]
         elif key == "examples" and isinstance(value, list) and value:
             out.setdefault("example", value[0])
-        elif key in _GEMINI_SCHEMA_KEEP:
+        elif key in _GEMINI_SCHEMA_KEEP and value is not None:
             out[key] = value
 
     def _any_of(self, out: Json, members: list[Any], depth: int) -> None:
@@ -272,6 +272,8 @@ class _SchemaReducer:
             out["required"] = [n for n in out["required"] if n in (props or {})]
             if not out["required"]:
                 del out["required"]
+        if "enum" in out and "type" not in out and "anyOf" not in out:
+            out["type"] = "STRING"  # Gemini enums are string enums
         if self._ordered and props and len(props) > 1:
             out.setdefault("propertyOrdering", list(props))
 
@@ -715,19 +717,18 @@ def encode_request(req: ir.ChatRequest, *, model: str) -> bytes:
 def _encode_contents(messages: list[ir.Message]) -> list[Json]:
     contents: list[Json] = []
     names: dict[str, str] = {}  # tool call id -> function name, to address results
-    previous_was_tool = False
     for i, msg in enumerate(messages):
         if msg.role == "tool":
-            part = _encode_tool_result(msg, names, i)
-            if previous_was_tool:  # consecutive results share one user turn
-                contents[-1]["parts"].append(part)
-            else:
-                contents.append({"role": "user", "parts": [part]})
-        elif parts := _encode_message_parts(msg, names, i):
-            contents.append(
-                {"role": "model" if msg.role == "assistant" else "user", "parts": parts}
-            )
-        previous_was_tool = msg.role == "tool"
+            role, parts = "user", [_encode_tool_result(msg, names, i)]
+        else:
+            role = "model" if msg.role == "assistant" else "user"
+            parts = _encode_message_parts(msg, names, i)
+        if not parts:
+            continue
+        if contents and contents[-1]["role"] == role:  # e.g. tool results + user text: one turn
+            contents[-1]["parts"].extend(parts)
+        else:
+            contents.append({"role": role, "parts": parts})
     if not contents:
         raise ir.invalid_request("the gemini provider needs at least one non-empty message")
     return contents
@@ -1059,9 +1060,9 @@ def _error_info(error: Json, status: int) -> ir.ErrorInfo:
     details = [d for d in _list_or_empty(error.get("details")) if isinstance(d, dict)]
     if any(d.get("reason") in _BAD_KEY_REASONS for d in details):
         return ir.ErrorInfo(kind="authentication", message=message)
-    kind = _STATUS_KIND.get(str(error.get("status")))
-    if kind is None:
-        kind = ir.error_kind_for_status(status) if status else "server_error"
+    # The HTTP code is the most specific signal; the status name serves when there is none.
+    kind = ir.error_kind_for_status(status) if status else None
+    kind = kind or _STATUS_KIND.get(str(error.get("status")), "server_error")
     return ir.ErrorInfo(
         kind=kind, message=message, status=status, retry_after=_retry_delay(details)
     )

@@ -214,7 +214,12 @@ _ERROR_TYPES: dict[str, tuple[str, str | None]] = {
     "overloaded": ("service_unavailable_error", "server_is_overloaded"),
     "timeout": ("timeout_error", "timeout"),
 }
-_KIND_BY_TYPE: dict[str, ir.ErrorKind] = {
+_KIND_BY_TYPE: dict[str, ir.ErrorKind] = {  # in-band errors have no status: read code, then type
+    "invalid_api_key": "authentication",
+    "request_too_large": "request_too_large",
+    "bad_gateway": "bad_gateway",
+    "timeout": "timeout",
+    "server_error": "server_error",
     "invalid_request_error": "invalid_request",
     "authentication_error": "authentication",
     "permission_error": "permission",
@@ -552,7 +557,7 @@ class StreamEncoder:
             self._id, self._model, self._created = event.id, event.model, event.created
             return self._start()
         if isinstance(event, ir.TextDelta):
-            return self._start() + self._chunk({"content": event.text}) if event.text else b""
+            return (self._start() + self._chunk({"content": event.text})) if event.text else b""
         if isinstance(event, ir.ToolCallStart):
             function = {"name": event.name, "arguments": ""}
             call = {"index": event.index, "id": event.id, "type": "function", "function": function}
@@ -908,8 +913,13 @@ def _stream_error_info(error: Any) -> ir.ErrorInfo:
     """An in-band `{"error": {...}}` chunk; it has no HTTP status, so read type and code."""
     if not isinstance(error, dict):
         error = {"message": error}
-    kind = _KIND_BY_TYPE.get(str(error.get("code")))
-    kind = kind or _KIND_BY_TYPE.get(str(error.get("type")), "server_error")
+    code = error.get("code")
+    if isinstance(code, int) and 400 <= code < 600:  # vLLM puts the HTTP status in code
+        kind = ir.error_kind_for_status(code)
+    else:
+        kind = _KIND_BY_TYPE.get(str(code)) or _KIND_BY_TYPE.get(
+            str(error.get("type")), "server_error"
+        )
     message, param = error.get("message"), error.get("param")
     return ir.ErrorInfo(
         kind=kind,

@@ -22,9 +22,13 @@ async def _serve(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.simulated", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port (printed on start)")
+    parser.add_argument(
+        "--port", type=int, default=0, help="0 picks a free port (printed on start)"
+    )
     parser.add_argument("--chunks", type=int, default=5, help="text chunks per streamed reply")
-    parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between streamed frames")
+    parser.add_argument(
+        "--chunk-delay", type=float, default=0.0, help="seconds between streamed frames"
+    )
     args = parser.parse_args()
     try:
         asyncio.run(_serve(args))

@@ -35,8 +35,11 @@ def has_credentials(headers: dict[str, str]) -> bool:
 
 def error(status: int, message: str | None) -> Rendered:
     kind, default = _ERRORS.get(status, ("api_error", f"HTTP {status} (simulated)."))
-    body = {"type": "error", "error": {"type": kind, "message": message or default},
-            "request_id": "req_simulated"}
+    body = {
+        "type": "error",
+        "error": {"type": kind, "message": message or default},
+        "request_id": "req_simulated",
+    }
     return json_reply(body, status)
 
 
@@ -52,8 +55,11 @@ def decode_messages(body: dict[str, Any]) -> Prompt:
         content = message.get("content")
         parts = content_texts(content)
         texts.extend(parts)
-        results = [b for b in content if isinstance(b, dict) and b.get("type") == "tool_result"] \
-            if isinstance(content, list) else []
+        results = (
+            [b for b in content if isinstance(b, dict) and b.get("type") == "tool_result"]
+            if isinstance(content, list)
+            else []
+        )
         texts.extend(_tool_result_text(b) for b in results)
         if message.get("role") == "user":
             last_user = " ".join(parts) or last_user
@@ -90,7 +96,9 @@ def messages(call: Call) -> Rendered:
     reply = plan_reply(prompt, call.scenario)
     message_id = f"msg_sim{call.seq:020d}"
     if prompt.stream:
-        return Rendered(200, _stream_frames(prompt, reply, message_id), SSE, "sse", usage=reply.usage)
+        return Rendered(
+            200, _stream_frames(prompt, reply, message_id), SSE, "sse_events", usage=reply.usage
+        )
     return json_reply(_message(prompt, reply, message_id), usage=reply.usage)
 
 
@@ -106,8 +114,10 @@ def _usage(usage: Usage, output_tokens: int) -> dict[str, Any]:
 
 def _blocks(reply: Reply) -> list[dict[str, Any]]:
     if reply.tool_calls:
-        return [{"type": "tool_use", "id": f"toolu_{c.id}", "name": c.name, "input": c.arguments}
-                for c in reply.tool_calls]
+        return [
+            {"type": "tool_use", "id": f"toolu_{c.id}", "name": c.name, "input": c.arguments}
+            for c in reply.tool_calls
+        ]
     return [{"type": "text", "text": reply.text}]
 
 
@@ -129,8 +139,11 @@ def _message(prompt: Prompt, reply: Reply, message_id: str) -> dict[str, Any]:
 
 
 def _stream_frames(prompt: Prompt, reply: Reply, message_id: str) -> list[bytes]:
-    start = _message(prompt, reply, message_id) | {"content": [], "stop_reason": None,
-                                                   "usage": _usage(reply.usage, 1)}
+    start = _message(prompt, reply, message_id) | {
+        "content": [],
+        "stop_reason": None,
+        "usage": _usage(reply.usage, 1),
+    }
     frames = [sse_frame({"type": "message_start", "message": start}, "message_start")]
     for index, block in enumerate(_blocks(reply)):
         if block["type"] == "text":
@@ -140,23 +153,45 @@ def _stream_frames(prompt: Prompt, reply: Reply, message_id: str) -> list[bytes]
             opening = block | {"input": {}}
             arguments = reply.tool_calls[index].arguments_json
             deltas = [{"type": "input_json_delta", "partial_json": ""}]
-            deltas += [{"type": "input_json_delta", "partial_json": f} for f in split_even(arguments, 3)]
-        frames.append(sse_frame({"type": "content_block_start", "index": index, "content_block": opening},
-                                "content_block_start"))
+            deltas += [
+                {"type": "input_json_delta", "partial_json": f} for f in split_even(arguments, 3)
+            ]
+        frames.append(
+            sse_frame(
+                {"type": "content_block_start", "index": index, "content_block": opening},
+                "content_block_start",
+            )
+        )
         if index == 0:
             frames.append(sse_frame({"type": "ping"}, "ping"))
-        frames.extend(sse_frame({"type": "content_block_delta", "index": index, "delta": d}, "content_block_delta")
-                      for d in deltas)
-        frames.append(sse_frame({"type": "content_block_stop", "index": index}, "content_block_stop"))
-    frames.append(sse_frame({
-        "type": "message_delta",
-        "delta": {"stop_reason": _stop_reason(reply), "stop_sequence": None},
-        "usage": {"output_tokens": reply.usage.output_tokens},
-    }, "message_delta"))
+        frames.extend(
+            sse_frame(
+                {"type": "content_block_delta", "index": index, "delta": d}, "content_block_delta"
+            )
+            for d in deltas
+        )
+        frames.append(
+            sse_frame({"type": "content_block_stop", "index": index}, "content_block_stop")
+        )
+    frames.append(
+        sse_frame(
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": _stop_reason(reply), "stop_sequence": None},
+                "usage": {"output_tokens": reply.usage.output_tokens},
+            },
+            "message_delta",
+        )
+    )
     frames.append(sse_frame({"type": "message_stop"}, "message_stop"))
     return frames
 
 
 def models(call: Call) -> Rendered:
-    data = [{"type": "model", "id": m, "display_name": m, "created_at": "2025-01-01T00:00:00Z"} for m in MODELS]
-    return json_reply({"data": data, "has_more": False, "first_id": MODELS[0], "last_id": MODELS[-1]})
+    data = [
+        {"type": "model", "id": m, "display_name": m, "created_at": "2025-01-01T00:00:00Z"}
+        for m in MODELS
+    ]
+    return json_reply(
+        {"data": data, "has_more": False, "first_id": MODELS[0], "last_id": MODELS[-1]}
+    )

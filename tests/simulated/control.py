@@ -73,14 +73,26 @@ class ControlClient:
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self._base + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            self._base + path,
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=self._timeout) as response:
             return json.loads(response.read())
 
-    def inject(self, fault: Fault, *, provider: str | None = None, path: str | None = None,
-               count: int | None = 1) -> None:
-        self._call("POST", "/fault", fault.to_json() | {"provider": provider, "path": path, "count": count})
+    def inject(
+        self,
+        fault: Fault,
+        *,
+        provider: str | None = None,
+        path: str | None = None,
+        count: int | None = 1,
+    ) -> None:
+        self._call(
+            "POST", "/fault", fault.to_json() | {"provider": provider, "path": path, "count": count}
+        )
 
     def configure(self, **settings: Any) -> dict[str, Any]:
         result: dict[str, Any] = self._call("POST", "/scenario", settings)

@@ -36,7 +36,7 @@ class Rendered:
     status: int
     frames: list[bytes]
     content_type: str
-    framing: str  # "json", "sse", "sse_crlf" or "ndjson"
+    framing: str  # "json", "sse", "sse_events" (with `event:` lines), "sse_crlf" or "ndjson"
     headers: dict[str, str] = field(default_factory=dict)
     usage: Usage | None = None
 
@@ -77,6 +77,9 @@ def broken_json_frame(framing: str) -> bytes:
         return partial + b"\n"
     if framing == "sse_crlf":
         return b"data: " + partial + b"\r\n\r\n"
+    if framing == "sse_events":
+        # Anthropic clients skip events without an `event:` line; name one so it is parsed.
+        return b"event: content_block_delta\ndata: " + partial + b"\n\n"
     return b"data: " + partial + b"\n\n"
 
 
@@ -84,4 +87,4 @@ def broken_framing(framing: str) -> bytes:
     """Bytes that are not a valid frame at all (no field name, no terminator)."""
     if framing == "ndjson":
         return b"<not json> garbage line\n"
-    return b"garbage-without-field-separator\r\ndata{\"x\": 1}"
+    return b'garbage-without-field-separator\r\ndata{"x": 1}'

@@ -44,8 +44,12 @@ def error(status: int, message: str | None, retry_after: float | None = None) ->
     name, default = _STATUS.get(status, ("UNKNOWN", f"HTTP {status} (simulated)."))
     inner: dict[str, Any] = {"code": status, "message": message or default, "status": name}
     if retry_after is not None:
-        inner["details"] = [{"@type": "type.googleapis.com/google.rpc.RetryInfo",
-                             "retryDelay": f"{int(retry_after)}s"}]
+        inner["details"] = [
+            {
+                "@type": "type.googleapis.com/google.rpc.RetryInfo",
+                "retryDelay": f"{int(retry_after)}s",
+            }
+        ]
     return json_reply({"error": inner}, status)
 
 
@@ -56,15 +60,24 @@ def _part_texts(content: Any) -> list[str]:
 
 
 def _function_responses(content: dict[str, Any]) -> list[str]:
-    return [json.dumps(p["functionResponse"].get("response"), sort_keys=True)
-            for p in content.get("parts") or [] if "functionResponse" in p]
+    return [
+        json.dumps(p["functionResponse"].get("response"), sort_keys=True)
+        for p in content.get("parts") or []
+        if "functionResponse" in p
+    ]
 
 
 def _tools(body: dict[str, Any]) -> tuple[ToolSpec, ...]:
     specs = []
     for tool in body.get("tools") or []:
         for decl in tool.get("functionDeclarations") or []:
-            schema = decl.get("parameters") or decl.get("parametersJsonSchema") or {}
+            # Proto3 JSON accepts both spellings; google-genai sends `parameters_json_schema`.
+            schema = (
+                decl.get("parameters")
+                or decl.get("parametersJsonSchema")
+                or decl.get("parameters_json_schema")
+                or {}
+            )
             specs.append(ToolSpec(decl["name"], schema))
     return tuple(specs)
 
@@ -102,7 +115,9 @@ def generate(call: Call, model: str, stream: bool) -> Rendered:
     response_id = f"sim{call.seq}"
     if not stream:
         parts = _text_parts(reply.text) if not reply.tool_calls else _call_parts(reply)
-        return json_reply(_chunk(prompt, parts, response_id, reply.usage, final=True), usage=reply.usage)
+        return json_reply(
+            _chunk(prompt, parts, response_id, reply.usage, final=True), usage=reply.usage
+        )
     if reply.tool_calls:
         pieces = [_call_parts(reply)]
     else:
@@ -122,9 +137,14 @@ def _call_parts(reply: Reply) -> list[dict[str, Any]]:
     return [{"functionCall": {"name": c.name, "args": c.arguments}} for c in reply.tool_calls]
 
 
-def _chunk(prompt: Prompt, parts: list[dict[str, Any]], response_id: str, usage: Usage, final: bool) -> dict[str, Any]:
+def _chunk(
+    prompt: Prompt, parts: list[dict[str, Any]], response_id: str, usage: Usage, final: bool
+) -> dict[str, Any]:
     candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}, "index": 0}
-    metadata: dict[str, Any] = {"promptTokenCount": usage.input_tokens, "totalTokenCount": usage.input_tokens}
+    metadata: dict[str, Any] = {
+        "promptTokenCount": usage.input_tokens,
+        "totalTokenCount": usage.input_tokens,
+    }
     if final:
         candidate["finishReason"] = "STOP"
         metadata = {
@@ -133,8 +153,12 @@ def _chunk(prompt: Prompt, parts: list[dict[str, Any]], response_id: str, usage:
             "totalTokenCount": usage.total_tokens,
             "promptTokensDetails": [{"modality": "TEXT", "tokenCount": usage.input_tokens}],
         }
-    return {"candidates": [candidate], "usageMetadata": metadata,
-            "modelVersion": prompt.model, "responseId": response_id}
+    return {
+        "candidates": [candidate],
+        "usageMetadata": metadata,
+        "modelVersion": prompt.model,
+        "responseId": response_id,
+    }
 
 
 def _embed_one(request: dict[str, Any], dim: int) -> tuple[dict[str, Any], int]:

@@ -23,7 +23,9 @@ _SDK_SUFFIX = {"openai": "/v1", "azure": "", "anthropic": "", "gemini": "", "oll
 class SimulatedProviders:
     """OpenAI, Azure OpenAI, Anthropic, Gemini and Ollama APIs on one local port."""
 
-    def __init__(self, *, chunks: int = 5, chunk_delay: float = 0.0, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, *, chunks: int = 5, chunk_delay: float = 0.0, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
         self._defaults = Scenario(chunks=chunks, chunk_delay=chunk_delay)
         self._state = SimState(scenario=Scenario(**vars(self._defaults)))
         self._host = host
@@ -39,7 +41,9 @@ class SimulatedProviders:
         if self._thread is not None:
             raise RuntimeError("already started")
         ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(ready,), name="simulated-providers", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(ready,), name="simulated-providers", daemon=True
+        )
         self._thread.start()
         if not ready.wait(10):
             raise RuntimeError("simulated providers did not start within 10 s")
@@ -54,7 +58,9 @@ class SimulatedProviders:
         asyncio.set_event_loop(loop)
         runner: web.AppRunner | None = None
         try:
-            runner, self._port = loop.run_until_complete(start_site(self._state, self._host, self._requested_port))
+            runner, self._port = loop.run_until_complete(
+                start_site(self._state, self._host, self._requested_port)
+            )
             self._loop = loop
         except BaseException as exc:  # reported to start() in the caller's thread
             self._error = exc
@@ -82,7 +88,10 @@ class SimulatedProviders:
         return self.start()
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()
 
@@ -112,8 +121,14 @@ class SimulatedProviders:
         """Change Scenario settings: chunks, chunk_delay, parallel_tool_calls, ..."""
         self._state.scenario.update(**settings)
 
-    def inject(self, fault: Fault, *, provider: str | None = None, path: str | None = None,
-               count: int | None = 1) -> None:
+    def inject(
+        self,
+        fault: Fault,
+        *,
+        provider: str | None = None,
+        path: str | None = None,
+        count: int | None = 1,
+    ) -> None:
         """Queue `fault` for the next `count` matching requests (None: all of them)."""
         self._state.inject(fault, provider=provider, path=path, count=count)
 

@@ -86,7 +86,9 @@ def chat(call: Call) -> Rendered:
         return json_reply(_final(prompt, message, reply.usage), usage=reply.usage)
     lines = [_line(prompt, {"role": "assistant", "content": piece}) for piece in reply.pieces]
     if reply.tool_calls:
-        lines.append(_line(prompt, {"role": "assistant", "content": "", "tool_calls": _tool_calls(reply)}))
+        lines.append(
+            _line(prompt, {"role": "assistant", "content": "", "tool_calls": _tool_calls(reply)})
+        )
     lines.append(_final(prompt, {"role": "assistant", "content": ""}, reply.usage))
     return Rendered(200, [ndjson_line(x) for x in lines], NDJSON, "ndjson", usage=reply.usage)
 
@@ -110,9 +112,23 @@ def embed(call: Call) -> Rendered:
 
 
 def tags(call: Call) -> Rendered:
-    details = {"parent_model": "", "format": "gguf", "family": "llama", "families": ["llama"],
-               "parameter_size": "3.2B", "quantization_level": "Q4_K_M"}
-    models = [{"name": m, "model": m, "modified_at": "2025-01-01T00:00:00Z", "size": 2_019_393_189,
-               "digest": "a80c4f17acd55265feec403c7aef86be0c25983ab279d83f3bcd3abbcb5b8b72", "details": details}
-              for m in MODELS]
+    details = {
+        "parent_model": "",
+        "format": "gguf",
+        "family": "llama",
+        "families": ["llama"],
+        "parameter_size": "3.2B",
+        "quantization_level": "Q4_K_M",
+    }
+    models = [
+        {
+            "name": m,
+            "model": m,
+            "modified_at": "2025-01-01T00:00:00Z",
+            "size": 2_019_393_189,
+            "digest": "a80c4f17acd55265feec403c7aef86be0c25983ab279d83f3bcd3abbcb5b8b72",
+            "details": details,
+        }
+        for m in MODELS
+    ]
     return json_reply({"models": models})

@@ -79,7 +79,9 @@ def decode_chat(body: dict[str, Any], provider: str, model: str) -> Prompt:
         texts=tuple(texts),
         last_user_text=last_user,
         tools=tools,
-        tool_result=" ".join(content_texts(last.get("content"))) if last.get("role") == "tool" else None,
+        tool_result=" ".join(content_texts(last.get("content")))
+        if last.get("role") == "tool"
+        else None,
         json_mode=response_format.get("type") in ("json_object", "json_schema"),
         stream=body.get("stream") is True,
         options={"include_usage": bool((body.get("stream_options") or {}).get("include_usage"))},
@@ -97,7 +99,9 @@ def chat(call: Call, azure: bool) -> Rendered:
     reply = plan_reply(prompt, call.scenario)
     response_id = f"chatcmpl-sim{call.seq}"
     if prompt.stream:
-        return Rendered(200, _stream_frames(prompt, reply, response_id, azure), SSE, "sse", usage=reply.usage)
+        return Rendered(
+            200, _stream_frames(prompt, reply, response_id, azure), SSE, "sse", usage=reply.usage
+        )
     return json_reply(_completion(prompt, reply, response_id, azure), usage=reply.usage)
 
 
@@ -119,10 +123,19 @@ def _completion(prompt: Prompt, reply: Reply, response_id: str, azure: bool) -> 
     message: dict[str, Any] = {"role": "assistant", "content": reply.text or None, "refusal": None}
     if reply.tool_calls:
         message["tool_calls"] = [
-            {"id": f"call_{c.id}", "type": "function", "function": {"name": c.name, "arguments": c.arguments_json}}
+            {
+                "id": f"call_{c.id}",
+                "type": "function",
+                "function": {"name": c.name, "arguments": c.arguments_json},
+            }
             for c in reply.tool_calls
         ]
-    choice: dict[str, Any] = {"index": 0, "message": message, "logprobs": None, "finish_reason": _finish_reason(reply)}
+    choice: dict[str, Any] = {
+        "index": 0,
+        "message": message,
+        "logprobs": None,
+        "finish_reason": _finish_reason(reply),
+    }
     out: dict[str, Any] = {
         "id": response_id,
         "object": "chat.completion",
@@ -156,25 +169,49 @@ def _stream_frames(prompt: Prompt, reply: Reply, response_id: str, azure: bool) 
 
     frames = []
     if azure:
-        frames.append(sse_frame({
-            "choices": [], "created": 0, "id": "", "model": "", "object": "",
-            "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": _FILTER_OK}],
-        }))
+        frames.append(
+            sse_frame(
+                {
+                    "choices": [],
+                    "created": 0,
+                    "id": "",
+                    "model": "",
+                    "object": "",
+                    "prompt_filter_results": [
+                        {"prompt_index": 0, "content_filter_results": _FILTER_OK}
+                    ],
+                }
+            )
+        )
     frames.append(chunk({"role": "assistant", "content": "", "refusal": None}))
     frames.extend(chunk({"content": piece}) for piece in reply.pieces)
     for index, call in enumerate(reply.tool_calls):
-        head = {"index": index, "id": f"call_{call.id}", "type": "function",
-                "function": {"name": call.name, "arguments": ""}}
+        head = {
+            "index": index,
+            "id": f"call_{call.id}",
+            "type": "function",
+            "function": {"name": call.name, "arguments": ""},
+        }
         frames.append(chunk({"tool_calls": [head]}))
         for fragment in split_even(call.arguments_json, 3):
-            frames.append(chunk({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]}))
+            frames.append(
+                chunk({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]})
+            )
     frames.append(chunk({}, _finish_reason(reply)))
     if include_usage:
-        frames.append(sse_frame({
-            "id": response_id, "object": "chat.completion.chunk", "created": CREATED,
-            "model": prompt.model, "system_fingerprint": "fp_simulated",
-            "choices": [], "usage": _usage(reply.usage),
-        }))
+        frames.append(
+            sse_frame(
+                {
+                    "id": response_id,
+                    "object": "chat.completion.chunk",
+                    "created": CREATED,
+                    "model": prompt.model,
+                    "system_fingerprint": "fp_simulated",
+                    "choices": [],
+                    "usage": _usage(reply.usage),
+                }
+            )
+        )
     frames.append(b"data: [DONE]\n\n")
     return frames
 
@@ -195,12 +232,15 @@ def embeddings(call: Call, azure: bool) -> Rendered:
         data.append({"object": "embedding", "index": index, "embedding": value})
     tokens = max(1, count_words(inputs))
     usage = Usage(tokens, 0)
-    out = {"object": "list", "data": data, "model": model,
-           "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    out = {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
     return json_reply(out, usage=usage)
 
 
 def models(call: Call) -> Rendered:
     data = [{"id": m, "object": "model", "created": CREATED, "owned_by": "system"} for m in MODELS]
     return json_reply({"object": "list", "data": data})
-

@@ -25,7 +25,8 @@ from tests.simulated.scenario import Fault, RecordedRequest, SimState
 
 HTML_502 = (
     b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
-    b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+    b"<center><h1>502 Bad Gateway</h1></center>\r\n"
+    b"<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
 )
 _STATE_KEY: web.AppKey[SimState] = web.AppKey("state", SimState)
 
@@ -51,7 +52,9 @@ PROVIDERS = {
         lambda s, m, r: openai_wire.error(s, m, azure=True),
     ),
     "anthropic": _Provider(
-        "anthropic", lambda h, q: anthropic_wire.has_credentials(h), lambda s, m, r: anthropic_wire.error(s, m)
+        "anthropic",
+        lambda h, q: anthropic_wire.has_credentials(h),
+        lambda s, m, r: anthropic_wire.error(s, m),
     ),
     "gemini": _Provider("gemini", gemini_wire.has_credentials, gemini_wire.error),
     "ollama": _Provider("ollama", lambda h, q: True, lambda s, m, r: ollama_wire.error(s, m)),
@@ -103,7 +106,9 @@ def _reset(request: web.Request) -> None:
     transport.abort()
 
 
-def _handler(provider_name: str, endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def _handler(
+    provider_name: str, endpoint: Endpoint
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     provider = PROVIDERS[provider_name]
 
     async def handle(request: web.Request) -> web.StreamResponse:
@@ -119,10 +124,21 @@ def _handler(provider_name: str, endpoint: Endpoint) -> Callable[[web.Request], 
             _reset(request)
             raise asyncio.CancelledError  # nothing may be written any more
         rendered = _fault_reply(provider, fault)
-        if rendered is None and state.scenario.require_auth and not provider.authorized(record.headers, record.query):
+        if (
+            rendered is None
+            and state.scenario.require_auth
+            and not provider.authorized(record.headers, record.query)
+        ):
             rendered = provider.error(401, None, None)
         if rendered is None:
-            call = Call(record.body, dict(request.match_info), record.query, record.headers, state.scenario, seq)
+            call = Call(
+                record.body,
+                dict(request.match_info),
+                record.query,
+                record.headers,
+                state.scenario,
+                seq,
+            )
             rendered = endpoint(call)
         record.status = rendered.status
         record.usage = rendered.usage if rendered.status == 200 else None
@@ -134,7 +150,9 @@ def _handler(provider_name: str, endpoint: Endpoint) -> Callable[[web.Request], 
 _STREAM_FAULTS = ("stall", "reset_mid_stream", "malformed_json", "malformed_sse")
 
 
-async def _send(request: web.Request, rendered: Rendered, fault: Fault | None, delay: float) -> web.StreamResponse:
+async def _send(
+    request: web.Request, rendered: Rendered, fault: Fault | None, delay: float
+) -> web.StreamResponse:
     headers = {"Content-Type": rendered.content_type, **rendered.headers}
     active = fault if fault is not None and fault.name in _STREAM_FAULTS else None
     frames = rendered.frames
@@ -143,7 +161,9 @@ async def _send(request: web.Request, rendered: Rendered, fault: Fault | None, d
             return web.Response(status=rendered.status, body=frames[0], headers=headers)
         body = frames[0]
         if active.name in ("malformed_json", "malformed_sse"):
-            return web.Response(status=rendered.status, body=broken_json_frame("json"), headers=headers)
+            return web.Response(
+                status=rendered.status, body=broken_json_frame("json"), headers=headers
+            )
         frames = [body[: len(body) // 2], body[len(body) // 2 :]]
     response = web.StreamResponse(status=rendered.status, headers=headers)
     if not rendered.stream:
@@ -165,7 +185,9 @@ async def _send(request: web.Request, rendered: Rendered, fault: Fault | None, d
     return response
 
 
-async def _apply(request: web.Request, response: web.StreamResponse, fault: Fault, framing: str) -> bool:
+async def _apply(
+    request: web.Request, response: web.StreamResponse, fault: Fault, framing: str
+) -> bool:
     """Apply a mid-body fault; return whether the remaining frames still go out."""
     if fault.name == "stall":
         await asyncio.sleep(fault.seconds)
@@ -173,7 +195,9 @@ async def _apply(request: web.Request, response: web.StreamResponse, fault: Faul
     if fault.name == "reset_mid_stream":
         _reset(request)
         raise asyncio.CancelledError
-    broken = broken_json_frame(framing) if fault.name == "malformed_json" else broken_framing(framing)
+    broken = (
+        broken_json_frame(framing) if fault.name == "malformed_json" else broken_framing(framing)
+    )
     await response.write(broken)
     await response.write_eof()
     return False
@@ -198,8 +222,12 @@ def _gemini(call: Call) -> Rendered:
 def _azure(endpoint: Callable[[Call, bool], Rendered]) -> Endpoint:
     def handle(call: Call) -> Rendered:
         if "api-version" not in call.query:
-            return Rendered(404, [b'{"error":{"code":"404","message":"Resource not found"}}'],
-                            "application/json", "json")
+            return Rendered(
+                404,
+                [b'{"error":{"code":"404","message":"Resource not found"}}'],
+                "application/json",
+                "json",
+            )
         return endpoint(call, True)
 
     return handle
@@ -216,8 +244,18 @@ def add_provider_routes(app: web.Application) -> None:
     routes = [
         ("POST", "/v1/chat/completions", "openai", lambda c: openai_wire.chat(c, azure=False)),
         ("POST", "/v1/embeddings", "openai", lambda c: openai_wire.embeddings(c, azure=False)),
-        ("POST", "/openai/deployments/{deployment}/chat/completions", "azure", _azure(openai_wire.chat)),
-        ("POST", "/openai/deployments/{deployment}/embeddings", "azure", _azure(openai_wire.embeddings)),
+        (
+            "POST",
+            "/openai/deployments/{deployment}/chat/completions",
+            "azure",
+            _azure(openai_wire.chat),
+        ),
+        (
+            "POST",
+            "/openai/deployments/{deployment}/embeddings",
+            "azure",
+            _azure(openai_wire.embeddings),
+        ),
         ("POST", "/v1/messages", "anthropic", anthropic_wire.messages),
         ("POST", "/v1beta/models/{target}", "gemini", _gemini),
         # google-genai 3.x defaults to /v1 rather than /v1beta.
@@ -241,10 +279,11 @@ def build_app(state: SimState) -> web.Application:
 
 async def start_site(state: SimState, host: str, port: int) -> tuple[web.AppRunner, int]:
     """Start serving; returns the runner (for cleanup) and the bound port."""
-    runner = web.AppRunner(build_app(state), access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
+    runner = web.AppRunner(
+        build_app(state), access_log=None, handler_cancellation=True, shutdown_timeout=1.0
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    server = site._server
-    assert server is not None and server.sockets  # started above
-    return runner, server.sockets[0].getsockname()[1]
+    bound: int = runner.addresses[0][1]
+    return runner, bound

@@ -8,6 +8,7 @@ simulator recorded.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
 import anthropic
@@ -26,7 +27,9 @@ WEATHER_SCHEMA = {
     "properties": {"location": {"type": "string"}, "unit": {"type": "string"}},
     "required": ["location"],
 }
-OPENAI_TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER_SCHEMA}}]
+OPENAI_TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "parameters": WEATHER_SCHEMA}}
+]
 
 
 @pytest.fixture(scope="module")
@@ -40,19 +43,27 @@ def _fresh(sim: SimulatedProviders) -> None:
     sim.reset()
 
 
-@pytest.fixture
-def oai(sim: SimulatedProviders) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(api_key="sk-test", base_url=sim.sdk_base_url("openai"), max_retries=0) as client:
+@pytest.fixture(scope="module")
+def http() -> Iterator[httpx.Client]:
+    with httpx.Client() as client:
         yield client
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
+def oai(sim: SimulatedProviders) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(
+        api_key="sk-test", base_url=sim.sdk_base_url("openai"), max_retries=0
+    ) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
 def claude(sim: SimulatedProviders) -> Iterator[anthropic.Anthropic]:
     with anthropic.Anthropic(api_key="sk-ant-test", base_url=sim.base_url, max_retries=0) as client:
         yield client
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def gemini(sim: SimulatedProviders) -> Iterator[genai.Client]:
     options = types.HttpOptions(base_url=sim.base_url, api_version="v1beta", retry_options=None)
     client = genai.Client(api_key="g-test", http_options=options)
@@ -60,7 +71,7 @@ def gemini(sim: SimulatedProviders) -> Iterator[genai.Client]:
     client.close()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def llama(sim: SimulatedProviders) -> Iterator[ollama.Client]:
     with ollama.Client(host=sim.base_url) as client:
         yield client
@@ -70,7 +81,9 @@ def llama(sim: SimulatedProviders) -> Iterator[ollama.Client]:
 
 
 def test_openai_chat(sim: SimulatedProviders, oai: openai.OpenAI) -> None:
-    result = oai.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi there"}])
+    result = oai.chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "hi there"}]
+    )
     assert result.choices[0].message.content == "Hello from openai model gpt-4o. You said: hi there"
     assert result.choices[0].finish_reason == "stop"
     assert result.usage is not None
@@ -84,7 +97,9 @@ def test_openai_chat(sim: SimulatedProviders, oai: openai.OpenAI) -> None:
 
 def test_openai_stream_with_usage(sim: SimulatedProviders, oai: openai.OpenAI) -> None:
     stream = oai.chat.completions.create(
-        model="gpt-4o", messages=[{"role": "user", "content": "hi"}], stream=True,
+        model="gpt-4o",
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
         stream_options={"include_usage": True},
     )
     chunks = list(stream)
@@ -96,9 +111,13 @@ def test_openai_stream_with_usage(sim: SimulatedProviders, oai: openai.OpenAI) -
     assert sim.last_request().body["stream_options"] == {"include_usage": True}
 
 
-def test_openai_stream_without_usage_has_no_usage_chunk(sim: SimulatedProviders) -> None:
+def test_openai_stream_without_usage_has_no_usage_chunk(
+    sim: SimulatedProviders, http: httpx.Client
+) -> None:
     body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": True}
-    raw = httpx.post(sim.base_url + "/v1/chat/completions", json=body, headers={"Authorization": "Bearer k"}).text
+    raw = http.post(
+        sim.base_url + "/v1/chat/completions", json=body, headers={"Authorization": "Bearer k"}
+    ).text
     events = [e for e in raw.split("\n\n") if e]
     assert events[-1] == "data: [DONE]"
     assert all('"usage"' not in e for e in events)
@@ -107,7 +126,10 @@ def test_openai_stream_without_usage_has_no_usage_chunk(sim: SimulatedProviders)
 def test_openai_tools_stream(sim: SimulatedProviders, oai: openai.OpenAI) -> None:
     sim.configure(parallel_tool_calls=True)
     stream = oai.chat.completions.create(
-        model="gpt-4o", messages=[{"role": "user", "content": "weather?"}], tools=OPENAI_TOOLS, stream=True,
+        model="gpt-4o",
+        messages=[{"role": "user", "content": "weather?"}],
+        tools=OPENAI_TOOLS,
+        stream=True,
     )
     calls: dict[int, dict[str, str]] = {}
     finish = None
@@ -119,7 +141,10 @@ def test_openai_tools_stream(sim: SimulatedProviders, oai: openai.OpenAI) -> Non
             entry["arguments"] += (delta.function and delta.function.arguments) or ""
         finish = chunk.choices[0].finish_reason or finish
     assert finish == "tool_calls"
-    assert [json.loads(c["arguments"]) for c in calls.values()] == [{"location": "Paris"}, {"location": "London"}]
+    assert [json.loads(c["arguments"]) for c in calls.values()] == [
+        {"location": "Paris"},
+        {"location": "London"},
+    ]
     assert {c["name"] for c in calls.values()} == {"get_weather"}
     assert all(c["id"].startswith("call_") for c in calls.values())
 
@@ -127,16 +152,28 @@ def test_openai_tools_stream(sim: SimulatedProviders, oai: openai.OpenAI) -> Non
 def test_openai_tool_result_and_json_mode(oai: openai.OpenAI) -> None:
     messages = [
         {"role": "user", "content": "weather?"},
-        {"role": "assistant", "tool_calls": [{"id": "call_1", "type": "function",
-                                              "function": {"name": "get_weather", "arguments": "{}"}}]},
+        {
+            "role": "assistant",
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": "{}"},
+                }
+            ],
+        },
         {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
     ]
     result = oai.chat.completions.create(model="m", messages=messages, tools=OPENAI_TOOLS)
     assert result.choices[0].message.content == "The tool returned: sunny"
     result = oai.chat.completions.create(
-        model="m", messages=[{"role": "user", "content": "q"}], response_format={"type": "json_object"}
+        model="m",
+        messages=[{"role": "user", "content": "q"}],
+        response_format={"type": "json_object"},
     )
-    assert json.loads(result.choices[0].message.content or "")["answer"].startswith("Hello from openai")
+    assert json.loads(result.choices[0].message.content or "")["answer"].startswith(
+        "Hello from openai"
+    )
 
 
 def test_openai_embeddings_and_models(sim: SimulatedProviders, oai: openai.OpenAI) -> None:
@@ -153,7 +190,9 @@ def test_azure_openai(sim: SimulatedProviders) -> None:
     with openai.AzureOpenAI(
         api_key="az-key", azure_endpoint=sim.base_url, api_version="2024-10-21", max_retries=0
     ) as client:
-        result = client.chat.completions.create(model="my-deploy", messages=[{"role": "user", "content": "hi"}])
+        result = client.chat.completions.create(
+            model="my-deploy", messages=[{"role": "user", "content": "hi"}]
+        )
         assert result.choices[0].message.content == "Hello from azure model my-deploy. You said: hi"
         stream = client.chat.completions.create(
             model="my-deploy", messages=[{"role": "user", "content": "hi"}], stream=True
@@ -174,16 +213,25 @@ def test_azure_openai(sim: SimulatedProviders) -> None:
 
 def test_anthropic_create(sim: SimulatedProviders, claude: anthropic.Anthropic) -> None:
     message = claude.messages.create(
-        model="claude-sonnet-4-6", max_tokens=64, system="be brief",
+        model="claude-sonnet-4-6",
+        max_tokens=64,
+        system="be brief",
         messages=[{"role": "user", "content": "hi there"}],
     )
     assert message.content[0].type == "text"
-    assert message.content[0].text == "Hello from anthropic model claude-sonnet-4-6. You said: hi there"
+    assert (
+        message.content[0].text
+        == "Hello from anthropic model claude-sonnet-4-6. You said: hi there"
+    )
     assert message.stop_reason == "end_turn"
     assert (message.usage.input_tokens, message.usage.output_tokens) == (4, 5)
     request = sim.last_request("anthropic")
     assert request.path == "/v1/messages"
-    assert request.headers["x-api-key"] == "sk-ant-test"
+    # anthropic 2.x sends the key as a bearer token rather than x-api-key.
+    assert "sk-ant-test" in (
+        request.headers.get("x-api-key"),
+        request.headers.get("authorization", "")[7:],
+    )
     assert request.headers["anthropic-version"]
     assert request.body["system"] == "be brief"
 
@@ -203,7 +251,9 @@ def test_anthropic_stream_text(claude: anthropic.Anthropic) -> None:
 def test_anthropic_stream_tool_use(sim: SimulatedProviders, claude: anthropic.Anthropic) -> None:
     tools = [{"name": "get_weather", "description": "weather", "input_schema": WEATHER_SCHEMA}]
     with claude.messages.stream(
-        model="claude-haiku-4-5", max_tokens=64, tools=tools,  # type: ignore[arg-type]
+        model="claude-haiku-4-5",
+        max_tokens=64,
+        tools=tools,  # type: ignore[arg-type]
         messages=[{"role": "user", "content": "weather in Paris?"}],
     ) as stream:
         final = stream.get_final_message()
@@ -212,14 +262,22 @@ def test_anthropic_stream_tool_use(sim: SimulatedProviders, claude: anthropic.An
     assert block.input == {"location": "Paris"}
     assert final.stop_reason == "tool_use"
     followup = claude.messages.create(
-        model="claude-haiku-4-5", max_tokens=64, tools=tools,  # type: ignore[arg-type]
+        model="claude-haiku-4-5",
+        max_tokens=64,
+        tools=tools,  # type: ignore[arg-type]
         messages=[
             {"role": "user", "content": "weather in Paris?"},
             {"role": "assistant", "content": [block.model_dump(exclude_none=True)]},
-            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": block.id, "content": "sunny"}]},
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": block.id, "content": "sunny"}],
+            },
         ],
     )
-    assert followup.content[0].type == "text" and followup.content[0].text == "The tool returned: sunny"
+    assert (
+        followup.content[0].type == "text"
+        and followup.content[0].text == "The tool returned: sunny"
+    )
 
 
 # Gemini
@@ -230,7 +288,10 @@ def test_gemini_generate(sim: SimulatedProviders, gemini: genai.Client) -> None:
     assert result.text == "Hello from gemini model gemini-2.0-flash. You said: hi there"
     assert result.candidates and result.candidates[0].finish_reason == types.FinishReason.STOP
     assert result.usage_metadata is not None
-    assert (result.usage_metadata.prompt_token_count, result.usage_metadata.candidates_token_count) == (2, 5)
+    assert (
+        result.usage_metadata.prompt_token_count,
+        result.usage_metadata.candidates_token_count,
+    ) == (2, 5)
     request = sim.last_request("gemini")
     assert request.path == "/v1beta/models/gemini-2.0-flash:generateContent"
     assert request.headers["x-goog-api-key"] == "g-test"
@@ -239,8 +300,13 @@ def test_gemini_generate(sim: SimulatedProviders, gemini: genai.Client) -> None:
 def test_gemini_stream_and_json(sim: SimulatedProviders, gemini: genai.Client) -> None:
     chunks = list(gemini.models.generate_content_stream(model="gemini-2.0-flash", contents="hi"))
     assert len(chunks) == 5
-    assert "".join(c.text or "" for c in chunks) == "Hello from gemini model gemini-2.0-flash. You said: hi"
-    assert chunks[-1].usage_metadata is not None and chunks[-1].usage_metadata.total_token_count == 6
+    assert (
+        "".join(c.text or "" for c in chunks)
+        == "Hello from gemini model gemini-2.0-flash. You said: hi"
+    )
+    assert (
+        chunks[-1].usage_metadata is not None and chunks[-1].usage_metadata.total_token_count == 6
+    )
     assert sim.last_request().query == {"alt": "sse"}
     config = types.GenerateContentConfig(response_mime_type="application/json")
     result = gemini.models.generate_content(model="gemini-2.0-flash", contents="q", config=config)
@@ -248,19 +314,30 @@ def test_gemini_stream_and_json(sim: SimulatedProviders, gemini: genai.Client) -
 
 
 def test_gemini_function_calling(gemini: genai.Client) -> None:
-    declaration = types.FunctionDeclaration(name="get_weather", parameters_json_schema=WEATHER_SCHEMA)
+    declaration = types.FunctionDeclaration(
+        name="get_weather", parameters_json_schema=WEATHER_SCHEMA
+    )
     config = types.GenerateContentConfig(tools=[types.Tool(function_declarations=[declaration])])
-    chunks = list(gemini.models.generate_content_stream(model="gemini-2.0-flash", contents="weather?", config=config))
+    chunks = list(
+        gemini.models.generate_content_stream(
+            model="gemini-2.0-flash", contents="weather?", config=config
+        )
+    )
     calls = [call for c in chunks for call in c.function_calls or []]
     assert [(c.name, c.args) for c in calls] == [("get_weather", {"location": "Paris"})]
     history = [
         types.Content(role="user", parts=[types.Part(text="weather?")]),
         types.Content(role="model", parts=[types.Part(function_call=calls[0])]),
-        types.Content(role="user", parts=[
-            types.Part.from_function_response(name="get_weather", response={"result": "sunny"})
-        ]),
+        types.Content(
+            role="user",
+            parts=[
+                types.Part.from_function_response(name="get_weather", response={"result": "sunny"})
+            ],
+        ),
     ]
-    result = gemini.models.generate_content(model="gemini-2.0-flash", contents=history, config=config)
+    result = gemini.models.generate_content(
+        model="gemini-2.0-flash", contents=history, config=config
+    )
     assert result.text == 'The tool returned: {"result": "sunny"}'
 
 
@@ -275,8 +352,13 @@ def test_gemini_embed(sim: SimulatedProviders, gemini: genai.Client) -> None:
 
 
 def test_ollama_chat(sim: SimulatedProviders, llama: ollama.Client) -> None:
-    pieces = list(llama.chat(model="llama3.2", messages=[{"role": "user", "content": "hi"}], stream=True))
-    assert "".join(p.message.content or "" for p in pieces) == "Hello from ollama model llama3.2. You said: hi"
+    pieces = list(
+        llama.chat(model="llama3.2", messages=[{"role": "user", "content": "hi"}], stream=True)
+    )
+    assert (
+        "".join(p.message.content or "" for p in pieces)
+        == "Hello from ollama model llama3.2. You said: hi"
+    )
     assert pieces[-1].done and pieces[-1].eval_count == 5 and pieces[-1].prompt_eval_count == 1
     whole = llama.chat(model="llama3.2", messages=[{"role": "user", "content": "hi"}])
     assert whole.message.content == "".join(p.message.content or "" for p in pieces)
@@ -285,9 +367,13 @@ def test_ollama_chat(sim: SimulatedProviders, llama: ollama.Client) -> None:
 
 
 def test_ollama_tools_embed_list(llama: ollama.Client) -> None:
-    result = llama.chat(model="llama3.2", messages=[{"role": "user", "content": "weather?"}], tools=OPENAI_TOOLS)
+    result = llama.chat(
+        model="llama3.2", messages=[{"role": "user", "content": "weather?"}], tools=OPENAI_TOOLS
+    )
     calls = result.message.tool_calls or []
-    assert [(c.function.name, dict(c.function.arguments)) for c in calls] == [("get_weather", {"location": "Paris"})]
+    assert [(c.function.name, dict(c.function.arguments)) for c in calls] == [
+        ("get_weather", {"location": "Paris"})
+    ]
     embedded = llama.embed(model="nomic-embed-text", input=["a", "b"])
     assert len(embedded.embeddings) == 2 and len(embedded.embeddings[0]) == 8
     assert "llama3.2:latest" in [m.model for m in llama.list().models]
@@ -296,8 +382,13 @@ def test_ollama_tools_embed_list(llama: ollama.Client) -> None:
 # Faults
 
 
-def test_rate_limit_reaches_sdks(sim: SimulatedProviders, oai: openai.OpenAI, claude: anthropic.Anthropic,
-                                 gemini: genai.Client, llama: ollama.Client) -> None:
+def test_rate_limit_reaches_sdks(
+    sim: SimulatedProviders,
+    oai: openai.OpenAI,
+    claude: anthropic.Anthropic,
+    gemini: genai.Client,
+    llama: ollama.Client,
+) -> None:
     sim.inject(Fault.error(429, retry_after=7), count=None)
     with pytest.raises(openai.RateLimitError) as openai_error:
         oai.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
@@ -319,44 +410,69 @@ def test_one_shot_fault_then_recovery(sim: SimulatedProviders, oai: openai.OpenA
     sim.inject(Fault.error(503), provider="openai")
     with pytest.raises(openai.InternalServerError):
         oai.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
-    assert oai.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}]).choices
+    assert oai.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "x"}]
+    ).choices
 
 
-def test_stream_faults(sim: SimulatedProviders) -> None:
+def test_stream_faults(sim: SimulatedProviders, http: httpx.Client) -> None:
     body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": True}
     url, headers = sim.base_url + "/v1/chat/completions", {"Authorization": "Bearer k"}
     sim.inject(Fault.reset_mid_stream(after_chunks=2))
-    with pytest.raises(httpx.RemoteProtocolError), httpx.stream("POST", url, json=body, headers=headers) as r:
+    with (
+        pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)),
+        http.stream("POST", url, json=body, headers=headers) as r,
+    ):
         r.read()
     sim.inject(Fault.reset())
     with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
-        httpx.post(url, json=body, headers=headers)
+        http.post(url, json=body, headers=headers)
     sim.inject(Fault.malformed_sse(after_chunks=1))
-    raw = httpx.post(url, json=body, headers=headers).text
+    raw = http.post(url, json=body, headers=headers).text
     assert "[DONE]" not in raw and raw.count("data: {") == 1
     sim.inject(Fault.html_502())
-    reply = httpx.post(url, json=body, headers=headers)
+    reply = http.post(url, json=body, headers=headers)
     assert reply.status_code == 502 and reply.headers["content-type"].startswith("text/html")
     sim.inject(Fault.malformed_json())
-    reply = httpx.post(url, json={**body, "stream": False}, headers=headers)
+    reply = http.post(url, json={**body, "stream": False}, headers=headers)
     with pytest.raises(json.JSONDecodeError):
         json.loads(reply.text)
 
 
-def test_stall_and_control_api(sim: SimulatedProviders) -> None:
+def test_anthropic_stream_faults(sim: SimulatedProviders, claude: anthropic.Anthropic) -> None:
+    request = {
+        "model": "claude-haiku-4-5",
+        "max_tokens": 5,
+        "messages": [{"role": "user", "content": "x"}],
+    }
+    sim.inject(Fault.malformed_json(after_chunks=3), provider="anthropic")
+    with pytest.raises(json.JSONDecodeError), claude.messages.stream(**request) as stream:  # type: ignore[arg-type]
+        stream.get_final_message()
+    sim.inject(Fault.delay(0.2), path="/v1/messages")
+    started = time.monotonic()
+    assert claude.messages.create(**request).stop_reason == "end_turn"  # type: ignore[call-overload]
+    assert time.monotonic() - started >= 0.2
+    assert [r.fault for r in sim.requests] == ["malformed_json", "delay"]
+
+
+def test_stall_and_control_api(sim: SimulatedProviders, http: httpx.Client) -> None:
     from tests.simulated import ControlClient
 
     control = ControlClient(sim.base_url)
     assert control.healthy()
     control.inject(Fault.stall(after_chunks=1, seconds=5), provider="ollama")
     body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
-    with pytest.raises(httpx.ReadTimeout), httpx.stream("POST", sim.base_url + "/api/chat", json=body,
-                                                       timeout=httpx.Timeout(5, read=0.3)) as r:
+    with (
+        pytest.raises(httpx.ReadTimeout),
+        http.stream(
+            "POST", sim.base_url + "/api/chat", json=body, timeout=httpx.Timeout(5, read=0.2)
+        ) as r,
+    ):
         r.read()
     recorded = control.requests(provider="ollama")
     assert recorded[-1]["fault"] == "stall" and recorded[-1]["body"] == body
     assert control.configure(chunks=3)["chunks"] == 3
-    reply = httpx.post(sim.base_url + "/api/chat", json=body)
+    reply = http.post(sim.base_url + "/api/chat", json=body)
     assert len(reply.text.splitlines()) == 4
     control.reset()
     assert sim.scenario.chunks == 5 and control.requests() == []

@@ -1,0 +1,58 @@
+"""Token usage of one attempt: explicit figures from the provider, else an estimate.
+
+An explicit usage figure always wins over an estimate. A stream cut before its
+usage arrived is charged an estimate of what was produced (~4 characters a token)
+plus the estimated input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from extproc import ir
+
+
+class UsageMeter:
+    __slots__ = ("_cached", "_input", "_input_estimate", "_output", "_produced_chars")
+
+    def __init__(self) -> None:
+        self._input: int | None = None
+        self._output: int | None = None
+        self._cached = 0
+        self._input_estimate = 0
+        self._produced_chars = 0
+
+    def estimate_input(self, body_bytes: int) -> None:
+        self._input_estimate = max(1, body_bytes // 4)
+
+    def observe_usage(self, usage: ir.Usage | None) -> None:
+        """Providers report cumulative figures; keep the largest seen per field."""
+        if usage is None:
+            return
+        self._input = max(self._input or 0, usage.input_tokens)
+        self._output = max(self._output or 0, usage.output_tokens)
+        self._cached = max(self._cached, usage.cached_tokens)
+
+    def observe_events(self, events: Iterable[ir.StreamEvent]) -> None:
+        for event in events:
+            if isinstance(event, ir.TextDelta):
+                self._produced_chars += len(event.text)
+            elif isinstance(event, ir.ToolCallDelta):
+                self._produced_chars += len(event.arguments)
+            elif isinstance(event, ir.StreamUsage):
+                self.observe_usage(event.usage)
+
+    @property
+    def explicit(self) -> bool:
+        return self._input is not None or self._output is not None
+
+    def usage(self) -> ir.Usage:
+        estimated_output = -(-self._produced_chars // 4)
+        return ir.Usage(
+            input_tokens=self._input if self._input is not None else self._input_estimate,
+            output_tokens=self._output if self._output is not None else estimated_output,
+            cached_tokens=self._cached,
+        )
+
+    def total(self) -> int:
+        return self.usage().total_tokens
