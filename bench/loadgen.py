@@ -79,16 +79,42 @@ def wrk_binary() -> str:
 
 def wrk_version() -> str:
     out = subprocess.run([wrk_binary(), "--version"], capture_output=True, text=True, timeout=10)
-    return (out.stdout or out.stderr).splitlines()[0].split(" [")[0] if (out.stdout or out.stderr) else "?"
+    return (
+        (out.stdout or out.stderr).splitlines()[0].split(" [")[0]
+        if (out.stdout or out.stderr)
+        else "?"
+    )
 
 
-def run_wrk(url: str, body: bytes, headers: dict[str, str], *, conns: int, threads: int,
-            duration: float, workdir: Path, timeout_s: float = 5.0) -> Measurement:
+def run_wrk(
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    *,
+    conns: int,
+    threads: int,
+    duration: float,
+    workdir: Path,
+    timeout_s: float = 5.0,
+) -> Measurement:
     script = workdir / f"wrk-{os.getpid()}-{time.monotonic_ns()}.lua"
     script.write_text(wrk_script(body, headers))
     out_path = script.with_suffix(".out")
-    args = [wrk_binary(), "-t", str(threads), "-c", str(conns), "-d", f"{max(1, round(duration))}s",
-            "--timeout", f"{timeout_s:g}s", "--latency", "-s", str(script), url]
+    args = [
+        wrk_binary(),
+        "-t",
+        str(threads),
+        "-c",
+        str(conns),
+        "-d",
+        f"{max(1, round(duration))}s",
+        "--timeout",
+        f"{timeout_s:g}s",
+        "--latency",
+        "-s",
+        str(script),
+        url,
+    ]
     with out_path.open("wb") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
     # wait4 (not Popen.wait) to get the child's rusage; bounded by a deadline.
@@ -109,7 +135,7 @@ def run_wrk(url: str, body: bytes, headers: dict[str, str], *, conns: int, threa
     if proc.returncode != 0 or line is None:
         m.errors = {"wrk_failed": 1}
         return m
-    data = json.loads(line[len("BENCH_JSON "):])
+    data = json.loads(line[len("BENCH_JSON ") :])
     m.requests = int(data["requests"])
     m.seconds = data["duration_us"] / 1e6
     m.p50_ms = data["p50_us"] / 1000
@@ -138,7 +164,11 @@ def _has_text(event: Any) -> bool:
         if delta.get("content") or delta.get("tool_calls"):
             return True
     delta = event.get("delta")
-    return event.get("type") == "content_block_delta" and isinstance(delta, dict) and bool(delta.get("text"))
+    return (
+        event.get("type") == "content_block_delta"
+        and isinstance(delta, dict)
+        and bool(delta.get("text"))
+    )
 
 
 class _SSEScan:
@@ -167,7 +197,9 @@ class _SSEScan:
                     pass
 
 
-async def _one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> tuple[int, float, float]:
+async def _one(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> tuple[int, float, float]:
     start = time.perf_counter()
     writer.write(request)
     await writer.drain()
@@ -211,12 +243,14 @@ def _pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def _ttft(url: str, body: bytes, headers: dict[str, str], duration: float, max_requests: int) -> Measurement:
+async def _ttft(
+    url: str, body: bytes, headers: dict[str, str], duration: float, max_requests: int
+) -> Measurement:
     assert url.startswith("http://")
-    hostport, _, path = url[len("http://"):].partition("/")
+    hostport, _, path = url[len("http://") :].partition("/")
     host, _, port = hostport.partition(":")
     head = [f"POST /{path} HTTP/1.1", f"Host: {hostport}", f"Content-Length: {len(body)}"]
     head += [f"{k}: {v}" for k, v in headers.items()]
@@ -238,7 +272,7 @@ async def _ttft(url: str, body: bytes, headers: dict[str, str], duration: float,
                 continue
             ttfts.append(ttft)
             totals.append(total)
-    except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
+    except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
         m.errors[type(exc).__name__] = m.errors.get(type(exc).__name__, 0) + 1
     finally:
         writer.close()
@@ -250,8 +284,9 @@ async def _ttft(url: str, body: bytes, headers: dict[str, str], duration: float,
     return m
 
 
-def run_ttft(url: str, body: bytes, headers: dict[str, str], *, duration: float,
-             max_requests: int = 20000) -> Measurement:
+def run_ttft(
+    url: str, body: bytes, headers: dict[str, str], *, duration: float, max_requests: int = 20000
+) -> Measurement:
     try:
         import uvloop
 

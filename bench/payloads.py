@@ -25,7 +25,10 @@ def chat_request(model: str, *, stream: bool = False) -> dict[str, Any]:
         "model": model,
         "messages": [
             {"role": "system", "content": "You are a concise assistant. Answer in two sentences."},
-            {"role": "user", "content": "What does an Envoy external processor do in an LLM gateway?"},
+            {
+                "role": "user",
+                "content": "What does an Envoy external processor do in an LLM gateway?",
+            },
         ],
         "max_tokens": 128,
         "temperature": 0.2,
@@ -41,8 +44,12 @@ def _usage() -> dict[str, Any]:
         "completion_tokens": 38,
         "total_tokens": 69,
         "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
-                                      "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
     }
 
 
@@ -55,7 +62,12 @@ def chat_completion_json() -> bytes:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": REPLY_TEXT, "refusal": None, "annotations": []},
+                "message": {
+                    "role": "assistant",
+                    "content": REPLY_TEXT,
+                    "refusal": None,
+                    "annotations": [],
+                },
                 "logprobs": None,
                 "finish_reason": "stop",
             }

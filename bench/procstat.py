@@ -41,7 +41,12 @@ def machine() -> dict[str, str]:
             if line.startswith("MemTotal"):
                 mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
                 break
-    return {"nproc": str(len(os.sched_getaffinity(0))), "cpu": model, "mem": mem, "kernel": os.uname().release}
+    return {
+        "nproc": str(len(os.sched_getaffinity(0))),
+        "cpu": model,
+        "mem": mem,
+        "kernel": os.uname().release,
+    }
 
 
 def host_cpu() -> tuple[float, float]:

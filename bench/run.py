@@ -29,9 +29,10 @@ import re
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -45,11 +46,20 @@ HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer sk-bench
 PROVIDER_KEY = "sk-bench-provider"
 
 
+# Upstreams, each reachable directly, through plain Envoy (one listener each) and
+# through llmux (one client model each):
+#   json: Envoy direct_response, fixed chat.completion JSON
+#   sse:  Envoy direct_response, fixed 20-chunk SSE body (one body chunk, content-length)
+#   sim:  aiohttp simulated provider, 20 chunks written one SSE event at a time (chunked)
+UPSTREAM_MODELS = {"json": "bench", "sse": "bench-stream", "sim": "bench-sim"}
+
+
 @dataclass
 class Row:
     group: str
     name: str
-    target: str
+    target: str  # "upstream", "plain" or "llmux"
+    upstream: str  # a key of UPSTREAM_MODELS
     body: dict[str, Any]
     conns: int
     tool: str = "wrk"  # "wrk" or "ttft"
@@ -65,7 +75,7 @@ class Row:
 class Target:
     """A running endpoint: base URLs by upstream kind, and the processes to watch."""
 
-    urls: dict[str, str]  # "json" / "sse" -> base URL
+    urls: dict[str, str]  # upstream kind -> base URL
     procs: dict[str, int]  # label ("ext_proc", "envoy", "upstream") -> pid
 
 
@@ -85,23 +95,40 @@ class Result:
         return self.cpu_s[label] / self.m.requests * 1e6
 
 
-def default_rows() -> list[Row]:
+def default_rows(stream_upstream: str = "sse") -> list[Row]:
     rows: list[Row] = []
-    for group, kind, stream in (("non-streaming", "json", False), ("streaming", "sse", True)):
-        body = payloads.chat_request("bench-stream" if stream else "bench", stream=stream)
+    trio = (("upstream direct", "upstream"), ("plain Envoy", "plain"), ("llmux", "llmux"))
+    for group, upstream in (("non-streaming", "json"), ("streaming", stream_upstream)):
+        body = payloads.chat_request(UPSTREAM_MODELS[upstream], stream=upstream != "json")
         for conns in (1, 32):
-            for name, target in (("upstream direct", "upstream"), ("plain Envoy", "plain"), ("llmux", "llmux")):
-                rows.append(Row(group, name, target, body, conns,
-                                baseline=None if target == "plain" else "plain"))
-    body = payloads.chat_request("bench-stream", stream=True)
-    for name, target in (("upstream direct", "upstream"), ("plain Envoy", "plain"), ("llmux", "llmux")):
-        rows.append(Row("streaming TTFT", name, target, body, 1, tool="ttft",
-                        baseline=None if target == "plain" else "plain"))
+            for name, target in trio:
+                rows.append(
+                    Row(
+                        group,
+                        name,
+                        target,
+                        upstream,
+                        body,
+                        conns,
+                        baseline=None if target == "plain" else "plain",
+                    )
+                )
+    # TTFT needs an upstream that sends events one by one: the simulator.
+    body = payloads.chat_request(UPSTREAM_MODELS["sim"], stream=True)
+    for name, target in trio:
+        rows.append(
+            Row(
+                "streaming TTFT",
+                name,
+                target,
+                "sim",
+                body,
+                1,
+                tool="ttft",
+                baseline=None if target == "plain" else "plain",
+            )
+        )
     return rows
-
-
-def kind_of(row: Row) -> str:
-    return "sse" if row.body.get("stream") else "json"
 
 
 # ---------------------------------------------------------------- measuring
@@ -143,21 +170,32 @@ def _share(host0: tuple[float, float], host1: tuple[float, float], own_s: float)
     return max(0.0, busy - own_s * procstat.TICKS_PER_S) / total
 
 
-def measure(row: Row, target: Target, own: dict[str, int], args: argparse.Namespace, workdir: Path) -> Result:
+def measure(
+    row: Row, target: Target, own: dict[str, int], args: argparse.Namespace, workdir: Path
+) -> Result:
     """`own`: every process this run started (label -> pid), this one included."""
-    url = target.urls[kind_of(row)] + row.path
+    url = target.urls[row.upstream] + row.path
     body = json.dumps(row.body, separators=(",", ":")).encode()
     threads = min(row.conns, 2)
     if row.tool == "wrk":
         # Warm-up: open connections, fill pools, let the ext_proc settle. Not measured.
-        loadgen.run_wrk(url, body, HEADERS, conns=row.conns, threads=threads, duration=1, workdir=workdir)
+        loadgen.run_wrk(
+            url, body, HEADERS, conns=row.conns, threads=threads, duration=1, workdir=workdir
+        )
     else:
         loadgen.run_ttft(url, body, HEADERS, duration=0.5, max_requests=200)
     before = _own_cpu(own)
     host0 = procstat.host_cpu()
     if row.tool == "wrk":
-        m = loadgen.run_wrk(url, body, HEADERS, conns=row.conns, threads=threads,
-                            duration=args.duration, workdir=workdir)
+        m = loadgen.run_wrk(
+            url,
+            body,
+            HEADERS,
+            conns=row.conns,
+            threads=threads,
+            duration=args.duration,
+            workdir=workdir,
+        )
     else:
         m = loadgen.run_ttft(url, body, HEADERS, duration=args.duration)
     host1 = procstat.host_cpu()
@@ -168,7 +206,9 @@ def measure(row: Row, target: Target, own: dict[str, int], args: argparse.Namesp
     for column, pid in target.procs.items():
         result.cpu_s[column] = result.own_cpu_s[by_pid[pid]]
         result.rss_kb[column] = procstat.memory_kb(pid)
-    wrk_s = m.client_cpu_s if row.tool == "wrk" else 0.0  # the TTFT client is this process, already in `own`
+    wrk_s = (
+        m.client_cpu_s if row.tool == "wrk" else 0.0
+    )  # the TTFT client is this process, already in `own`
     total = host1[1] - host0[1]
     if total > 0:
         result.host_busy = (host1[0] - host0[0]) / total
@@ -197,8 +237,17 @@ def _baseline(result: Result, results: list[Result]) -> Result | None:
     row = result.row
     if row.baseline is None:
         return None
-    return next((r for r in results if r.row.group == row.group and r.row.conns == row.conns
-                 and r.row.target == row.baseline and r.row.tool == row.tool), None)
+    return next(
+        (
+            r
+            for r in results
+            if r.row.group == row.group
+            and r.row.conns == row.conns
+            and r.row.target == row.baseline
+            and r.row.tool == row.tool
+        ),
+        None,
+    )
 
 
 Column = tuple[str, Callable[[Result, Result | None], str]]
@@ -235,7 +284,10 @@ WRK_COLUMNS: list[Column] = [
     ("ext_proc CPU µs/req", lambda r, b: _f(r.cpu_us_per_req("ext_proc"), "{:.0f}")),
     ("Envoy CPU µs/req", lambda r, b: _f(r.cpu_us_per_req("envoy"), "{:.0f}")),
     ("ext_proc RSS MB", lambda r, b: _rss(r, "ext_proc")),
-    ("wrk CPU", lambda r, b: _f(r.m.client_cpu_s / r.m.seconds * 100 if r.m.seconds else None, "{:.0f}%")),
+    (
+        "wrk CPU",
+        lambda r, b: _f(r.m.client_cpu_s / r.m.seconds * 100 if r.m.seconds else None, "{:.0f}%"),
+    ),
     ("host CPU", lambda r, b: _f(r.host_busy * 100, "{:.0f}%")),
     ("other CPU", lambda r, b: _f(r.other_busy * 100, "{:.0f}%")),
     ("errors", lambda r, b: _errors(r.m)),
@@ -254,56 +306,75 @@ TTFT_COLUMNS: list[Column] = [
     ("+total p50 ms", lambda r, b: _delta(r.m.p50_ms, b.m.p50_ms) if b else ""),
     ("ext_proc CPU µs/req", lambda r, b: _f(r.cpu_us_per_req("ext_proc"), "{:.0f}")),
     ("Envoy CPU µs/req", lambda r, b: _f(r.cpu_us_per_req("envoy"), "{:.0f}")),
-    ("client CPU", lambda r, b: _f(r.m.client_cpu_s / r.m.seconds * 100 if r.m.seconds else None, "{:.0f}%")),
+    (
+        "client CPU",
+        lambda r, b: _f(r.m.client_cpu_s / r.m.seconds * 100 if r.m.seconds else None, "{:.0f}%"),
+    ),
     ("other CPU", lambda r, b: _f(r.other_busy * 100, "{:.0f}%")),
     ("errors", lambda r, b: _errors(r.m)),
 ]
 
 
 def table(results: list[Result], columns: list[Column]) -> str:
-    lines = ["| " + " | ".join(name for name, _ in columns) + " |",
-             "|" + "|".join("---" if i < 2 else "---:" for i in range(len(columns))) + "|"]
+    lines = [
+        "| " + " | ".join(name for name, _ in columns) + " |",
+        "|" + "|".join("---" if i < 2 else "---:" for i in range(len(columns))) + "|",
+    ]
     for r in results:
         base = _baseline(r, results)
         lines.append("| " + " | ".join(fn(r, base) for _, fn in columns) + " |")
     return "\n".join(lines)
 
 
-def header(args: argparse.Namespace, stream_upstream: str) -> str:
+def header(args: argparse.Namespace) -> str:
     mach = procstat.machine()
-    return "\n".join([
-        f"# llmux benchmark — {dt.datetime.now().isoformat(timespec='seconds')}",
-        "",
-        f"* machine: {mach['nproc']} CPUs ({mach['cpu']}), {mach['mem']} RAM, Linux {mach['kernel']}",
-        f"* Envoy {servers.envoy_version()}, {loadgen.wrk_version()}, Python {platform.python_version()}",
-        f"* {args.duration:g} s per measurement after a 1 s warm-up; wrk `-t1 -c1` and `-t2 -c32`; "
-        f"all Envoys `--concurrency {args.envoy_concurrency}` except the upstream "
-        f"(`--concurrency {args.upstream_concurrency}`); all traffic on 127.0.0.1",
-        "* non-streaming upstream: Envoy direct_response, fixed chat.completion JSON "
-        f"({len(payloads.chat_completion_json())} B)",
-        f"* streaming upstream: {stream_upstream}",
-        "* plain Envoy: listener → router → cluster (HTTP/1.1), no ext_proc; "
-        "llmux: same Envoy binary + router and upstream ext_proc (one Python process)",
-        "* `/ plain` and `+… ms` compare each row with the plain-Envoy row of the same group and "
-        "concurrency; CPU µs/req = (utime+stime from /proc/<pid>/stat) / requests; "
-        "`host CPU` = busy share of all CPUs during the row (from /proc/stat); `other CPU` = the part "
-        "of it used by processes this run did not start (a shared machine makes rows with a high "
-        "value unreliable)",
-    ])
+    stream = (
+        "the aiohttp simulator" if args.stream_upstream == "sim" else "Envoy direct_response SSE"
+    )
+    return "\n".join(
+        [
+            f"# llmux benchmark — {dt.datetime.now().isoformat(timespec='seconds')}",
+            "",
+            f"* machine: {mach['nproc']} CPUs ({mach['cpu']}), {mach['mem']} RAM, Linux {mach['kernel']}",
+            f"* Envoy {servers.envoy_version()}, {loadgen.wrk_version()}, Python {platform.python_version()}",
+            f"* {args.duration:g} s per measurement after a 1 s (TTFT: 0.5 s) warm-up; wrk `-t1 -c1` and "
+            f"`-t2 -c32`; plain and llmux Envoys `--concurrency {args.envoy_concurrency}`, upstream Envoy "
+            f"`--concurrency {args.upstream_concurrency}`; all traffic on 127.0.0.1",
+            "* upstreams (each row: plain Envoy and llmux reach the same one, `upstream direct` is wrk/the "
+            "client against it with no proxy):",
+            f"  * non-streaming: Envoy direct_response, fixed chat.completion JSON "
+            f"({len(payloads.chat_completion_json())} B, keep-alive)",
+            f"  * streaming (wrk rows): {stream}; direct_response SSE = fixed {payloads.STREAM_CHUNKS}-chunk "
+            f"OpenAI stream ({len(payloads.chat_completion_sse())} B, text/event-stream, sent as one body with "
+            "content-length)",
+            f"  * streaming TTFT: aiohttp simulated provider (`python -m tests.simulated --chunks "
+            f"{payloads.STREAM_CHUNKS}`, no delay, one process, one write per SSE event, chunked)",
+            "* plain Envoy: listener → router → cluster (HTTP/1.1 upstream), no ext_proc; "
+            "llmux: tests/harness.py Gateway (Envoy + router and upstream ext_proc, one Python process)",
+            "* `/ plain` and `+… ms` compare each row with the plain-Envoy row of the same group and "
+            "concurrency; CPU µs/req = (utime+stime from /proc/<pid>/stat) / requests; RSS = VmRSS "
+            "after the row; `host CPU` = busy share of all CPUs during the row (/proc/stat); `other CPU` "
+            "= the part of it used by processes this run did not start (rows with a high value were "
+            "measured on a busy machine and are unreliable)",
+        ]
+    )
 
 
 # ---------------------------------------------------------------- orchestration
 
 
-def llmux_config(json_url: str, sse_url: str) -> dict[str, Any]:
+def llmux_config(upstream_urls: dict[str, str]) -> dict[str, Any]:
     return {
         "providers": [
-            {"name": "bench-json", "type": "openai", "base_url": json_url, "api_key": PROVIDER_KEY},
-            {"name": "bench-sse", "type": "openai", "base_url": sse_url, "api_key": PROVIDER_KEY},
+            {"name": f"bench-{kind}", "type": "openai", "base_url": url, "api_key": PROVIDER_KEY}
+            for kind, url in upstream_urls.items()
         ],
         "models": [
-            {"name": "bench", "targets": [{"provider": "bench-json", "model": "gpt-4o-mini"}]},
-            {"name": "bench-stream", "targets": [{"provider": "bench-sse", "model": "gpt-4o-mini"}]},
+            {
+                "name": UPSTREAM_MODELS[kind],
+                "targets": [{"provider": f"bench-{kind}", "model": "gpt-4o-mini"}],
+            }
+            for kind in upstream_urls
         ],
     }
 
@@ -314,35 +385,59 @@ def _write_json(path: Path, bootstrap: dict[str, Any]) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement (default 10)")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--duration", type=float, default=10.0, help="seconds per measurement (default 10)"
+    )
     parser.add_argument("--quick", action="store_true", help="2 s per measurement")
-    parser.add_argument("--out", default="/tmp/llmux-bench/latest.md",
-                        help="where to write the markdown report (a .json with raw numbers goes next to it)")
-    parser.add_argument("--only", help="regex on row labels 'group/row@conns' (baselines are added)")
-    parser.add_argument("--stream-upstream", choices=("direct", "sim"), default="direct",
-                        help="upstream for streaming rows: Envoy direct_response with a fixed 20-chunk SSE "
-                             "body (default) or the aiohttp simulated provider (20 chunks, no delay)")
-    parser.add_argument("--envoy-concurrency", type=int, default=len(os.sched_getaffinity(0)),
-                        help="worker threads of the plain Envoy (llmux's Envoy uses nproc)")
-    parser.add_argument("--upstream-concurrency", type=int, default=1, help="worker threads of the upstream Envoy")
-    parser.add_argument("--quiet-wait", type=float, default=20.0,
-                        help="before each row, wait up to this many seconds for other processes to use "
-                             "< 15%% of the CPUs (this machine may be shared); the share seen is reported")
+    parser.add_argument(
+        "--out",
+        default="/tmp/llmux-bench/latest.md",
+        help="where to write the markdown report (a .json with raw numbers goes next to it)",
+    )
+    parser.add_argument(
+        "--only", help="regex on row labels 'group/row@conns' (baselines are added)"
+    )
+    parser.add_argument(
+        "--stream-upstream",
+        choices=("direct", "sim"),
+        default="direct",
+        help="upstream for streaming rows: Envoy direct_response with a fixed 20-chunk SSE "
+        "body (default) or the aiohttp simulated provider (20 chunks, no delay)",
+    )
+    parser.add_argument(
+        "--envoy-concurrency",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="worker threads of the plain Envoy (llmux's Envoy uses nproc)",
+    )
+    parser.add_argument(
+        "--upstream-concurrency", type=int, default=1, help="worker threads of the upstream Envoy"
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=20.0,
+        help="before each row, wait up to this many seconds for other processes to use "
+        "< 15%% of the CPUs (this machine may be shared); the share seen is reported",
+    )
     parser.add_argument("--workdir", help="logs and configs (default: a temp dir)")
     args = parser.parse_args(argv)
     if args.quick:
         args.duration = 2.0
     loadgen.wrk_binary()  # fail early with the install hint
 
-    rows = default_rows()
+    rows = default_rows("sim" if args.stream_upstream == "sim" else "sse")
     if args.only:
         wanted = [r for r in rows if re.search(args.only, r.label)]
         keep = {id(r) for r in wanted}
         for r in wanted:
             for b in rows:
-                if (b.target == r.baseline and b.group == r.group and b.conns == r.conns):
+                if b.target == r.baseline and b.group == r.group and b.conns == r.conns:
                     keep.add(id(b))
         rows = [r for r in rows if id(r) in keep]
 
@@ -352,59 +447,80 @@ def main(argv: list[str] | None = None) -> int:
     gateway = None
     results: list[Result] = []
     try:
-        up_json, up_sse = children.free_port(), children.free_port()
-        bodies = {up_json: (payloads.chat_completion_json(), "application/json"),
-                  up_sse: (payloads.chat_completion_sse(), "text/event-stream")}
+        up_json, up_sse, up_sim = children.free_port(), children.free_port(), children.free_port()
+        bodies = {
+            up_json: (payloads.chat_completion_json(), "application/json"),
+            up_sse: (payloads.chat_completion_sse(), "text/event-stream"),
+        }
         upstream = servers.start_envoy(
-            _write_json(workdir / "upstream.json", servers.upstream_bootstrap(children.free_port(), bodies)),
-            list(bodies), workdir / "upstream.log", args.upstream_concurrency)
+            _write_json(
+                workdir / "upstream.json", servers.upstream_bootstrap(children.free_port(), bodies)
+            ),
+            list(bodies),
+            workdir / "upstream.log",
+            args.upstream_concurrency,
+        )
         procs.append(upstream)
-        if args.stream_upstream == "sim":
-            up_sse = children.free_port()
-            sim = servers.start_simulator(up_sse, workdir / "simulator.log", payloads.STREAM_CHUNKS)
-            procs.append(sim)
-            stream_desc = (f"aiohttp simulated provider (`python -m tests.simulated --chunks "
-                           f"{payloads.STREAM_CHUNKS}`, no delay, one process)")
-            stream_pid = sim.pid
-        else:
-            stream_desc = (f"Envoy direct_response, fixed {payloads.STREAM_CHUNKS}-chunk OpenAI SSE body "
-                           f"({len(payloads.chat_completion_sse())} B, text/event-stream, arrives as one body chunk)")
-            stream_pid = upstream.pid
-        json_url, sse_url = f"http://127.0.0.1:{up_json}", f"http://127.0.0.1:{up_sse}"
+        sim = servers.start_simulator(up_sim, workdir / "simulator.log", payloads.STREAM_CHUNKS)
+        procs.append(sim)
+        upstream_ports = {"json": up_json, "sse": up_sse, "sim": up_sim}
+        upstream_urls = {kind: f"http://127.0.0.1:{port}" for kind, port in upstream_ports.items()}
 
-        plain_json, plain_sse = children.free_port(), children.free_port()
+        plain_ports = {kind: children.free_port() for kind in upstream_ports}
         plain = servers.start_envoy(
-            _write_json(workdir / "plain.json",
-                        servers.plain_bootstrap(children.free_port(), {plain_json: up_json, plain_sse: up_sse})),
-            [plain_json, plain_sse], workdir / "plain.log", args.envoy_concurrency)
+            _write_json(
+                workdir / "plain.json",
+                servers.plain_bootstrap(
+                    children.free_port(),
+                    {plain_ports[k]: upstream_ports[k] for k in upstream_ports},
+                ),
+            ),
+            list(plain_ports.values()),
+            workdir / "plain.log",
+            args.envoy_concurrency,
+        )
         procs.append(plain)
 
         from tests.harness import Gateway
 
-        gateway = Gateway(workdir / "llmux", llmux_config(json_url, sse_url), envoy_log_level="warning")
+        gateway = Gateway(workdir / "llmux", llmux_config(upstream_urls), envoy_log_level="warning")
         ext_pid, envoy_pid = gateway.procs[0].pid, gateway.procs[1].pid
 
-        own = {"upstream envoy": upstream.pid, "plain envoy": plain.pid, "llmux envoy": envoy_pid,
-               "llmux ext_proc": ext_pid, "bench": os.getpid()}
-        if stream_pid != upstream.pid:
-            own["simulator"] = stream_pid
+        own = {
+            "upstream envoy": upstream.pid,
+            "simulator": sim.pid,
+            "plain envoy": plain.pid,
+            "llmux envoy": envoy_pid,
+            "llmux ext_proc": ext_pid,
+            "bench": os.getpid(),
+        }
         targets = {
-            "upstream": Target({"json": json_url, "sse": sse_url}, {"upstream": upstream.pid}),
-            "plain": Target({"json": f"http://127.0.0.1:{plain_json}", "sse": f"http://127.0.0.1:{plain_sse}"},
-                            {"envoy": plain.pid}),
-            "llmux": Target({"json": gateway.url, "sse": gateway.url}, {"ext_proc": ext_pid, "envoy": envoy_pid}),
+            "upstream": Target(upstream_urls, {}),
+            "plain": Target(
+                {k: f"http://127.0.0.1:{p}" for k, p in plain_ports.items()}, {"envoy": plain.pid}
+            ),
+            "llmux": Target(
+                {k: gateway.url for k in upstream_ports}, {"ext_proc": ext_pid, "envoy": envoy_pid}
+            ),
         }
         for row in rows:
             t0 = time.monotonic()
             other = wait_quiet(own, args.quiet_wait)
             if other >= 0.15:
-                print(f"  (other processes use {other * 100:.0f}% of the CPUs; measuring anyway)",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"  (other processes use {other * 100:.0f}% of the CPUs; measuring anyway)",
+                    file=sys.stderr,
+                    flush=True,
+                )
             result = measure(row, targets[row.target], own, args, workdir)
             results.append(result)
-            print(f"  {row.label:<40} {result.m.rps:9.0f} rps  p50 {result.m.p50_ms:7.2f} ms  "
-                  f"p99 {result.m.p99_ms:7.2f} ms  other CPU {result.other_busy * 100:3.0f}%  "
-                  f"errors {_errors(result.m)}  ({time.monotonic() - t0:.0f} s)", file=sys.stderr, flush=True)
+            print(
+                f"  {row.label:<40} {result.m.rps:9.0f} rps  p50 {result.m.p50_ms:7.2f} ms  "
+                f"p99 {result.m.p99_ms:7.2f} ms  other CPU {result.other_busy * 100:3.0f}%  "
+                f"errors {_errors(result.m)}  ({time.monotonic() - t0:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
     finally:
         failed_llmux = any(r.m.failed and r.row.target == "llmux" for r in results)
         logs = gateway.logs() if gateway is not None and failed_llmux else ""
@@ -414,17 +530,33 @@ def main(argv: list[str] | None = None) -> int:
 
     wrk_results = [r for r in results if r.row.tool == "wrk"]
     ttft_results = [r for r in results if r.row.tool == "ttft"]
-    parts = [header(args, stream_desc), ""]
+    parts = [header(args), ""]
     if wrk_results:
-        parts += ["## Throughput and latency (wrk, closed loop)", "", table(wrk_results, WRK_COLUMNS), ""]
+        parts += [
+            "## Throughput and latency (wrk, closed loop)",
+            "",
+            table(wrk_results, WRK_COLUMNS),
+            "",
+        ]
     if ttft_results:
-        parts += ["## Streaming time to first token (asyncio client, 1 connection, sequential requests)", "",
-                  table(ttft_results, TTFT_COLUMNS), ""]
+        parts += [
+            "## Streaming time to first token (asyncio client, 1 connection, sequential requests)",
+            "",
+            table(ttft_results, TTFT_COLUMNS),
+            "",
+        ]
     failed = [r for r in results if r.m.failed]
     if failed:
         parts += ["## Failed rows", ""]
         for r in failed:
-            parts += [f"### {r.row.label}: {_errors(r.m)}", "", "```", r.m.raw.strip()[-3000:], "```", ""]
+            parts += [
+                f"### {r.row.label}: {_errors(r.m)}",
+                "",
+                "```",
+                r.m.raw.strip()[-3000:],
+                "```",
+                "",
+            ]
         if logs:
             parts += ["### llmux logs", "", "```", logs, "```", ""]
     report = "\n".join(parts)
@@ -432,8 +564,16 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report)
-    raw = [{"row": {k: v for k, v in asdict(r.row).items()}, "measurement": {**asdict(r.m), "rps": r.m.rps},
-            "cpu_s": r.cpu_s, "rss_kb": r.rss_kb, "host_busy": r.host_busy} for r in results]
+    raw = [
+        {
+            "row": {k: v for k, v in asdict(r.row).items()},
+            "measurement": {**asdict(r.m), "rps": r.m.rps},
+            "cpu_s": r.cpu_s,
+            "rss_kb": r.rss_kb,
+            "host_busy": r.host_busy,
+        }
+        for r in results
+    ]
     out.with_suffix(".json").write_text(json.dumps(raw, indent=1, default=str))
     print(f"\nreport: {out}  raw: {out.with_suffix('.json')}  logs: {workdir}", file=sys.stderr)
     return 1 if failed else 0

@@ -23,6 +23,7 @@ from extproc import children
 _T = "type.googleapis.com/"
 _HCM = _T + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 _ROUTER = _T + "envoy.extensions.filters.http.router.v3.Router"
+_BUFFER = _T + "envoy.extensions.filters.http.buffer.v3.Buffer"
 _HTTP_OPTIONS = _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
@@ -33,7 +34,9 @@ def _socket(port: int) -> dict[str, Any]:
     return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
 
 
-def _hcm_listener(name: str, port: int, route: dict[str, Any], *, max_body: int = 0) -> dict[str, Any]:
+def _hcm_listener(
+    name: str, port: int, route: dict[str, Any], *, max_body: int = 0, read_body_first: bool = False
+) -> dict[str, Any]:
     route_config: dict[str, Any] = {
         "name": name,
         "virtual_hosts": [{"name": name, "domains": ["*"], "routes": [route]}],
@@ -47,16 +50,33 @@ def _hcm_listener(name: str, port: int, route: dict[str, Any], *, max_body: int 
         "route_config": route_config,
         "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}}],
     }
+    if read_body_first:
+        # A direct_response sent before the request body is read makes Envoy answer with
+        # `connection: close` (every request would then pay a TCP connect). Buffering the
+        # request first keeps connections alive, like a real provider.
+        hcm["http_filters"].insert(
+            0,
+            {
+                "name": "envoy.filters.http.buffer",
+                "typed_config": {"@type": _BUFFER, "max_request_bytes": 1 << 20},
+            },
+        )
     return {
         "name": name,
         "address": _socket(port),
-        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
-                                        "typed_config": hcm}]}],
+        "filter_chains": [
+            {
+                "filters": [
+                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+                ]
+            }
+        ],
     }
 
 
-def _bootstrap(admin_port: int, listeners: list[dict[str, Any]],
-               clusters: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def _bootstrap(
+    admin_port: int, listeners: list[dict[str, Any]], clusters: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     return {
         "node": {"id": "bench", "cluster": "bench"},
         "admin": {"address": _socket(admin_port)},
@@ -72,11 +92,15 @@ def upstream_bootstrap(admin_port: int, bodies: dict[int, tuple[bytes, str]]) ->
             "match": {"prefix": "/"},
             "direct_response": {"status": 200, "body": {"inline_string": body.decode()}},
             "response_headers_to_add": [
-                {"header": {"key": "content-type", "value": content_type},
-                 "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+                {
+                    "header": {"key": "content-type", "value": content_type},
+                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                }
             ],
         }
-        listeners.append(_hcm_listener(f"upstream_{port}", port, route, max_body=1 << 20))
+        listeners.append(
+            _hcm_listener(f"upstream_{port}", port, route, max_body=1 << 20, read_body_first=True)
+        )
     return _bootstrap(admin_port, listeners)
 
 
@@ -87,28 +111,51 @@ def plain_bootstrap(admin_port: int, routes: dict[int, int]) -> dict[str, Any]:
         cluster = f"upstream_{upstream}"
         route = {"match": {"prefix": "/"}, "route": {"cluster": cluster, "timeout": "60s"}}
         listeners.append(_hcm_listener(f"plain_{listen}", listen, route))
-        clusters.append({
-            "name": cluster,
-            "type": "STATIC",
-            "connect_timeout": "1s",
-            "typed_extension_protocol_options": {
-                _HTTP_OPTIONS_KEY: {"@type": _HTTP_OPTIONS, "explicit_http_config": {"http_protocol_options": {}}}
-            },
-            "load_assignment": {"cluster_name": cluster,
-                                "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket(upstream)}}]}]},
-        })
+        clusters.append(
+            {
+                "name": cluster,
+                "type": "STATIC",
+                "connect_timeout": "1s",
+                "typed_extension_protocol_options": {
+                    _HTTP_OPTIONS_KEY: {
+                        "@type": _HTTP_OPTIONS,
+                        "explicit_http_config": {"http_protocol_options": {}},
+                    }
+                },
+                "load_assignment": {
+                    "cluster_name": cluster,
+                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket(upstream)}}]}],
+                },
+            }
+        )
     return _bootstrap(admin_port, listeners, clusters)
 
 
 _base_ids = iter(range(100))
 
 
-def start_envoy(bootstrap: Path, ports: list[int], log: Path, concurrency: int) -> subprocess.Popen[bytes]:
+def start_envoy(
+    bootstrap: Path, ports: list[int], log: Path, concurrency: int
+) -> subprocess.Popen[bytes]:
     """Same flags as `children.start_envoy` (llmux's Envoy), with the worker count explicit."""
-    base_id = 60_001 + (os.getpid() % 1000) * 100 + next(_base_ids)  # llmux's Envoy uses pid % 60000 + 1
-    args = [children.envoy_binary(), "-c", str(bootstrap), "--log-level", "warning",
-            "--base-id", str(base_id), "--concurrency", str(concurrency), "--disable-hot-restart"]
-    proc = subprocess.Popen(args, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    base_id = (
+        60_001 + (os.getpid() % 1000) * 100 + next(_base_ids)
+    )  # llmux's Envoy uses pid % 60000 + 1
+    args = [
+        children.envoy_binary(),
+        "-c",
+        str(bootstrap),
+        "--log-level",
+        "warning",
+        "--base-id",
+        str(base_id),
+        "--concurrency",
+        str(concurrency),
+        "--disable-hot-restart",
+    ]
+    proc = subprocess.Popen(
+        args, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         for port in ports:
             children.wait_for_port(port, proc, 30, "envoy")
@@ -121,8 +168,14 @@ def start_envoy(bootstrap: Path, ports: list[int], log: Path, concurrency: int) 
 def start_simulator(port: int, log: Path, chunks: int) -> subprocess.Popen[bytes]:
     args = [sys.executable, "-m", "tests.simulated", "--port", str(port), "--chunks", str(chunks)]
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        args,
+        cwd=REPO,
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         children.wait_for_port(port, proc, 20, "simulated providers")
     except Exception:
@@ -132,7 +185,9 @@ def start_simulator(port: int, log: Path, chunks: int) -> subprocess.Popen[bytes
 
 
 def envoy_version() -> str:
-    out = subprocess.run([children.envoy_binary(), "--version"], capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [children.envoy_binary(), "--version"], capture_output=True, text=True, timeout=30
+    )
     text = out.stdout.strip()
     # "... version: <sha>/1.40.0/Clean/RELEASE/BoringSSL"
     return text.rpartition("version: ")[2] or text

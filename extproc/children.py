@@ -68,33 +68,60 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float, what
 
 
 def start_valkey(port: int, log: Path) -> subprocess.Popen[bytes]:
-    args = [valkey_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--protected-mode", "yes"]
+    args = [
+        valkey_binary(),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--protected-mode",
+        "yes",
+    ]
     proc = _spawn(args, log)
     wait_for_port(port, proc, 10, "valkey")
     return proc
 
 
-def start_extproc(config_path: str, port: int, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def start_extproc(
+    config_path: str, port: int, log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     args = [sys.executable, "-m", "extproc", "serve", "--config", config_path, "--port", str(port)]
     proc = _spawn(args, log, env)
     wait_for_port(port, proc, 20, "ext_proc")
     return proc
 
 
-def start_envoy(bootstrap: Path, listen_port: int, log: Path, *, level: str = "warning") -> subprocess.Popen[bytes]:
-    args = [envoy_binary(), "-c", str(bootstrap), "--log-level", level,
-            "--base-id", str(os.getpid() % 60000 + 1), "--concurrency", str(os.cpu_count() or 2),
-            "--disable-hot-restart"]
+def start_envoy(
+    bootstrap: Path, listen_port: int, log: Path, *, level: str = "warning"
+) -> subprocess.Popen[bytes]:
+    args = [
+        envoy_binary(),
+        "-c",
+        str(bootstrap),
+        "--log-level",
+        level,
+        "--base-id",
+        str(os.getpid() % 60000 + 1),
+        "--concurrency",
+        str(os.cpu_count() or 2),
+        "--disable-hot-restart",
+    ]
     proc = _spawn(args, log)
     wait_for_port(listen_port, proc, 30, "envoy")
     return proc
 
 
-def _spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def _spawn(
+    args: list[str], log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     with log.open("ab") as handle:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
+        return subprocess.Popen(
+            args, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
 
 
 def stop_all(procs: list[subprocess.Popen[bytes]], timeout: float = 10.0) -> None:

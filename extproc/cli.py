@@ -55,11 +55,15 @@ def _check(args: argparse.Namespace, cfg: config.Config) -> int:
         path.write_text(json.dumps(envoy_config.bootstrap(cfg)))
         result = subprocess.run(
             [children.envoy_binary(), "--mode", "validate", "-c", str(path), "-l", "error"],
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
         )
     if result.returncode != 0:
-        print(f"{args.config}: generated Envoy config is invalid:\n{result.stdout}{result.stderr}",
-              file=sys.stderr)
+        print(
+            f"{args.config}: generated Envoy config is invalid:\n{result.stdout}{result.stderr}",
+            file=sys.stderr,
+        )
         return 2
     print(f"{args.config}: OK ({len(cfg.providers)} providers, {len(cfg.models)} models)")
     return 0
@@ -96,17 +100,23 @@ def _up(args: argparse.Namespace, cfg: config.Config) -> int:
             port = children.free_port()
             procs.append(children.start_valkey(port, log_dir / "valkey.log"))
             env["LLMUX_STORE_URL"] = f"redis://127.0.0.1:{port}/0"
-        procs.append(children.start_extproc(args.config, cfg.extproc.port, log_dir / "extproc.log", env))
+        procs.append(
+            children.start_extproc(args.config, cfg.extproc.port, log_dir / "extproc.log", env)
+        )
         bootstrap = log_dir / "envoy.json"
         bootstrap.write_text(json.dumps(envoy_config.bootstrap(cfg)))
         procs.append(children.start_envoy(bootstrap, cfg.listen.port, log_dir / "envoy.log"))
-        print(f"llmux listening on http://{cfg.listen.address}:{cfg.listen.port} (logs: {log_dir})",
-              flush=True)
+        print(
+            f"llmux listening on http://{cfg.listen.address}:{cfg.listen.port} (logs: {log_dir})",
+            flush=True,
+        )
         while not stopping:
             for proc in procs:
                 if proc.poll() is not None:
-                    print(f"llmux: {proc.args[0]} exited with code {proc.returncode}; "
-                          f"see {log_dir}", file=sys.stderr)
+                    print(
+                        f"llmux: {proc.args[0]} exited with code {proc.returncode}; see {log_dir}",
+                        file=sys.stderr,
+                    )
                     return 1
             time.sleep(0.2)
         return 0

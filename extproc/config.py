@@ -48,6 +48,7 @@ class Timeouts(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     connect_ms: int = 5000  # TCP/TLS connect to a provider
     request_s: float = 600.0  # whole request including a streamed response
     idle_s: float = 120.0  # no bytes in either direction on an open stream
+    attempt_s: float = 60.0  # one attempt, until the provider's response headers
 
 
 class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -192,7 +193,8 @@ def parse(text: str, *, source: str = "<config>", env: Mapping[str, str]) -> Con
     # `llmux up` hands the embedded server's URL to its ext_proc this way.
     if config.store.url is None and env.get("LLMUX_STORE_URL"):
         config = msgspec.structs.replace(
-            config, store=msgspec.structs.replace(config.store, url=env["LLMUX_STORE_URL"]))
+            config, store=msgspec.structs.replace(config.store, url=env["LLMUX_STORE_URL"])
+        )
     return config
 
 

@@ -99,7 +99,11 @@ def _listener(config: Config) -> dict[str, Any]:
         "address": _socket(config.listen.address, config.listen.port),
         "per_connection_buffer_limit_bytes": config.limits.max_body_bytes,
         "filter_chains": [
-            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
+            {
+                "filters": [
+                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+                ]
+            }
         ],
     }
 
@@ -138,8 +142,7 @@ def _model_route(config: Config, index: int, model: Model) -> dict[str, Any]:
         "idle_timeout": _seconds(config.timeouts.idle_s),
         "auto_host_rewrite": True,
     }
-    if len(model.targets) > 1:
-        route["retry_policy"] = _retry_policy(model)
+    route["retry_policy"] = _retry_policy(config, model)
     return {
         "match": {
             "prefix": "/",
@@ -149,12 +152,29 @@ def _model_route(config: Config, index: int, model: Model) -> dict[str, Any]:
     }
 
 
-def _retry_policy(model: Model) -> dict[str, Any]:
-    """Fallback to the next target before the first byte reaches the client."""
+def _retry_policy(config: Config, model: Model) -> dict[str, Any]:
+    """Fallback to the next target before the first byte reaches the client.
+
+    previous_hosts moves a retry to another target of the tier; previous_priorities
+    drops a tier once it had as many attempts as the largest tier has targets.
+    """
+    tiers = [t.priority for t in model.targets]
+    largest_tier = max(tiers.count(p) for p in set(tiers))
+    attempts = config.routing.max_attempts or len(model.targets)
     return {
         "retry_on": "connect-failure,refused-stream,reset-before-request,retriable-status-codes,5xx",
         "retriable_status_codes": [429],
-        "num_retries": len(model.targets) - 1,
+        "num_retries": max(0, attempts - 1),
+        "per_try_timeout": _seconds(config.timeouts.attempt_s),
+        "per_try_idle_timeout": _seconds(config.timeouts.idle_s),
+        "retry_priority": {
+            "name": "envoy.retry_priorities.previous_priorities",
+            "typed_config": {
+                "@type": _T + "envoy.extensions.retry.priority.previous_priorities.v3"
+                ".PreviousPrioritiesConfig",
+                "update_frequency": largest_tier,
+            },
+        },
         "retry_host_predicate": [
             {
                 "name": "envoy.retry_host_predicates.previous_hosts",
@@ -165,7 +185,7 @@ def _retry_policy(model: Model) -> dict[str, Any]:
             }
         ],
         "host_selection_retry_max_attempts": 5,
-        "retry_back_off": {"base_interval": "0.01s", "max_interval": "0.05s"},
+        "retry_back_off": {"base_interval": "0.001s", "max_interval": "0.01s"},
     }
 
 
@@ -235,7 +255,10 @@ def _extproc_cluster(config: Config, ports: list[int]) -> dict[str, Any]:
                 },
             }
         },
-        "load_assignment": {"cluster_name": EXTPROC_CLUSTER, "endpoints": [{"lb_endpoints": endpoints}]},
+        "load_assignment": {
+            "cluster_name": EXTPROC_CLUSTER,
+            "endpoints": [{"lb_endpoints": endpoints}],
+        },
     }
 
 
@@ -264,6 +287,7 @@ def _model_cluster(config: Config, index: int, model: Model) -> dict[str, Any]:
         "typed_extension_protocol_options": {_HTTP_OPTIONS_KEY: _upstream_options(config, any_tls)},
         "load_assignment": {"cluster_name": name, "endpoints": localities},
         "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
+        "outlier_detection": _outlier_detection(config),
     }
     if len(model.targets) <= MAX_SUBSET_TARGETS:
         cluster["lb_subset_config"] = {
@@ -284,7 +308,31 @@ def eligible_sets(target_index: int, target_count: int) -> list[str]:
     return [str(mask) for mask in range(1, 1 << target_count) if mask & bit]
 
 
-def _target_endpoint(provider: Provider, target_index: int, weight: int, count: int) -> dict[str, Any]:
+def _outlier_detection(config: Config) -> dict[str, Any]:
+    """Eject a target on a failed connection, at once and for the breaker's open time.
+
+    The ext_proc may never see an attempt whose connection was refused (Envoy closes
+    the per-attempt stream first), so Envoy itself keeps such targets out. HTTP-level
+    failures (5xx, 429, timeouts) are counted by the ext_proc in Redis instead.
+    """
+    return {
+        "split_external_local_origin_errors": True,
+        "consecutive_local_origin_failure": 1,
+        "enforcing_consecutive_local_origin_failure": 100,
+        "enforcing_consecutive_5xx": 0,
+        "enforcing_consecutive_gateway_failure": 0,
+        "enforcing_success_rate": 0,
+        "enforcing_local_origin_success_rate": 0,
+        "base_ejection_time": _seconds(config.routing.breaker.open_s),
+        "max_ejection_time": _seconds(config.routing.breaker.open_s),
+        "max_ejection_percent": 100,
+        "interval": "1s",
+    }
+
+
+def _target_endpoint(
+    provider: Provider, target_index: int, weight: int, count: int
+) -> dict[str, Any]:
     url = provider.url
     return {
         "endpoint": {"address": _socket(url.host, url.port), "hostname": url.host},
@@ -343,7 +391,11 @@ _ERROR_BODIES: dict[str, dict[str, Any]] = {
     },
     "anthropic": {"type": "error", "error": {"type": "api_error", "message": "%LOCAL_REPLY_BODY%"}},
     "gemini": {
-        "error": {"code": "%RESPONSE_CODE%", "message": "%LOCAL_REPLY_BODY%", "status": "UNAVAILABLE"}
+        "error": {
+            "code": "%RESPONSE_CODE%",
+            "message": "%LOCAL_REPLY_BODY%",
+            "status": "UNAVAILABLE",
+        }
     },
     "ollama": {"error": "%LOCAL_REPLY_BODY%"},
 }
@@ -354,9 +406,7 @@ def local_reply_config() -> dict[str, Any]:
     for dialect in ("anthropic", "gemini", "ollama", "openai"):
         flag_filter = {"response_flag_filter": {"flags": _ENVOY_FAILURE_FLAGS}}
         header_filter = {
-            "header_filter": {
-                "header": {"name": CLIENT_HEADER, "string_match": {"exact": dialect}}
-            }
+            "header_filter": {"header": {"name": CLIENT_HEADER, "string_match": {"exact": dialect}}}
         }
         match = (
             flag_filter

@@ -200,7 +200,13 @@ class StreamError(msgspec.Struct, frozen=True, tag="error"):
 
 
 StreamEvent = (
-    StreamStart | TextDelta | ToolCallStart | ToolCallDelta | StreamUsage | StreamFinish | StreamError
+    StreamStart
+    | TextDelta
+    | ToolCallStart
+    | ToolCallDelta
+    | StreamUsage
+    | StreamFinish
+    | StreamError
 )
 
 

@@ -13,6 +13,8 @@ try:
     from extproc._proto.envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
     from extproc._proto.envoy.service.ext_proc.v3 import (
         external_processor_pb2 as ext_proc_pb2,
+    )
+    from extproc._proto.envoy.service.ext_proc.v3 import (
         external_processor_pb2_grpc as ext_proc_grpc,
     )
     from extproc._proto.envoy.type.v3 import http_status_pb2

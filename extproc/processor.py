@@ -25,10 +25,7 @@ from extproc.store import Store, StoreError
 
 log = logging.getLogger("llmux.processor")
 
-MODEL_HEADER = "x-llmux-model"  # request: client model; response: upstream model
-OPERATION_HEADER = "x-llmux-operation"
-REQUEST_ID_HEADER = "x-llmux-request-id"
-CREDENTIALS_HEADER = "x-llmux-credentials"  # provider=credential preferences
+MODEL_HEADER = "x-llmux-model"  # response: the upstream model that answered
 PROVIDER_HEADER = "x-llmux-provider"
 ATTEMPTS_HEADER = "x-llmux-attempts"
 INTERNAL_PREFIX = "x-llmux-"
@@ -63,7 +60,9 @@ class ModelRoute(NamedTuple):
 class Context:
     """Per-process state every stream reads: config lookups, the store, background work."""
 
-    def __init__(self, config: Config, store: Store | None, rng: random.Random | None = None) -> None:
+    def __init__(
+        self, config: Config, store: Store | None, rng: random.Random | None = None
+    ) -> None:
         self.config = config
         self.store = store
         self.rng = rng or random.Random()

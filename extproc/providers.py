@@ -22,6 +22,8 @@ CODECS: dict[str, ModuleType] = {
 
 # Headers a client may send that must never reach a provider.
 CLIENT_CREDENTIAL_HEADERS = ("authorization", "x-api-key", "x-goog-api-key", "api-key")
+# Everything auth_headers() may set: an earlier attempt's must not reach the next provider.
+UPSTREAM_AUTH_HEADERS = frozenset((*CLIENT_CREDENTIAL_HEADERS, "anthropic-version"))
 
 
 class UpstreamRequest(NamedTuple):
@@ -33,7 +35,9 @@ def codec_for(provider: Provider) -> ModuleType:
     return CODECS[provider.type]
 
 
-def chat_request(provider: Provider, credential: Credential, model: str, stream: bool) -> UpstreamRequest:
+def chat_request(
+    provider: Provider, credential: Credential, model: str, stream: bool
+) -> UpstreamRequest:
     prefix = provider.url.prefix
     if provider.type == "azure_openai":
         path = f"/openai/deployments/{model}/chat/completions?api-version={provider.api_version}"

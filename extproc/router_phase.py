@@ -7,17 +7,13 @@ what needs no upstream (model lists, errors), reads routing state from the store
 
 from __future__ import annotations
 
-from extproc import ir, providers, routing
+from extproc import envelope, ir, providers, routing
 from extproc.client_apis import Endpoint, classify, dialect_for_path
 from extproc.envoy_config import CLIENT_HEADER, CLUSTER_HEADER
 from extproc.formats import ollama_chat
 from extproc.processor import (
     CONTINUE,
-    CREDENTIALS_HEADER,
     INTERNAL_PREFIX,
-    MODEL_HEADER,
-    OPERATION_HEADER,
-    REQUEST_ID_HEADER,
     Action,
     Context,
     Continue,
@@ -57,28 +53,38 @@ class RouterStream:
         endpoint = self.endpoint
         assert endpoint is not None
         try:
-            model = self.decode_model(endpoint, body)
+            chat, embedding = decode_client_body(endpoint, body)
         except ir.GatewayError as exc:
             return error_response(self.dialect, exc.info)
+        model = chat.model if chat is not None else embedding.model  # type: ignore[union-attr]
         route = self.context.models.get(model)
         if route is None:
             return self.fail("not_found", f"The model `{model}` does not exist")
         decision = await self.admit(route)
         if isinstance(decision, Respond):
             return decision
-        headers = [
-            (CLUSTER_HEADER, route.cluster),
-            (CLIENT_HEADER, endpoint.dialect),
-            (OPERATION_HEADER, endpoint.operation),
-            (MODEL_HEADER, model),
-            (REQUEST_ID_HEADER, new_request_id()),
-        ]
-        if decision is not None:
-            headers.append((CREDENTIALS_HEADER, routing.encode_preferences(decision.preferred)))
+        internal = envelope.encode(
+            envelope.Envelope(
+                dialect=endpoint.dialect,
+                operation=endpoint.operation,
+                model=model,
+                request_id=new_request_id(),
+                client_bytes=len(body),
+                preferred=decision.preferred if decision is not None else {},
+                chat=chat,
+                embedding=embedding,
+            )
+        )
         several = len(route.model.targets) > 1
         return Continue(
-            set_headers=headers,
+            set_headers=[
+                (CLUSTER_HEADER, route.cluster),
+                (CLIENT_HEADER, endpoint.dialect),
+                ("content-type", envelope.CONTENT_TYPE),
+                ("content-length", str(len(internal))),
+            ],
             remove_headers=[*self.client_headers, *providers.CLIENT_CREDENTIAL_HEADERS],
+            body=internal,
             clear_route_cache=True,
             eligible_mask=decision.mask if decision is not None and several else None,
         )
@@ -90,8 +96,9 @@ class RouterStream:
             return None
         plan = route.plan
         try:
-            states, opened = await store.routing_state([c.tag for c in plan.credentials],
-                                                       plan.target_tags)
+            states, opened = await store.routing_state(
+                [c.tag for c in plan.credentials], plan.target_tags
+            )
         except StoreError as exc:
             if self.context.store_failed(exc):
                 return None
@@ -101,26 +108,33 @@ class RouterStream:
         if decision.mask:
             return decision
         kind: ir.ErrorKind = "rate_limit" if decision.rate_limited else "overloaded"
-        message = ("every target of this model is out of quota or cooling down"
-                   if decision.rate_limited else "every target of this model is failing")
+        message = (
+            "every target of this model is out of quota or cooling down"
+            if decision.rate_limited
+            else "every target of this model is failing"
+        )
         info = ir.ErrorInfo(kind=kind, message=message, retry_after=decision.retry_after_s)
         return error_response(self.dialect, info)
 
-    def decode_model(self, endpoint: Endpoint, body: bytes) -> str:
-        """Validate the client body in its dialect; return the client-visible model."""
-        if endpoint.operation == "embeddings":
-            return decode_embedding_request(endpoint, body).model
-        return decode_chat_request(endpoint, body).model
-
     def fail(self, kind: ir.ErrorKind, message: str) -> Respond:
         return error_response(self.dialect, ir.ErrorInfo(kind=kind, message=message))
+
+
+def decode_client_body(
+    endpoint: Endpoint, body: bytes
+) -> tuple[ir.ChatRequest | None, ir.EmbeddingRequest | None]:
+    """Validate the client body in its dialect: a chat or an embeddings request."""
+    if endpoint.operation == "embeddings":
+        return None, decode_embedding_request(endpoint, body)
+    return decode_chat_request(endpoint, body), None
 
 
 def decode_chat_request(endpoint: Endpoint, body: bytes) -> ir.ChatRequest:
     if endpoint.operation == "generate":
         return ollama_chat.decode_generate_request(body)
     request: ir.ChatRequest = endpoint.codec.decode_request(
-        body, path_model=endpoint.path_model, path_stream=endpoint.path_stream)
+        body, path_model=endpoint.path_model, path_stream=endpoint.path_stream
+    )
     return request
 
 
@@ -130,7 +144,8 @@ def decode_embedding_request(endpoint: Endpoint, body: bytes) -> ir.EmbeddingReq
         raise ir.invalid_request(f"embeddings are not offered in the {endpoint.dialect} API")
     if endpoint.path_model is not None:
         request: ir.EmbeddingRequest = codec.decode_embedding_request(
-            body, path_model=endpoint.path_model)
+            body, path_model=endpoint.path_model
+        )
     else:
         request = codec.decode_embedding_request(body)
     return request

@@ -76,8 +76,11 @@ def headroom(ref: CredentialRef, state: CredentialState) -> float:
 
 
 def decide(
-    plan: ModelPlan, states: Sequence[CredentialState], open_ms: Sequence[int],
-    window_left_s: int, rng: random.Random,
+    plan: ModelPlan,
+    states: Sequence[CredentialState],
+    open_ms: Sequence[int],
+    window_left_s: int,
+    rng: random.Random,
 ) -> Decision:
     room = [headroom(ref, state) for ref, state in zip(plan.credentials, states, strict=True)]
     mask = 0
@@ -99,7 +102,9 @@ def decide(
     return Decision(mask, retry_after, rate_limited, preferred)
 
 
-def prefer_credentials(plan: ModelPlan, room: Sequence[float], rng: random.Random) -> dict[str, str]:
+def prefer_credentials(
+    plan: ModelPlan, room: Sequence[float], rng: random.Random
+) -> dict[str, str]:
     """Per provider, the credential with the most quota left (ties: at random)."""
     best: dict[str, tuple[float, float, str]] = {}
     for ref, left in zip(plan.credentials, room, strict=True):
@@ -113,15 +118,6 @@ def credential_order(credentials: Sequence[Credential], preferred: str | None) -
     """The preferred credential first, then the others in config order."""
     first = [c for c in credentials if c.name == preferred]
     return first + [c for c in credentials if c.name != preferred]
-
-
-def encode_preferences(preferred: dict[str, str]) -> str:
-    return ",".join(f"{provider}={name}" for provider, name in preferred.items())
-
-
-def decode_preferences(value: str) -> dict[str, str]:
-    pairs = (item.partition("=") for item in value.split(",") if item)
-    return {provider: name for provider, _, name in pairs}
 
 
 def estimate_tokens(body_length: int) -> int:

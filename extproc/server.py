@@ -69,7 +69,10 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
                 stream.closed()
 
     async def _guarded(
-        self, stream: RouterStream | UpstreamStream, phase: str, request: ext_proc_pb2.ProcessingRequest
+        self,
+        stream: RouterStream | UpstreamStream,
+        phase: str,
+        request: ext_proc_pb2.ProcessingRequest,
     ) -> Action:
         try:
             return await dispatch(stream, phase, request)
@@ -105,8 +108,11 @@ async def serve(config: Config, *, port: int | None = None, drain_seconds: float
     server = grpc.aio.server(options=_UNLIMITED)
     store = None
     if config.store.url:
-        store = Store(config.store.url, max_connections=config.store.max_connections,
-                      timeout_s=config.store.timeout_ms / 1000)
+        store = Store(
+            config.store.url,
+            max_connections=config.store.max_connections,
+            timeout_s=config.store.timeout_ms / 1000,
+        )
     context = Context(config, store)
     processor = ExternalProcessor(context)
     ext_proc_grpc.add_ExternalProcessorServicer_to_server(processor, server)

@@ -97,11 +97,20 @@ return 0
 class Store:
     """Async Redis access with a bounded pool and short timeouts (never a hang)."""
 
-    def __init__(self, url: str, *, max_connections: int = 64, timeout_s: float = 0.5,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_connections: int = 64,
+        timeout_s: float = 0.5,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.redis = aioredis.Redis.from_url(
-            url, max_connections=max_connections, socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s, health_check_interval=0,
+            url,
+            max_connections=max_connections,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            health_check_interval=0,
         )
         self.clock = clock
         self._reserve = self.redis.register_script(_RESERVE)
@@ -119,8 +128,11 @@ class Store:
         return window, max(1, int((window + 1) * WINDOW_S - now))
 
     def keys(self, tag: str, window: int) -> tuple[str, str, str]:
-        return (f"{PREFIX}:{tag}:rpm:{window}", f"{PREFIX}:{tag}:tpm:{window}",
-                f"{PREFIX}:{tag}:cool")
+        return (
+            f"{PREFIX}:{tag}:rpm:{window}",
+            f"{PREFIX}:{tag}:tpm:{window}",
+            f"{PREFIX}:{tag}:cool",
+        )
 
     async def routing_state(
         self, credential_tags: Sequence[str], target_tags: Sequence[str]
@@ -141,14 +153,17 @@ class Store:
             CredentialState(int(replies[i] or 0), int(replies[i + 1] or 0), max(0, replies[i + 2]))
             for i in range(0, 3 * len(credential_tags), 3)
         ]
-        opened = [max(0, int(ms)) for ms in replies[3 * len(credential_tags):]]
+        opened = [max(0, int(ms)) for ms in replies[3 * len(credential_tags) :]]
         return states, opened
 
-    async def reserve(self, tag: str, rpm: int | None, tpm: int | None, estimate: int) -> Reservation:
+    async def reserve(
+        self, tag: str, rpm: int | None, tpm: int | None, estimate: int
+    ) -> Reservation:
         window, ttl = self.window()
         try:
             ok, retry_ms = await self._reserve(
-                keys=self.keys(tag, window), args=[rpm or 0, tpm or 0, estimate, ttl + 60])
+                keys=self.keys(tag, window), args=[rpm or 0, tpm or 0, estimate, ttl + 60]
+            )
         except RedisError as exc:
             raise StoreError(str(exc)) from exc
         if int(retry_ms) < 0:
@@ -169,7 +184,9 @@ class Store:
         except RedisError as exc:
             raise StoreError(str(exc)) from exc
 
-    async def record_failure(self, tag: str, *, window_ms: int, threshold: int, open_ms: int) -> bool:
+    async def record_failure(
+        self, tag: str, *, window_ms: int, threshold: int, open_ms: int
+    ) -> bool:
         """Count a failure of a target; True when its circuit breaker (re)opened."""
         keys = [f"{PREFIX}:{tag}:fail", f"{PREFIX}:{tag}:open"]
         try:

@@ -11,19 +11,19 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
-from extproc import ir, providers, routing
+import msgspec
+
+from extproc import envelope, ir, providers, routing
 from extproc.client_apis import CODECS as CLIENT_CODECS
-from extproc.client_apis import Endpoint, classify
 from extproc.config import Credential, Provider
-from extproc.envoy_config import CLIENT_HEADER, CLUSTER_HEADER
+from extproc.envoy_config import CLIENT_HEADER
 from extproc.formats import ollama_chat
 from extproc.processor import (
     ATTEMPTS_HEADER,
     CONTINUE,
-    CREDENTIALS_HEADER,
+    INTERNAL_PREFIX,
     JSON,
     MODEL_HEADER,
-    OPERATION_HEADER,
     PROVIDER_HEADER,
     Action,
     Context,
@@ -32,12 +32,15 @@ from extproc.processor import (
     error_response,
     store_unavailable,
 )
-from extproc.router_phase import decode_chat_request, decode_embedding_request
 from extproc.store import StoreError, credential_tag, target_tag
 from extproc.usage import UsageMeter
 
-STREAM_TYPES = {"openai": "text/event-stream", "anthropic": "text/event-stream",
-                "gemini": "text/event-stream", "ollama": "application/x-ndjson"}
+STREAM_TYPES = {
+    "openai": "text/event-stream",
+    "anthropic": "text/event-stream",
+    "gemini": "text/event-stream",
+    "ollama": "application/x-ndjson",
+}
 
 
 class UpstreamStream:
@@ -46,17 +49,16 @@ class UpstreamStream:
     def __init__(self, context: Context) -> None:
         self.context = context
         self.dialect = "openai"
-        self.endpoint: Endpoint | None = None
+        self.operation = "chat"
+        self.target_index: int | None = None
+        self.stale_headers: list[str] = []
         self.provider: Provider | None = None
         self.credential: Credential | None = None
         self.upstream_model = ""
-        self.client_model = ""
-        self.preferences: dict[str, str] = {}
         self.stream = False
         self.include_usage = False
         self.attempt = "1"
         self.status = 0
-        self.sent_upstream = False
         self.finished = False
         self.meter = UsageMeter()
         self.decoder: Any = None
@@ -72,48 +74,61 @@ class UpstreamStream:
         return providers.codec_for(self.provider)
 
     def request_headers(self, headers: dict[str, str], target_index: int | None) -> Action:
-        self.dialect = headers.get(CLIENT_HEADER, "openai")
-        self.client_model = headers.get(MODEL_HEADER, "")
         self.attempt = headers.get("x-envoy-attempt-count", "1")
-        self.preferences = routing.decode_preferences(headers.get(CREDENTIALS_HEADER, ""))
-        self.endpoint = classify(headers.get(":method", ""), headers.get(":path", ""))
-        known = self.client_model in self.context.models
-        if self.endpoint is None or target_index is None or not known:
-            return self.fail("server_error", "request reached an upstream without a route")
-        self.provider, self.upstream_model = self.context.target(self.client_model, target_index)
+        self.dialect = headers.get(CLIENT_HEADER, "openai")
+        self.target_index = target_index
+        # What earlier attempts of this request set (Envoy shares the header map).
+        self.stale_headers = [
+            k
+            for k in headers
+            if k in providers.UPSTREAM_AUTH_HEADERS
+            or (k.startswith(INTERNAL_PREFIX) and k != CLIENT_HEADER)
+        ]
         return CONTINUE
 
     async def request_body(self, body: bytes) -> Action:
-        assert self.endpoint is not None and self.provider is not None
         try:
-            if self.endpoint.operation == "embeddings":
-                request: Any = decode_embedding_request(self.endpoint, body)
-            else:
-                request = decode_chat_request(self.endpoint, body)
-                self.stream = request.stream
-                self.include_usage = request.stream_include_usage
-            self.meter.estimate_input(len(body))
-            refusal = await self.choose_credential(routing.estimate_tokens(len(body)))
+            internal = envelope.decode(body)
+        except msgspec.DecodeError:
+            return self.fail("server_error", "request reached an upstream without a route")
+        self.dialect = internal.dialect
+        self.operation = internal.operation
+        if self.target_index is None or internal.model not in self.context.models:
+            return self.fail("server_error", "request reached an upstream without a route")
+        self.provider, self.upstream_model = self.context.target(internal.model, self.target_index)
+        if internal.chat is not None:
+            self.stream = internal.chat.stream
+            self.include_usage = internal.chat.stream_include_usage
+        self.meter.estimate_input(internal.client_bytes)
+        try:
+            refusal = await self.choose_credential(
+                routing.estimate_tokens(internal.client_bytes), internal.preferred
+            )
             if refusal is not None:
                 return refusal
-            return self.upstream_continue(request)
+            return self.upstream_continue(internal)
         except ir.GatewayError as exc:
             return error_response(self.dialect, exc.info)
 
-    async def choose_credential(self, estimate: int) -> Respond | None:
+    async def choose_credential(self, estimate: int, preferred: dict[str, str]) -> Respond | None:
         """Reserve quota on the preferred credential with room left; None when one is set."""
         assert self.provider is not None
         store = self.context.store
-        order = routing.credential_order(self.provider.all_credentials,
-                                         self.preferences.get(self.provider.name))
+        order = routing.credential_order(
+            self.provider.all_credentials, preferred.get(self.provider.name)
+        )
         retry_ms = []
         for credential in order:
             if store is None or not (credential.rpm or credential.tpm):
                 self.credential = credential
                 return None
             try:
-                reservation = await store.reserve(credential_tag(self.provider.name, credential.name),
-                                                  credential.rpm, credential.tpm, estimate)
+                reservation = await store.reserve(
+                    credential_tag(self.provider.name, credential.name),
+                    credential.rpm,
+                    credential.tpm,
+                    estimate,
+                )
             except StoreError as exc:
                 if not self.context.store_failed(exc):
                     return error_response(self.dialect, store_unavailable())
@@ -123,25 +138,29 @@ class UpstreamStream:
                 self.credential = credential
                 return None
             retry_ms.append(reservation.retry_after_ms)
-        info = ir.ErrorInfo(kind="rate_limit", message="the provider's quota is used up",
-                            retry_after=min(retry_ms) / 1000)
+        info = ir.ErrorInfo(
+            kind="rate_limit",
+            message="the provider's quota is used up",
+            retry_after=min(retry_ms) / 1000,
+        )
         return error_response(self.dialect, info)
 
-    def upstream_continue(self, request: Any) -> Continue:
-        assert self.endpoint is not None and self.provider is not None
-        assert self.credential is not None
+    def upstream_continue(self, internal: envelope.Envelope) -> Continue:
+        assert self.provider is not None and self.credential is not None
         codec = self.provider_codec
-        if self.endpoint.operation == "embeddings":
+        if internal.embedding is not None:
             if not hasattr(codec, "encode_embedding_request"):
                 raise ir.invalid_request(f"the {self.provider.type} provider offers no embeddings")
-            body = codec.encode_embedding_request(request, model=self.upstream_model)
-            upstream = providers.embeddings_request(self.provider, self.credential,
-                                                    self.upstream_model)
+            body = codec.encode_embedding_request(internal.embedding, model=self.upstream_model)
+            upstream = providers.embeddings_request(
+                self.provider, self.credential, self.upstream_model
+            )
         else:
-            body = codec.encode_request(request, model=self.upstream_model)
-            upstream = providers.chat_request(self.provider, self.credential,
-                                              self.upstream_model, self.stream)
-        self.sent_upstream = True
+            body = codec.encode_request(internal.chat, model=self.upstream_model)
+            upstream = providers.chat_request(
+                self.provider, self.credential, self.upstream_model, self.stream
+            )
+        setting = {name for name, _ in upstream.headers}
         return Continue(
             set_headers=[
                 (":path", upstream.path),
@@ -150,8 +169,7 @@ class UpstreamStream:
                 ("accept-encoding", "identity"),
                 *upstream.headers,
             ],
-            remove_headers=[CLUSTER_HEADER, OPERATION_HEADER, CLIENT_HEADER, MODEL_HEADER,
-                            CREDENTIALS_HEADER],
+            remove_headers=[h for h in self.stale_headers if h not in setting],
             body=body,
         )
 
@@ -168,9 +186,11 @@ class UpstreamStream:
         if streaming:
             set_headers.append(("content-type", STREAM_TYPES[self.dialect]))
             self.decoder = self.provider_codec.StreamDecoder()
-            encoder_class = (ollama_chat.GenerateStreamEncoder
-                             if self.endpoint and self.endpoint.operation == "generate"
-                             else self.client_codec.StreamEncoder)
+            encoder_class = (
+                ollama_chat.GenerateStreamEncoder
+                if self.operation == "generate"
+                else self.client_codec.StreamEncoder
+            )
             self.encoder = encoder_class(include_usage=self.include_usage)
         else:
             set_headers.append(("content-type", JSON))
@@ -184,7 +204,9 @@ class UpstreamStream:
         if self.decoder is not None:
             out = self.stream_chunk(body, end_of_stream)
         elif not 200 <= self.status < 300:
-            out = self.client_codec.encode_error(self.provider_codec.decode_error(self.status, body))
+            out = self.client_codec.encode_error(
+                self.provider_codec.decode_error(self.status, body)
+            )
         else:
             try:
                 out = self.translate_response(body)
@@ -195,14 +217,13 @@ class UpstreamStream:
         return Continue(body=out)
 
     def translate_response(self, body: bytes) -> bytes:
-        assert self.endpoint is not None
-        if self.endpoint.operation == "embeddings":
+        if self.operation == "embeddings":
             response = self.provider_codec.decode_embedding_response(body)
             self.meter.observe_usage(response.usage)
             return self.client_codec.encode_embedding_response(response)  # type: ignore[no-any-return]
         chat = self.provider_codec.decode_response(body)
         self.meter.observe_usage(chat.usage)
-        if self.endpoint.operation == "generate":
+        if self.operation == "generate":
             return ollama_chat.encode_generate_response(chat)
         return self.client_codec.encode_response(chat)  # type: ignore[no-any-return]
 
@@ -237,8 +258,11 @@ class UpstreamStream:
         """The ext_proc stream ended: charge a cut stream; count a silent upstream failure."""
         if self.finished:
             return
-        if self.sent_upstream and self.status == 0:
-            self.schedule(self.record_failure())  # connect failure, reset or timeout
+        # A reset or timeout before response headers ends the stream here. A refused
+        # connection may end it before the headers are read: Envoy's outlier detection
+        # covers that case (see envoy_config._outlier_detection).
+        if self.provider is not None and self.status == 0:
+            self.schedule(self.record_failure())
         self.finish()
 
     def schedule(self, work: Any) -> None:
@@ -250,20 +274,24 @@ class UpstreamStream:
     async def cool_down(self, milliseconds: int) -> None:
         assert self.context.store and self.provider and self.credential
         await self.context.store.cool_down(
-            credential_tag(self.provider.name, self.credential.name), milliseconds)
+            credential_tag(self.provider.name, self.credential.name), milliseconds
+        )
 
     async def record_failure(self) -> None:
         assert self.context.store and self.provider
         breaker = self.context.config.routing.breaker
         await self.context.store.record_failure(
             target_tag(self.provider.name, self.upstream_model),
-            window_ms=int(breaker.window_s * 1000), threshold=breaker.failures,
-            open_ms=int(breaker.open_s * 1000))
+            window_ms=int(breaker.window_s * 1000),
+            threshold=breaker.failures,
+            open_ms=int(breaker.open_s * 1000),
+        )
 
     async def charge(self, tokens: int) -> None:
         assert self.context.store and self.provider and self.credential
         await self.context.store.charge_tokens(
-            credential_tag(self.provider.name, self.credential.name), tokens)
+            credential_tag(self.provider.name, self.credential.name), tokens
+        )
 
     def fail(self, kind: ir.ErrorKind, message: str) -> Respond:
         return error_response(self.dialect, ir.ErrorInfo(kind=kind, message=message))

@@ -41,6 +41,7 @@ class Gateway:
         *,
         extproc_env: dict[str, str] | None = None,
         envoy_log_level: str = "info",
+        store_url: str | None = None,
     ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
@@ -48,8 +49,13 @@ class Gateway:
         data = dict(config_dict)
         data["listen"] = {"address": "127.0.0.1", "port": self.port}
         data["admin"] = {"port": children.free_port()}
-        data["extproc"] = {**data.get("extproc", {}), "port": children.free_port(),
-                           "admin_port": children.free_port()}
+        data["extproc"] = {
+            **data.get("extproc", {}),
+            "port": children.free_port(),
+            "admin_port": children.free_port(),
+        }
+        if store_url is not None:
+            data["store"] = {**data.get("store", {}), "url": store_url}
         self.config_path = workdir / "llmux.yaml"
         self.config_path.write_text(yaml.safe_dump(data))
         self.config = config.load(self.config_path, env=os.environ)
@@ -58,12 +64,18 @@ class Gateway:
         self.procs: list[subprocess.Popen[bytes]] = []
         env = {**os.environ, **(extproc_env or {})}
         try:
-            self.procs.append(children.start_extproc(
-                str(self.config_path), self.config.extproc.port, workdir / "extproc.log", env))
+            self.procs.append(
+                children.start_extproc(
+                    str(self.config_path), self.config.extproc.port, workdir / "extproc.log", env
+                )
+            )
             bootstrap = workdir / "envoy.json"
             bootstrap.write_text(json.dumps(envoy_config.bootstrap(self.config)))
-            self.procs.append(children.start_envoy(
-                bootstrap, self.port, workdir / "envoy.log", level=envoy_log_level))
+            self.procs.append(
+                children.start_envoy(
+                    bootstrap, self.port, workdir / "envoy.log", level=envoy_log_level
+                )
+            )
             self._wait_ready()
         except Exception:
             self.stop()
@@ -100,7 +112,9 @@ class Gateway:
             path = self.workdir / name
             if path.exists():
                 text = path.read_text(errors="replace")
-                parts.append(f"----- {name} (last 80 lines) -----\n" + "\n".join(text.splitlines()[-80:]))
+                parts.append(
+                    f"----- {name} (last 80 lines) -----\n" + "\n".join(text.splitlines()[-80:])
+                )
         return "\n".join(parts)
 
     def stop(self) -> None:
@@ -108,7 +122,9 @@ class Gateway:
         self.procs = []
 
 
-def provider_config(name: str, kind: str, base_url: str, api_key: str, **extra: Any) -> dict[str, Any]:
+def provider_config(
+    name: str, kind: str, base_url: str, api_key: str, **extra: Any
+) -> dict[str, Any]:
     entry = {"name": name, "type": kind, "base_url": base_url, "api_key": api_key, **extra}
     if kind == "azure_openai":
         entry.setdefault("api_version", "2024-10-21")

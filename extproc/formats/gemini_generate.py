@@ -5,7 +5,8 @@ Owns the wire format of `POST /v1beta/models/{model}:generateContent`,
 (https://ai.google.dev/api/generate-content, https://ai.google.dev/api/embeddings):
 client side (decode what google-genai and curl send, encode what they expect back)
 and provider side (build upstream requests, read upstream answers and SSE streams).
-Pure and synchronous: bytes in, `extproc.ir` out and back; no I/O, no module state.
+Pure and synchronous: bytes in, `extproc.ir` out and back; no I/O, no module state,
+no imports of other codecs.
 
 Wire quirks handled here:
 * the model and the streaming flag live in the URL path, not in the body;
@@ -428,10 +429,13 @@ def _decode_user_turn(parts: list[Json], ids: _CallIds, where: str) -> list[ir.M
     return messages
 
 
+_PART_METADATA = frozenset({"thought", "thoughtSignature", "thought_signature", "partMetadata"})
+
+
 def _decode_part(part: Json, where: str) -> ir.Part | None:
     """One content part; thoughts are dropped, kinds the IR lacks stay UnknownPart."""
-    if part.get("thought") is True:
-        return None  # a reasoning summary the model wrote for the user, not conversation
+    if part.get("thought") is True or part.keys() <= _PART_METADATA:
+        return None  # a reasoning summary or a bare signature, not conversation
     text = part.get("text")
     if isinstance(text, str):
         return ir.TextPart(text)
@@ -1116,8 +1120,10 @@ def decode_embedding_response(body: bytes, *, model: str = "") -> ir.EmbeddingRe
     vectors = []
     for item in items:
         values = item.get("values") if isinstance(item, dict) else None
-        if not isinstance(values, list):
-            raise _bad_gateway("gemini embedding without values")
+        if not isinstance(values, list) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in values
+        ):
+            raise _bad_gateway("gemini embedding without numeric values")
         vectors.append([float(v) for v in values])
     usage = _decode_usage(data.get("usageMetadata"))
     return ir.EmbeddingResponse(model=_model_name(model), vectors=vectors, usage=usage)
@@ -1138,14 +1144,15 @@ def decode_embedding_request(body: bytes, *, path_model: str | None = None) -> i
     if not items:
         raise ir.invalid_request("requests must not be empty", param="requests")
     inputs = [_embedding_text(item) for item in items]
-    dims = {_get(item, "outputDimensionality", "output_dimensionality") for item in items}
+    dims = {
+        _integer(
+            _get(item, "outputDimensionality", "output_dimensionality"), "outputDimensionality"
+        )
+        for item in items
+    }
     if len(dims) > 1:
         raise ir.invalid_request("all requests must ask for the same outputDimensionality")
-    return ir.EmbeddingRequest(
-        model=_model_name(model),
-        inputs=inputs,
-        dimensions=_integer(dims.pop(), "outputDimensionality"),
-    )
+    return ir.EmbeddingRequest(model=_model_name(model), inputs=inputs, dimensions=dims.pop())
 
 
 def _embedding_text(item: Json) -> str:

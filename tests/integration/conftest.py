@@ -37,8 +37,11 @@ def gateway_factory(
         return gateway
 
     yield start
-    failed = any(getattr(item, "rep_call", None) and item.rep_call.failed
-                 for item in request.session.items if item.module is request.module)
+    failed = any(
+        getattr(item, "rep_call", None) and item.rep_call.failed
+        for item in request.session.items
+        if item.module is request.module
+    )
     for gateway in started:
         if failed:
             print(gateway.logs())

@@ -23,17 +23,19 @@ def gateway(sim: SimulatedProviders, gateway_factory: Callable[..., Gateway]) ->
     from extproc.children import free_port
 
     closed_port = free_port()  # nothing listens here
-    return gateway_factory({
-        "providers": [
-            provider_config("openai", "openai", sim.base_url, UPSTREAM_KEY),
-            provider_config("down", "openai", f"http://127.0.0.1:{closed_port}", "sk-down"),
-        ],
-        "models": [
-            {"name": "gpt-test", "targets": [{"provider": "openai", "model": "gpt-4o-mini"}]},
-            {"name": "gpt-down", "targets": [{"provider": "down", "model": "gpt-4o-mini"}]},
-        ],
-        "timeouts": {"connect_ms": 1000, "request_s": 10, "idle_s": 5},
-    })
+    return gateway_factory(
+        {
+            "providers": [
+                provider_config("openai", "openai", sim.base_url, UPSTREAM_KEY),
+                provider_config("down", "openai", f"http://127.0.0.1:{closed_port}", "sk-down"),
+            ],
+            "models": [
+                {"name": "gpt-test", "targets": [{"provider": "openai", "model": "gpt-4o-mini"}]},
+                {"name": "gpt-down", "targets": [{"provider": "down", "model": "gpt-4o-mini"}]},
+            ],
+            "timeouts": {"connect_ms": 1000, "request_s": 10, "idle_s": 5},
+        }
+    )
 
 
 @pytest.fixture
@@ -67,17 +69,21 @@ def test_chat_maps_model_and_credential(client: openai.OpenAI, sim: SimulatedPro
 
 
 def test_response_headers_name_what_served(gateway: Gateway) -> None:
-    response = httpx.post(f"{gateway.url}/v1/chat/completions",
-                          json={"model": "gpt-test", "messages": HELLO})
+    response = httpx.post(
+        f"{gateway.url}/v1/chat/completions", json={"model": "gpt-test", "messages": HELLO}
+    )
     assert response.status_code == 200
     assert response.headers["x-llmux-provider"] == "openai"
     assert response.headers["x-llmux-model"] == "gpt-4o-mini"
     assert response.headers["x-llmux-attempts"] == "1"
 
 
-def test_stream_yields_chunks_and_usage_when_asked(client: openai.OpenAI, sim: SimulatedProviders) -> None:
+def test_stream_yields_chunks_and_usage_when_asked(
+    client: openai.OpenAI, sim: SimulatedProviders
+) -> None:
     stream = client.chat.completions.create(
-        model="gpt-test", messages=HELLO, stream=True, stream_options={"include_usage": True})
+        model="gpt-test", messages=HELLO, stream=True, stream_options={"include_usage": True}
+    )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     upstream = sim.last_request("openai")
@@ -88,9 +94,14 @@ def test_stream_yields_chunks_and_usage_when_asked(client: openai.OpenAI, sim: S
     assert chunks[-1].usage.completion_tokens == upstream.usage.output_tokens
 
 
-def test_stream_without_include_usage_has_no_usage_chunk_but_ends_with_done(gateway: Gateway) -> None:
-    with httpx.stream("POST", f"{gateway.url}/v1/chat/completions",
-                      json={"model": "gpt-test", "messages": HELLO, "stream": True}) as response:
+def test_stream_without_include_usage_has_no_usage_chunk_but_ends_with_done(
+    gateway: Gateway,
+) -> None:
+    with httpx.stream(
+        "POST",
+        f"{gateway.url}/v1/chat/completions",
+        json={"model": "gpt-test", "messages": HELLO, "stream": True},
+    ) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         raw = b"".join(response.iter_bytes())
     events = [e for e in raw.split(b"\n\n") if e.strip()]
@@ -102,8 +113,11 @@ def test_stream_chunks_are_forwarded_as_produced(gateway: Gateway, sim: Simulate
     sim.configure(chunks=4, chunk_delay=0.3)
     started = time.monotonic()
     arrivals = []
-    with httpx.stream("POST", f"{gateway.url}/v1/chat/completions",
-                      json={"model": "gpt-test", "messages": HELLO, "stream": True}) as response:
+    with httpx.stream(
+        "POST",
+        f"{gateway.url}/v1/chat/completions",
+        json={"model": "gpt-test", "messages": HELLO, "stream": True},
+    ) as response:
         for chunk in response.iter_raw():
             if b'"content"' in chunk:
                 arrivals.append(time.monotonic() - started)
@@ -119,14 +133,21 @@ def test_stream_chunks_are_forwarded_as_produced(gateway: Gateway, sim: Simulate
         (b"{not json", 400, "JSON"),
         (b'{"messages": [{"role": "user", "content": "x"}]}', 400, "model"),
         (b'{"model": "gpt-test"}', 400, "messages"),
-        (b'{"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}', 404,
-         "no-such-model"),
+        (
+            b'{"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}',
+            404,
+            "no-such-model",
+        ),
     ],
 )
-def test_bad_requests_get_openai_errors(gateway: Gateway, sim: SimulatedProviders,
-                                        body: bytes, status: int, needle: str) -> None:
-    response = httpx.post(f"{gateway.url}/v1/chat/completions", content=body,
-                          headers={"content-type": "application/json"})
+def test_bad_requests_get_openai_errors(
+    gateway: Gateway, sim: SimulatedProviders, body: bytes, status: int, needle: str
+) -> None:
+    response = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        content=body,
+        headers={"content-type": "application/json"},
+    )
     assert response.status_code == status
     error = response.json()["error"]
     assert needle in error["message"]
@@ -149,11 +170,13 @@ def test_unreachable_upstream_is_a_prompt_503(client: openai.OpenAI) -> None:
 
 
 @pytest.mark.parametrize("status", [400, 429, 500, 503])
-def test_upstream_errors_keep_their_status(gateway: Gateway, sim: SimulatedProviders,
-                                           status: int) -> None:
+def test_upstream_errors_keep_their_status(
+    gateway: Gateway, sim: SimulatedProviders, status: int
+) -> None:
     sim.inject(Fault.error(status, retry_after=7 if status == 429 else None), provider="openai")
-    response = httpx.post(f"{gateway.url}/v1/chat/completions",
-                          json={"model": "gpt-test", "messages": HELLO})
+    response = httpx.post(
+        f"{gateway.url}/v1/chat/completions", json={"model": "gpt-test", "messages": HELLO}
+    )
     assert response.status_code == status
     assert response.json()["error"]["message"]
     if status == 429:
@@ -163,8 +186,9 @@ def test_upstream_errors_keep_their_status(gateway: Gateway, sim: SimulatedProvi
 
 def test_html_error_page_becomes_an_openai_error(gateway: Gateway, sim: SimulatedProviders) -> None:
     sim.inject(Fault.html_502(), provider="openai")
-    response = httpx.post(f"{gateway.url}/v1/chat/completions",
-                          json={"model": "gpt-test", "messages": HELLO})
+    response = httpx.post(
+        f"{gateway.url}/v1/chat/completions", json={"model": "gpt-test", "messages": HELLO}
+    )
     assert response.status_code == 502
     body: dict[str, Any] = response.json()
     assert "<html" not in body["error"]["message"].lower()

@@ -21,6 +21,8 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from extproc import ir
 from extproc.formats import anthropic_messages as codec
@@ -191,3 +193,70 @@ def test_stream_encoder(path: Path) -> None:
     expected = path.with_suffix(".sse").read_bytes()
     assert _encode_stream(events) == expected
     assert _encode_stream(events, one_by_one=True) == expected
+
+
+# ---------------------------------------------------------------- untrusted input
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+_block = st.fixed_dictionaries(
+    {"type": st.sampled_from(["text", "image", "tool_use", "tool_result", "thinking", "x"])},
+    optional={
+        "text": _json,
+        "source": _json,
+        "id": _json,
+        "name": _json,
+        "input": _json,
+        "tool_use_id": _json,
+        "content": _json,
+    },
+)
+_message = st.fixed_dictionaries(
+    {
+        "role": st.sampled_from(["user", "assistant", "system"]),
+        "content": st.one_of(st.text(max_size=5), st.lists(_block, max_size=3), _json),
+    }
+)
+_request = st.fixed_dictionaries(
+    {
+        "model": st.just("m") | _json,
+        "max_tokens": st.just(5) | _json,
+        "messages": st.lists(_message, max_size=3) | _json,
+    },
+    optional={
+        "system": _json,
+        "tools": _json,
+        "tool_choice": _json,
+        "metadata": _json,
+        "stop_sequences": _json,
+        "output_config": _json,
+        "temperature": _json,
+    },
+)
+
+
+@settings(max_examples=50, deadline=None, database=None)
+@given(_request)
+def test_decode_request_only_raises_invalid_request(wire: dict[str, Any]) -> None:
+    try:
+        req = codec.decode_request(json.dumps(wire).encode())
+    except ir.GatewayError as exc:
+        assert exc.info.kind == "invalid_request"
+        return
+    try:
+        codec.encode_request(req, model="m")
+    except ir.GatewayError as exc:
+        assert exc.info.kind == "invalid_request"
+
+
+@settings(max_examples=30, deadline=None, database=None)
+@given(st.lists(_json, max_size=4))
+def test_stream_decoder_survives_any_json_events(payloads: list[Any]) -> None:
+    raw = b"".join(b"event: x\ndata: " + json.dumps(p).encode() + b"\n\n" for p in payloads)
+    events = _decode_stream([raw])
+    assert isinstance(events[-1], ir.StreamError)

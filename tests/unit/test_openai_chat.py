@@ -104,7 +104,7 @@ _JSON = st.recursive(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
     messages=st.lists(_JSON, max_size=3),
     extra=st.dictionaries(

@@ -32,12 +32,12 @@ except ImportError:  # stubs not generated yet: generate them (takes ~0.3 s)
     build()
     from extproc import pb
 
+import warnings
+
 import betterproto2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2, json_format, struct_pb2, wrappers_pb2
 from google.protobuf.unknown_fields import UnknownFieldSet
-
-import warnings
 
 with warnings.catch_warnings():
     # envoy-data-plane's generated code trips pydantic>=2.12 deprecation warnings on import.
@@ -107,7 +107,9 @@ RESP_HEADERS = [
     ("content-type", b"text/event-stream", ""),
     ("x-request-id", b"5f1c-42", ""),
 ]
-REQ_BODY = b'{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi \xe2\x9c\x93"}]}'
+REQ_BODY = (
+    b'{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi \xe2\x9c\x93"}]}'
+)
 SSE_CHUNK = b'data: {"choices":[{"delta":{"content":"he"}}]}\n\n'
 NEW_BODY = b'{"model":"claude-sonnet","max_tokens":1024,"messages":[]}'
 ERROR_BODY = b'{"error":{"type":"rate_limited","message":"slow down"}}'
@@ -233,7 +235,9 @@ CASES: dict[str, tuple] = {
             observability_mode=True,
         ),
         lambda: bp_ep.ProcessingRequest(
-            request_headers=bp_ep.HttpHeaders(headers=t_headers(REQ_HEADERS[:3]), end_of_stream=True),
+            request_headers=bp_ep.HttpHeaders(
+                headers=t_headers(REQ_HEADERS[:3]), end_of_stream=True
+            ),
             observability_mode=True,
         ),
     ),
@@ -466,7 +470,11 @@ CASES: dict[str, tuple] = {
                 status=bp_type.HttpStatus(code=bp_type.StatusCode.TooManyRequests),
                 headers=bp_ep.HeaderMutation(
                     set_headers=[
-                        TV(header=bp_core.HeaderValue(key="content-type", raw_value=b"application/json")),
+                        TV(
+                            header=bp_core.HeaderValue(
+                                key="content-type", raw_value=b"application/json"
+                            )
+                        ),
                         TV(header=bp_core.HeaderValue(key="retry-after", raw_value=b"7")),
                     ],
                     remove_headers=["x-envoy-upstream-service-time"],
@@ -497,9 +505,7 @@ CASES: dict[str, tuple] = {
         lambda: P.ProcessingResponse(
             override_message_timeout=duration_pb2.Duration(seconds=2, nanos=500_000_000)
         ),
-        lambda: bp_ep.ProcessingResponse(
-            override_message_timeout=datetime.timedelta(seconds=2.5)
-        ),
+        lambda: bp_ep.ProcessingResponse(override_message_timeout=datetime.timedelta(seconds=2.5)),
     ),
     "resp.request_trailers": (
         lambda: P.ProcessingResponse(
@@ -541,7 +547,13 @@ def _assert_no_unknown_fields_theirs(msg, path="") -> None:
     assert msg._unknown_fields == b"", f"unknown fields in betterproto2 at {path or '<root>'}"
     for f in dataclasses.fields(msg):
         value = getattr(msg, f.name)
-        values = value.values() if isinstance(value, dict) else value if isinstance(value, list) else [value]
+        values = (
+            value.values()
+            if isinstance(value, dict)
+            else value
+            if isinstance(value, list)
+            else [value]
+        )
         for i, v in enumerate(values):
             if isinstance(v, betterproto2.Message):
                 _assert_no_unknown_fields_theirs(v, f"{path}.{f.name}[{i}]")
@@ -653,7 +665,9 @@ def test_response_to_envoy_concrete_values() -> None:
 
 
 def test_clear_body_and_immediate_response_concrete_values() -> None:
-    clear = bp_ep.ProcessingResponse.parse(CASES["resp.request_body_clear"][0]().SerializeToString())
+    clear = bp_ep.ProcessingResponse.parse(
+        CASES["resp.request_body_clear"][0]().SerializeToString()
+    )
     mutation = clear.request_body.response.body_mutation
     assert betterproto2.which_one_of(mutation, "mutation") == ("clear_body", True)
 
@@ -672,7 +686,10 @@ def test_clear_body_and_immediate_response_concrete_values() -> None:
         CASES["resp.request_headers_empty_continue"][0]().SerializeToString()
     )
     # An empty HeadersResponse must still select the oneof (Envoy treats it as CONTINUE).
-    assert betterproto2.which_one_of(empty, "response") == ("request_headers", bp_ep.HeadersResponse())
+    assert betterproto2.which_one_of(empty, "response") == (
+        "request_headers",
+        bp_ep.HeadersResponse(),
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -704,8 +721,7 @@ def _bp_name(desc) -> str:
 
 def _all_messages():
     for fdesc in _OUR_FILES:
-        for m in fdesc.message_types_by_name.values():
-            yield m
+        yield from fdesc.message_types_by_name.values()
 
 
 def _all_enums():
@@ -749,7 +765,9 @@ def test_enum_values_match_envoy(enum) -> None:
 def test_grpc_method_path() -> None:
     svc = P.DESCRIPTOR.services_by_name["ExternalProcessor"]
     method = svc.methods_by_name["Process"]
-    assert f"/{svc.full_name}/{method.name}" == "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
+    assert (
+        f"/{svc.full_name}/{method.name}" == "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
+    )
     assert method.input_type.full_name == "envoy.service.ext_proc.v3.ProcessingRequest"
     assert method.output_type.full_name == "envoy.service.ext_proc.v3.ProcessingResponse"
     assert method.client_streaming and method.server_streaming
