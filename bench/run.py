@@ -379,6 +379,26 @@ def llmux_config(upstream_urls: dict[str, str]) -> dict[str, Any]:
     }
 
 
+def connection_counts(admin_url: str) -> dict[str, int]:
+    """Requests and connections an Envoy saw on the client side and towards upstreams
+    (model/upstream clusters only, not the ext_proc's gRPC cluster)."""
+    import httpx
+
+    text = httpx.get(
+        f"{admin_url}/stats", params={"filter": "(cx_total|rq_total)$"}, timeout=5
+    ).text
+    out = {"downstream_rq": 0, "downstream_cx": 0, "upstream_rq": 0, "upstream_cx": 0}
+    for line in text.splitlines():
+        key, _, value = line.partition(": ")
+        if not value.strip().isdigit() or "llmux_extproc" in key or "admin" in key:
+            continue
+        side = "downstream" if key.startswith("http.") else "upstream"
+        for stat in ("rq", "cx"):
+            if key.endswith(f".{side}_{stat}_total") and key.startswith(("http.", "cluster.")):
+                out[f"{side}_{stat}"] += int(value)
+    return out
+
+
 def _write_json(path: Path, bootstrap: dict[str, Any]) -> Path:
     path.write_text(json.dumps(bootstrap, indent=1))
     return path
@@ -446,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     procs: list[Any] = []
     gateway = None
     results: list[Result] = []
+    reuse: dict[str, dict[str, int]] = {}
     try:
         up_json, up_sse, up_sim = children.free_port(), children.free_port(), children.free_port()
         bodies = {
@@ -467,11 +488,12 @@ def main(argv: list[str] | None = None) -> int:
         upstream_urls = {kind: f"http://127.0.0.1:{port}" for kind, port in upstream_ports.items()}
 
         plain_ports = {kind: children.free_port() for kind in upstream_ports}
+        plain_admin = children.free_port()
         plain = servers.start_envoy(
             _write_json(
                 workdir / "plain.json",
                 servers.plain_bootstrap(
-                    children.free_port(),
+                    plain_admin,
                     {plain_ports[k]: upstream_ports[k] for k in upstream_ports},
                 ),
             ),
@@ -521,6 +543,11 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
                 flush=True,
             )
+        admins = {
+            "plain Envoy": f"http://127.0.0.1:{plain_admin}",
+            "llmux Envoy": gateway.admin_url,
+        }
+        reuse = {name: connection_counts(url) for name, url in admins.items()}
     finally:
         failed_llmux = any(r.m.failed and r.row.target == "llmux" for r in results)
         logs = gateway.logs() if gateway is not None and failed_llmux else ""
@@ -545,15 +572,22 @@ def main(argv: list[str] | None = None) -> int:
             table(ttft_results, TTFT_COLUMNS),
             "",
         ]
+    if reuse:
+        counts = "; ".join(
+            f"{name}: {c['downstream_rq']} requests on {c['downstream_cx']} client connections, "
+            f"{c['upstream_rq']} upstream requests on {c['upstream_cx']} upstream connections"
+            for name, c in reuse.items()
+        )
+        parts += [f"Connection reuse over the run (Envoy /stats, warm-ups included): {counts}", ""]
     failed = [r for r in results if r.m.failed]
     if failed:
         parts += ["## Failed rows", ""]
-        for r in failed:
+        for bad in failed:
             parts += [
-                f"### {r.row.label}: {_errors(r.m)}",
+                f"### {bad.row.label}: {_errors(bad.m)}",
                 "",
                 "```",
-                r.m.raw.strip()[-3000:],
+                bad.m.raw.strip()[-3000:],
                 "```",
                 "",
             ]

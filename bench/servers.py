@@ -43,7 +43,7 @@ def _hcm_listener(
     }
     if max_body:
         route_config["max_direct_response_body_size_bytes"] = max_body
-    hcm = {
+    hcm: dict[str, Any] = {
         "@type": _HCM,
         "stat_prefix": name,
         "codec_type": "AUTO",

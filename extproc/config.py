@@ -119,6 +119,12 @@ class Routing(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     breaker: Breaker = Breaker()
 
 
+class Cache(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    enabled: bool = False
+    ttl_seconds: int = 3600
+    max_entry_bytes: int = 1024 * 1024
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     providers: list[Provider]
     models: list[Model]
@@ -129,6 +135,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     limits: Limits = Limits()
     store: Store = Store()
     routing: Routing = Routing()
+    cache: Cache = Cache()
 
     def provider(self, name: str) -> Provider:
         return next(p for p in self.providers if p.name == name)

@@ -26,6 +26,8 @@ class Envelope(msgspec.Struct, frozen=True, array_like=True):
     preferred: dict[str, str] = {}  # provider -> credential to try first
     chat: ir.ChatRequest | None = None
     embedding: ir.EmbeddingRequest | None = None
+    cache_key: str | None = None  # store the answer under this key when it completes well
+    cache_status: str = "bypass"  # what the router phase did: miss | bypass
 
 
 _encoder = msgspec.msgpack.Encoder()

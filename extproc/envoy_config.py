@@ -309,7 +309,7 @@ def eligible_sets(target_index: int, target_count: int) -> list[str]:
 
 
 def _outlier_detection(config: Config) -> dict[str, Any]:
-    """Eject a target on a failed connection, at once and for the breaker's open time.
+    """Eject a target after `breaker.failures` failed connections, for the breaker's open time.
 
     The ext_proc may never see an attempt whose connection was refused (Envoy closes
     the per-attempt stream first), so Envoy itself keeps such targets out. HTTP-level
@@ -317,7 +317,7 @@ def _outlier_detection(config: Config) -> dict[str, Any]:
     """
     return {
         "split_external_local_origin_errors": True,
-        "consecutive_local_origin_failure": 1,
+        "consecutive_local_origin_failure": config.routing.breaker.failures,
         "enforcing_consecutive_local_origin_failure": 100,
         "enforcing_consecutive_5xx": 0,
         "enforcing_consecutive_gateway_failure": 0,

@@ -27,9 +27,16 @@ log = logging.getLogger("llmux.processor")
 
 MODEL_HEADER = "x-llmux-model"  # response: the upstream model that answered
 PROVIDER_HEADER = "x-llmux-provider"
+CACHE_HEADER = "x-llmux-cache"
 ATTEMPTS_HEADER = "x-llmux-attempts"
 INTERNAL_PREFIX = "x-llmux-"
 JSON = "application/json"
+STREAM_TYPES = {
+    "openai": "text/event-stream",
+    "anthropic": "text/event-stream",
+    "gemini": "text/event-stream",
+    "ollama": "application/x-ndjson",
+}
 
 
 class Continue(NamedTuple):

@@ -7,13 +7,19 @@ what needs no upstream (model lists, errors), reads routing state from the store
 
 from __future__ import annotations
 
-from extproc import envelope, ir, providers, routing
+from typing import NamedTuple
+
+from extproc import cache, envelope, ir, providers, routing
 from extproc.client_apis import Endpoint, classify, dialect_for_path
 from extproc.envoy_config import CLIENT_HEADER, CLUSTER_HEADER
 from extproc.formats import ollama_chat
 from extproc.processor import (
+    CACHE_HEADER,
     CONTINUE,
     INTERNAL_PREFIX,
+    JSON,
+    MODEL_HEADER,
+    STREAM_TYPES,
     Action,
     Context,
     Continue,
@@ -23,7 +29,14 @@ from extproc.processor import (
     new_request_id,
     store_unavailable,
 )
-from extproc.store import StoreError
+from extproc.store import RequestState, StoreError
+
+
+class CacheLookup(NamedTuple):
+    key: str | None
+    read: bool
+    write: bool
+    status: cache.CacheStatus
 
 
 class RouterStream:
@@ -32,6 +45,8 @@ class RouterStream:
         self.endpoint: Endpoint | None = None
         self.dialect = "openai"
         self.client_headers: list[str] = []
+        self.cache_control: str | None = None
+        self.tenant = "global"  # virtual keys name their tenant
 
     def request_headers(self, headers: dict[str, str], end_of_stream: bool) -> Action:
         method, path = headers.get(":method", ""), headers.get(":path", "")
@@ -47,6 +62,7 @@ class RouterStream:
         if end_of_stream:
             return self.fail("invalid_request", "the request has no body")
         self.client_headers = [k for k in headers if k.startswith(INTERNAL_PREFIX)]
+        self.cache_control = headers.get("cache-control")
         return CONTINUE
 
     async def request_body(self, body: bytes, end_of_stream: bool) -> Action:
@@ -60,9 +76,18 @@ class RouterStream:
         route = self.context.models.get(model)
         if route is None:
             return self.fail("not_found", f"The model `{model}` does not exist")
-        decision = await self.admit(route)
+        lookup = self.cache_lookup(chat)
+        state = await self.read_state(route, lookup.key if lookup.read else None)
+        if isinstance(state, Respond):
+            return state
+        if state is not None and state.cached is not None and chat is not None:
+            hit = self.replay(chat, state.cached)
+            if hit is not None:
+                return hit
+        decision = self.decide(route, state)
         if isinstance(decision, Respond):
             return decision
+        self.count_cache(lookup)
         internal = envelope.encode(
             envelope.Envelope(
                 dialect=endpoint.dialect,
@@ -73,6 +98,8 @@ class RouterStream:
                 preferred=decision.preferred if decision is not None else {},
                 chat=chat,
                 embedding=embedding,
+                cache_key=lookup.key if lookup.write else None,
+                cache_status=lookup.status,
             )
         )
         several = len(route.model.targets) > 1
@@ -89,22 +116,63 @@ class RouterStream:
             eligible_mask=decision.mask if decision is not None and several else None,
         )
 
-    async def admit(self, route: ModelRoute) -> routing.Decision | Respond | None:
-        """Which targets may serve, from the store; None when routing without it."""
+    def cache_lookup(self, chat: ir.ChatRequest | None) -> CacheLookup:
+        settings = self.context.config.cache
+        if chat is None or not settings.enabled or self.context.store is None:
+            return CacheLookup(None, False, False, "bypass")
+        read, write = cache.directives(self.cache_control)
+        key = self.context.store.cache_key(chat.model, cache.key_for(self.tenant, chat))
+        return CacheLookup(key, read, write, "miss" if read else "bypass")
+
+    def count_cache(self, lookup: CacheLookup) -> None:
+        store = self.context.store
+        if lookup.read and store is not None:
+            self.context.background(store.cache_count("miss"))
+
+    def replay(self, chat: ir.ChatRequest, entry: bytes) -> Respond | None:
+        """Answer from the cache in the client's dialect, streamed if it asked so."""
+        response = cache.decode_entry(entry)
+        if response is None:
+            return None
+        store = self.context.store
+        assert store is not None and self.endpoint is not None
+        self.context.background(store.cache_count("hit"))
+        body = replay_body(self.endpoint, chat, response)
+        content_type = STREAM_TYPES[self.dialect] if chat.stream else JSON
+        return Respond(
+            200,
+            body,
+            [("content-type", content_type), (CACHE_HEADER, "hit"), (MODEL_HEADER, response.model)],
+        )
+
+    async def read_state(
+        self, route: ModelRoute, cache_key: str | None
+    ) -> RequestState | Respond | None:
+        """Routing state and the cache entry in one round trip; None without a store."""
         store = self.context.store
         if store is None:
             return None
         plan = route.plan
         try:
-            states, opened = await store.routing_state(
-                [c.tag for c in plan.credentials], plan.target_tags
+            return await store.request_state(
+                [c.tag for c in plan.credentials], plan.target_tags, cache_key
             )
         except StoreError as exc:
             if self.context.store_failed(exc):
                 return None
             return error_response(self.dialect, store_unavailable())
+
+    def decide(
+        self, route: ModelRoute, state: RequestState | None
+    ) -> routing.Decision | Respond | None:
+        """Which targets may serve; a 429/503 when none may."""
+        store = self.context.store
+        if state is None or store is None:
+            return None
         _, window_left = store.window()
-        decision = routing.decide(plan, states, opened, window_left, self.context.rng)
+        decision = routing.decide(
+            route.plan, state.credentials, state.opened_ms, window_left, self.context.rng
+        )
         if decision.mask:
             return decision
         kind: ir.ErrorKind = "rate_limit" if decision.rate_limited else "overloaded"
@@ -118,6 +186,23 @@ class RouterStream:
 
     def fail(self, kind: ir.ErrorKind, message: str) -> Respond:
         return error_response(self.dialect, ir.ErrorInfo(kind=kind, message=message))
+
+
+def replay_body(endpoint: Endpoint, chat: ir.ChatRequest, response: ir.ChatResponse) -> bytes:
+    """A cached response in the client's dialect: one body, or a replayed stream."""
+    if not chat.stream:
+        if endpoint.operation == "generate":
+            return ollama_chat.encode_generate_response(response)
+        body: bytes = endpoint.codec.encode_response(response)
+        return body
+    encoder_class = (
+        ollama_chat.GenerateStreamEncoder
+        if endpoint.operation == "generate"
+        else endpoint.codec.StreamEncoder
+    )
+    encoder = encoder_class(include_usage=chat.stream_include_usage)
+    out: bytes = encoder.feed(cache.replay_events(response)) + encoder.finish()
+    return out
 
 
 def decode_client_body(

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from extproc import envoy_msgs, ir
+from extproc import admin, envoy_msgs, ir
 from extproc.config import Config
 from extproc.envoy_config import PHASE_METADATA
 from extproc.pb import ext_proc_grpc, ext_proc_pb2
@@ -122,6 +122,7 @@ async def serve(config: Config, *, port: int | None = None, drain_seconds: float
     server.add_insecure_port(address)
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    admin_runner = await admin.start(context, config.extproc.address, config.extproc.admin_port)
     log.info("ext_proc listening on %s", address)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -131,6 +132,7 @@ async def serve(config: Config, *, port: int | None = None, drain_seconds: float
     log.info("draining %d in-flight streams (up to %gs)", processor.active, drain_seconds)
     await health_servicer.enter_graceful_shutdown()
     await server.stop(drain_seconds)
+    await admin_runner.cleanup()
     await context.drain()
     if store is not None:
         await store.close()

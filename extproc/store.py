@@ -38,6 +38,12 @@ class CredentialState(NamedTuple):
     cooldown_ms: int  # > 0 while cooling down after a 429
 
 
+class RequestState(NamedTuple):
+    credentials: list[CredentialState]
+    opened_ms: list[int]  # per target: > 0 while its circuit breaker is open
+    cached: bytes | None  # the cache entry, when a key was given and found
+
+
 class Reservation(NamedTuple):
     ok: bool
     retry_after_ms: int  # when not ok: how long until it might be
@@ -134,10 +140,10 @@ class Store:
             f"{PREFIX}:{tag}:cool",
         )
 
-    async def routing_state(
-        self, credential_tags: Sequence[str], target_tags: Sequence[str]
-    ) -> tuple[list[CredentialState], list[int]]:
-        """Quota use and cooldowns of credentials, open-breaker ms of targets: one round trip."""
+    async def request_state(
+        self, credential_tags: Sequence[str], target_tags: Sequence[str], cache_key: str | None
+    ) -> RequestState:
+        """Quota use, cooldowns, open breakers and the cache entry: one round trip."""
         window, _ = self.window()
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -146,15 +152,19 @@ class Store:
                     pipe.get(rpm).get(tpm).pttl(cool)
                 for tag in target_tags:
                     pipe.pttl(f"{PREFIX}:{tag}:open")
+                if cache_key is not None:
+                    pipe.get(cache_key)
                 replies = await pipe.execute()
         except RedisError as exc:
             raise StoreError(str(exc)) from exc
+        n = 3 * len(credential_tags)
         states = [
             CredentialState(int(replies[i] or 0), int(replies[i + 1] or 0), max(0, replies[i + 2]))
-            for i in range(0, 3 * len(credential_tags), 3)
+            for i in range(0, n, 3)
         ]
-        opened = [max(0, int(ms)) for ms in replies[3 * len(credential_tags) :]]
-        return states, opened
+        opened = [max(0, int(ms)) for ms in replies[n : n + len(target_tags)]]
+        cached = replies[-1] if cache_key is not None else None
+        return RequestState(states, opened, cached)
 
     async def reserve(
         self, tag: str, rpm: int | None, tpm: int | None, estimate: int
@@ -194,8 +204,62 @@ class Store:
         except RedisError as exc:
             raise StoreError(str(exc)) from exc
 
+    # ------------------------------------------------------------------ cache
+
+    @staticmethod
+    def cache_key(model: str, digest: str) -> str:
+        return f"{PREFIX}:cache:{model}:{digest}"
+
+    async def cache_put(self, key: str, data: bytes, ttl_s: int) -> None:
+        try:
+            await self.redis.set(key, data, ex=ttl_s)
+        except RedisError as exc:
+            raise StoreError(str(exc)) from exc
+
+    async def cache_count(self, outcome: str) -> None:
+        try:
+            await self.redis.hincrby(f"{PREFIX}:cache-stats", outcome, 1)
+        except RedisError as exc:
+            raise StoreError(str(exc)) from exc
+
+    async def cache_stats(self) -> dict[str, float]:
+        """Entries, bytes, hits, misses, hit ratio (entries/bytes scan the keyspace)."""
+        try:
+            counts = await self.redis.hgetall(f"{PREFIX}:cache-stats")
+            entries = size = 0
+            async for key in self.redis.scan_iter(match=f"{PREFIX}:cache:*", count=500):
+                entries += 1
+                size += int(await self.redis.strlen(key))
+        except RedisError as exc:
+            raise StoreError(str(exc)) from exc
+        hits, misses = int(counts.get(b"hit", 0)), int(counts.get(b"miss", 0))
+        ratio = hits / (hits + misses) if hits + misses else 0.0
+        return {
+            "entries": entries,
+            "bytes": size,
+            "hits": hits,
+            "misses": misses,
+            "hit_ratio": round(ratio, 4),
+        }
+
+    async def cache_clear(self, model: str | None = None) -> int:
+        pattern = f"{PREFIX}:cache:{_glob_escape(model)}:*" if model else f"{PREFIX}:cache:*"
+        removed = 0
+        try:
+            async for key in self.redis.scan_iter(match=pattern, count=500):
+                removed += int(await self.redis.unlink(key))
+            if model is None:
+                await self.redis.delete(f"{PREFIX}:cache-stats")
+        except RedisError as exc:
+            raise StoreError(str(exc)) from exc
+        return removed
+
     async def ping(self) -> bool:
         try:
             return bool(await self.redis.ping())
         except RedisError:
             return False
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

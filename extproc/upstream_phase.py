@@ -13,18 +13,20 @@ from typing import Any
 
 import msgspec
 
-from extproc import envelope, ir, providers, routing
+from extproc import cache, envelope, ir, providers, routing
 from extproc.client_apis import CODECS as CLIENT_CODECS
 from extproc.config import Credential, Provider
 from extproc.envoy_config import CLIENT_HEADER
 from extproc.formats import ollama_chat
 from extproc.processor import (
     ATTEMPTS_HEADER,
+    CACHE_HEADER,
     CONTINUE,
     INTERNAL_PREFIX,
     JSON,
     MODEL_HEADER,
     PROVIDER_HEADER,
+    STREAM_TYPES,
     Action,
     Context,
     Continue,
@@ -34,13 +36,6 @@ from extproc.processor import (
 )
 from extproc.store import StoreError, credential_tag, target_tag
 from extproc.usage import UsageMeter
-
-STREAM_TYPES = {
-    "openai": "text/event-stream",
-    "anthropic": "text/event-stream",
-    "gemini": "text/event-stream",
-    "ollama": "application/x-ndjson",
-}
 
 
 class UpstreamStream:
@@ -61,6 +56,10 @@ class UpstreamStream:
         self.status = 0
         self.finished = False
         self.meter = UsageMeter()
+        self.cache_key: str | None = None
+        self.cache_status = "bypass"
+        self.assembler: cache.ResponseAssembler | None = None
+        self.answer: ir.ChatResponse | None = None  # a complete response, to cache
         self.decoder: Any = None
         self.encoder: Any = None
 
@@ -100,6 +99,7 @@ class UpstreamStream:
             self.stream = internal.chat.stream
             self.include_usage = internal.chat.stream_include_usage
         self.meter.estimate_input(internal.client_bytes)
+        self.cache_key, self.cache_status = internal.cache_key, internal.cache_status
         try:
             refusal = await self.choose_credential(
                 routing.estimate_tokens(internal.client_bytes), internal.preferred
@@ -181,6 +181,7 @@ class UpstreamStream:
             (PROVIDER_HEADER, self.provider.name),
             (MODEL_HEADER, self.upstream_model),
             (ATTEMPTS_HEADER, self.attempt),
+            (CACHE_HEADER, self.cache_status),
         ]
         streaming = self.stream and self.status == 200
         if streaming:
@@ -192,6 +193,8 @@ class UpstreamStream:
                 else self.client_codec.StreamEncoder
             )
             self.encoder = encoder_class(include_usage=self.include_usage)
+            if self.cache_key is not None:
+                self.assembler = cache.ResponseAssembler()
         else:
             set_headers.append(("content-type", JSON))
         return Continue(
@@ -223,6 +226,7 @@ class UpstreamStream:
             return self.client_codec.encode_embedding_response(response)  # type: ignore[no-any-return]
         chat = self.provider_codec.decode_response(body)
         self.meter.observe_usage(chat.usage)
+        self.answer = chat
         if self.operation == "generate":
             return ollama_chat.encode_generate_response(chat)
         return self.client_codec.encode_response(chat)  # type: ignore[no-any-return]
@@ -232,6 +236,8 @@ class UpstreamStream:
         if end_of_stream:
             events += self.decoder.finish()
         self.meter.observe_events(events)
+        if self.assembler is not None:
+            self.assembler.feed(events)
         out: bytes = self.encoder.feed(events) if events else b""
         if end_of_stream:
             out += self.encoder.finish()
@@ -253,11 +259,25 @@ class UpstreamStream:
         credential = self.credential
         if credential is not None and credential.tpm and 200 <= self.status < 300:
             self.schedule(self.charge(self.meter.total()))
+        self.fill_cache()
+
+    def fill_cache(self) -> None:
+        """Store a complete, successful answer; never errors, cut streams or oversized ones."""
+        if self.cache_key is None or self.status != 200:
+            return
+        answer = self.assembler.complete() if self.assembler is not None else self.answer
+        if answer is None:
+            return
+        entry = cache.encode_entry(answer)
+        settings = self.context.config.cache
+        if len(entry) <= settings.max_entry_bytes and self.context.store is not None:
+            self.schedule(self.context.store.cache_put(self.cache_key, entry, settings.ttl_seconds))
 
     def closed(self) -> None:
         """The ext_proc stream ended: charge a cut stream; count a silent upstream failure."""
         if self.finished:
             return
+        self.cache_key = None  # the client or the upstream went away: never cache it
         # A reset or timeout before response headers ends the stream here. A refused
         # connection may end it before the headers are read: Envoy's outlier detection
         # covers that case (see envoy_config._outlier_detection).

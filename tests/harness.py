@@ -61,6 +61,7 @@ class Gateway:
         self.config = config.load(self.config_path, env=os.environ)
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin_url = f"http://127.0.0.1:{self.config.admin.port}"
+        self.extproc_admin_url = f"http://127.0.0.1:{self.config.extproc.admin_port}"
         self.procs: list[subprocess.Popen[bytes]] = []
         env = {**os.environ, **(extproc_env or {})}
         try:

@@ -423,7 +423,7 @@ def test_envoy_probes_and_prestop_work_against_a_real_envoy(
     local_config = {
         "listen": {"address": "127.0.0.1", "port": listen},
         "admin": {"port": admin},
-        "extproc": {"port": free_port()},
+        "extproc": {"port": free_port(), "admin_port": free_port()},
         "providers": [provider],
         "models": [{"name": "m", "targets": [{"provider": "p", "model": "m"}]}],
     }
@@ -462,3 +462,40 @@ def test_envoy_probes_and_prestop_work_against_a_real_envoy(
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(10)
     assert run(["bash", str(script), "GET", "/ready"], env=env).returncode != 0, "Envoy is gone"
+
+
+# --- the deploy guide -----------------------------------------------------------------
+
+
+def test_the_deploy_guide_matches_the_manifests(rendered_all: dict[str, Rendered]) -> None:
+    text = (ROOT / "docs" / "kubernetes.md").read_text()
+    dev = rendered_all["dev"]
+    namespace = dev.of_kind("Namespace")[0]["metadata"]["name"]
+    for overlay in re.findall(r"kubectl (?:apply -k|kustomize) (k8s/[\w/]+)", text):
+        assert (ROOT / overlay / "kustomization.yaml").exists(), overlay
+    for path in re.findall(r"k8s/[\w./-]*\w", text):
+        assert (ROOT / path).exists() or (ROOT / f"{path}.example").exists(), path
+    for source, target in re.findall(r"cp (\S+\.env\.example) (\S+)", text):
+        assert (ROOT / source).exists() and target == source.removesuffix(".example")
+    forwards = re.findall(r"kubectl -n (\S+) port-forward svc/(\S+) (\d+):(\d+)", text)
+    assert {name for _, name, _, _ in forwards} == {"llmux", "jaeger"}
+    for ns, name, _, remote in forwards:
+        assert ns == namespace
+        assert int(remote) in [p["port"] for p in dev.get("Service", name)["spec"]["ports"]]
+    local = next(port for _, name, port, _ in forwards if name == "llmux")
+    assert f'base_url="http://127.0.0.1:{local}/v1"' in text
+    for ns, name in re.findall(r"kubectl -n (\S+) rollout status deployment/(\S+)", text):
+        assert ns == namespace and dev.find("Deployment", name) is not None
+    for model in re.findall(r'model="([^"]+)"', text):
+        assert llmux_config(dev).model(model) is not None, model
+    spec = llmux_pod(dev)
+    envoy = container(spec, "envoy")
+    assert f"`{envoy['image']}`" in text
+    assert f"--drain-time-s {envoy['args'][envoy['args'].index('--drain-time-s') + 1]}" in text
+    assert f"terminationGracePeriodSeconds: {spec['terminationGracePeriodSeconds']}" in text
+    assert f"uid {spec['securityContext']['runAsUser']}" in text
+    assert f"docker build -t {container(spec, 'extproc')['image']} ." in text  # kind
+    prod_image = container(llmux_pod(rendered_all["prod"]), "extproc")["image"]
+    assert f"docker push {prod_image}" in text
+    env = dev.pod_env(container(spec, "extproc"))
+    assert f"`{env['OTEL_EXPORTER_OTLP_ENDPOINT']}`" in text

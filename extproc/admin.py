@@ -1,0 +1,82 @@
+"""The ext_proc's admin HTTP port (loopback by default, never the public listener).
+
+Health (`/healthz`, `/readyz`) and cache operations (`/admin/cache/stats`,
+`/admin/cache/clear`). JSON in, JSON out; errors are JSON with a clear message.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from extproc.processor import Context
+from extproc.store import StoreError
+
+CONTEXT = web.AppKey("context", Context)
+
+
+def build_app(context: Context) -> web.Application:
+    app = web.Application()
+    app[CONTEXT] = context
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/admin/cache/stats", cache_stats)
+    app.router.add_post("/admin/cache/clear", cache_clear)
+    return app
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": {"message": message}}, status=status)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when the config is loaded and Redis answers (or may be down: on_error open)."""
+    context = request.app[CONTEXT]
+    store_ok = context.store is None or await context.store.ping()
+    ready = store_ok or context.config.store.on_error == "open"
+    body = {
+        "ready": ready,
+        "store": "ok" if store_ok else "unreachable",
+        "models": len(context.config.models),
+    }
+    return web.json_response(body, status=200 if ready else 503)
+
+
+async def cache_stats(request: web.Request) -> web.Response:
+    store = request.app[CONTEXT].store
+    if store is None:
+        return _error(409, "no store configured")
+    try:
+        return web.json_response(await store.cache_stats())
+    except StoreError as exc:
+        return _error(503, f"store unavailable: {exc}")
+
+
+async def cache_clear(request: web.Request) -> web.Response:
+    store = request.app[CONTEXT].store
+    if store is None:
+        return _error(409, "no store configured")
+    model = request.query.get("model")
+    if request.can_read_body:
+        try:
+            payload = await request.json()
+        except ValueError:
+            return _error(400, 'body must be JSON, e.g. {"model": "gpt-4o-mini"}')
+        if not isinstance(payload, dict) or not isinstance(payload.get("model", ""), str):
+            return _error(400, "`model` must be a string")
+        model = payload.get("model") or model
+    try:
+        removed = await store.cache_clear(model)
+    except StoreError as exc:
+        return _error(503, f"store unavailable: {exc}")
+    return web.json_response({"removed": removed, "model": model})
+
+
+async def start(context: Context, address: str, port: int) -> web.AppRunner:
+    runner = web.AppRunner(build_app(context), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, address, port, reuse_port=True).start()
+    return runner
