@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from extproc import children, config, envoy_config
+from extproc import children, cli_keys, config, envoy_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
             sub.add_argument("--port", type=int, help="gRPC port (default: extproc.port)")
         if name == "up":
             sub.add_argument("--log-dir", help="where child logs go (default: a temp dir)")
+    cli_keys.add_parser(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
@@ -39,7 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     except config.ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    handlers = {"up": _up, "check": _check, "envoy-config": _envoy_config, "serve": _serve}
+    handlers = {
+        "up": _up,
+        "check": _check,
+        "envoy-config": _envoy_config,
+        "serve": _serve,
+        "keys": cli_keys.run,
+    }
     return handlers[args.command](args, cfg)
 
 

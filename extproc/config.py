@@ -125,6 +125,14 @@ class Cache(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_entry_bytes: int = 1024 * 1024
 
 
+class Auth(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    required: bool = False  # clients must present a virtual key
+    admin_key: str | None = None  # protects the admin API; e.g. ${LLMUX_ADMIN_KEY}
+
+    def __repr__(self) -> str:
+        return f"Auth(required={self.required}, admin_key={'set' if self.admin_key else None})"
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     providers: list[Provider]
     models: list[Model]
@@ -136,6 +144,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     store: Store = Store()
     routing: Routing = Routing()
     cache: Cache = Cache()
+    auth: Auth = Auth()
 
     def provider(self, name: str) -> Provider:
         return next(p for p in self.providers if p.name == name)

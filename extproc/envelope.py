@@ -28,6 +28,10 @@ class Envelope(msgspec.Struct, frozen=True, array_like=True):
     embedding: ir.EmbeddingRequest | None = None
     cache_key: str | None = None  # store the answer under this key when it completes well
     cache_status: str = "bypass"  # what the router phase did: miss | bypass
+    key_id: str | None = None  # the virtual key, when auth is on
+    tenant: str | None = None
+    budget_key: str | None = None  # Redis key of the key's budget period, and its ttl
+    budget_ttl: int = 0
 
 
 _encoder = msgspec.msgpack.Encoder()

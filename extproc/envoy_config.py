@@ -401,17 +401,38 @@ _ERROR_BODIES: dict[str, dict[str, Any]] = {
 }
 
 
+def _status_filter(code: int) -> dict[str, Any]:
+    return {
+        "status_code_filter": {
+            "comparison": {
+                "op": "EQ",
+                "value": {"default_value": code, "runtime_key": f"llmux.{code}"},
+            }
+        }
+    }
+
+
 def local_reply_config() -> dict[str, Any]:
+    # Envoy's own failures, plus the 413 (body over the buffer limit) and 408 (slow
+    # body) it answers before the ext_proc ever sees the request.
+    envoy_failure = {
+        "or_filter": {
+            "filters": [
+                {"response_flag_filter": {"flags": _ENVOY_FAILURE_FLAGS}},
+                _status_filter(413),
+                _status_filter(408),
+            ]
+        }
+    }
     mappers = []
     for dialect in ("anthropic", "gemini", "ollama", "openai"):
-        flag_filter = {"response_flag_filter": {"flags": _ENVOY_FAILURE_FLAGS}}
         header_filter = {
             "header_filter": {"header": {"name": CLIENT_HEADER, "string_match": {"exact": dialect}}}
         }
         match = (
-            flag_filter
+            envoy_failure
             if dialect == "openai"
-            else {"and_filter": {"filters": [flag_filter, header_filter]}}
+            else {"and_filter": {"filters": [envoy_failure, header_filter]}}
         )
         mappers.append(
             {

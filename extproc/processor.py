@@ -13,7 +13,8 @@ import asyncio
 import logging
 import os
 import random
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from typing import Any, Literal, NamedTuple
 
 from extproc import ir, routing
@@ -68,10 +69,15 @@ class Context:
     """Per-process state every stream reads: config lookups, the store, background work."""
 
     def __init__(
-        self, config: Config, store: Store | None, rng: random.Random | None = None
+        self,
+        config: Config,
+        store: Store | None,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.store = store
+        self.clock = clock
         self.rng = rng or random.Random()
         self.models = {
             m.name: ModelRoute(model_cluster_name(i), m, routing.plan_for(config, m))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from extproc import cache, envelope, ir, providers, routing
+from extproc import cache, envelope, ir, keys, providers, routing
 from extproc.client_apis import Endpoint, classify, dialect_for_path
 from extproc.envoy_config import CLIENT_HEADER, CLUSTER_HEADER
 from extproc.formats import ollama_chat
@@ -29,7 +29,7 @@ from extproc.processor import (
     new_request_id,
     store_unavailable,
 )
-from extproc.store import RequestState, StoreError
+from extproc.store import RequestState, StoreError, key_tag
 
 
 class CacheLookup(NamedTuple):
@@ -47,14 +47,19 @@ class RouterStream:
         self.client_headers: list[str] = []
         self.cache_control: str | None = None
         self.tenant = "global"  # virtual keys name their tenant
+        self.key: keys.VirtualKey | None = None
 
-    def request_headers(self, headers: dict[str, str], end_of_stream: bool) -> Action:
+    async def request_headers(self, headers: dict[str, str], end_of_stream: bool) -> Action:
         method, path = headers.get(":method", ""), headers.get(":path", "")
         self.endpoint = endpoint = classify(method, path)
         if endpoint is None:
             self.dialect = dialect_for_path(path)
             return self.fail("not_found", f"no such endpoint: {method} {path.split('?')[0]}")
         self.dialect = endpoint.dialect
+        if self.context.config.auth.required:
+            refused = await self.authenticate(headers, path)
+            if refused is not None:
+                return refused
         if endpoint.operation == "models":
             return Respond(200, self.context.openai_model_list)
         if endpoint.operation == "tags":
@@ -76,10 +81,19 @@ class RouterStream:
         route = self.context.models.get(model)
         if route is None:
             return self.fail("not_found", f"The model `{model}` does not exist")
+        refused = await self.admit_key(model, routing.estimate_tokens(len(body)))
+        if refused is not None:
+            return refused
         lookup = self.cache_lookup(chat)
-        state = await self.read_state(route, lookup.key if lookup.read else None)
+        budget = self.budget()
+        state = await self.read_state(
+            route, lookup.key if lookup.read else None, budget[0] if budget else None
+        )
         if isinstance(state, Respond):
             return state
+        refused = self.over_budget(state, budget)
+        if refused is not None:
+            return refused
         if state is not None and state.cached is not None and chat is not None:
             hit = self.replay(chat, state.cached)
             if hit is not None:
@@ -100,6 +114,10 @@ class RouterStream:
                 embedding=embedding,
                 cache_key=lookup.key if lookup.write else None,
                 cache_status=lookup.status,
+                key_id=self.key.id if self.key is not None else None,
+                tenant=self.tenant if self.key is not None else None,
+                budget_key=budget[0] if budget else None,
+                budget_ttl=budget[1] if budget else 0,
             )
         )
         several = len(route.model.targets) > 1
@@ -115,6 +133,77 @@ class RouterStream:
             clear_route_cache=True,
             eligible_mask=decision.mask if decision is not None and several else None,
         )
+
+    async def authenticate(self, headers: dict[str, str], path: str) -> Respond | None:
+        """Find the caller's virtual key; 401 when missing or invalid (fail closed)."""
+        secret = keys.presented_key(headers, path)
+        if secret is None:
+            return self.fail("authentication", "missing API key")
+        store = self.context.store
+        if store is None:
+            return self.fail("overloaded", "virtual keys need a store")
+        try:
+            raw = await store.key_by_hash(keys.digest(secret))
+        except StoreError as exc:
+            self.context.store_failed(exc)
+            return error_response(self.dialect, store_unavailable())
+        record = keys.decode_record(raw) if raw is not None else None
+        if record is not None and not keys.matches(record, secret):
+            record = None
+        refusal = keys.refusal(record, None, self.context.clock())
+        if refusal is not None:
+            return error_response(self.dialect, refusal)
+        self.key = record
+        self.tenant = record.tenant if record is not None else self.tenant
+        return None
+
+    async def admit_key(self, model: str, estimate: int) -> Respond | None:
+        """The key's model list and rpm/tpm limits (the budget is read with the routing state)."""
+        record, store = self.key, self.context.store
+        if record is None or store is None:
+            return None
+        refusal = keys.refusal(record, model, self.context.clock())
+        if refusal is not None:
+            return error_response(self.dialect, refusal)
+        if not (record.rpm or record.tpm):
+            return None
+        try:
+            reservation = await store.reserve(key_tag(record.id), record.rpm, record.tpm, estimate)
+        except StoreError as exc:
+            if self.context.store_failed(exc):
+                return None
+            return error_response(self.dialect, store_unavailable())
+        if reservation.ok:
+            return None
+        info = ir.ErrorInfo(
+            kind="rate_limit",
+            message="this API key's rate limit is reached",
+            retry_after=reservation.retry_after_ms / 1000,
+        )
+        return error_response(self.dialect, info)
+
+    def budget(self) -> tuple[str, int] | None:
+        """(Redis key, seconds left) of the key's current budget period."""
+        record, store = self.key, self.context.store
+        if record is None or record.budget is None or store is None:
+            return None
+        label, left = keys.period_id(record.budget.period, self.context.clock())
+        return store.budget_key(record.id, label), left
+
+    def over_budget(
+        self, state: RequestState | None, budget: tuple[str, int] | None
+    ) -> Respond | None:
+        record = self.key
+        if state is None or budget is None or record is None or record.budget is None:
+            return None
+        if state.budget_used < record.budget.tokens:
+            return None
+        info = ir.ErrorInfo(
+            kind="rate_limit",
+            message="this API key's token budget is used up",
+            retry_after=budget[1],
+        )
+        return error_response(self.dialect, info)
 
     def cache_lookup(self, chat: ir.ChatRequest | None) -> CacheLookup:
         settings = self.context.config.cache
@@ -137,6 +226,9 @@ class RouterStream:
         store = self.context.store
         assert store is not None and self.endpoint is not None
         self.context.background(store.cache_count("hit"))
+        if self.key is not None:
+            usage = {"requests": 1, "cache_hits": 1}
+            self.context.background(store.record_usage(self.key.id, self.tenant, None, usage))
         body = replay_body(self.endpoint, chat, response)
         content_type = STREAM_TYPES[self.dialect] if chat.stream else JSON
         return Respond(
@@ -146,16 +238,16 @@ class RouterStream:
         )
 
     async def read_state(
-        self, route: ModelRoute, cache_key: str | None
+        self, route: ModelRoute, cache_key: str | None, budget_key: str | None
     ) -> RequestState | Respond | None:
-        """Routing state and the cache entry in one round trip; None without a store."""
+        """Routing state, cache entry and budget use in one round trip; None without a store."""
         store = self.context.store
         if store is None:
             return None
         plan = route.plan
         try:
             return await store.request_state(
-                [c.tag for c in plan.credentials], plan.target_tags, cache_key
+                [c.tag for c in plan.credentials], plan.target_tags, cache_key, budget_key
             )
         except StoreError as exc:
             if self.context.store_failed(exc):

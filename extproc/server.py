@@ -89,7 +89,7 @@ async def dispatch(
         headers = envoy_msgs.header_dict(request.request_headers)
         if isinstance(stream, UpstreamStream):
             return stream.request_headers(headers, envoy_msgs.upstream_target(request))
-        return stream.request_headers(headers, request.request_headers.end_of_stream)
+        return await stream.request_headers(headers, request.request_headers.end_of_stream)
     if phase == "request_body":
         body = request.request_body
         if isinstance(stream, UpstreamStream):

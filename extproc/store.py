@@ -32,6 +32,14 @@ def target_tag(provider: str, upstream_model: str) -> str:
     return f"{{t:{provider}/{upstream_model}}}"
 
 
+def key_tag(key_id: str) -> str:
+    return f"{{k:{key_id}}}"
+
+
+def tenant_tag(tenant: str) -> str:
+    return f"{{tenant:{tenant}}}"
+
+
 class CredentialState(NamedTuple):
     requests: int  # in the current window
     tokens: int  # in the current window
@@ -42,6 +50,7 @@ class RequestState(NamedTuple):
     credentials: list[CredentialState]
     opened_ms: list[int]  # per target: > 0 while its circuit breaker is open
     cached: bytes | None  # the cache entry, when a key was given and found
+    budget_used: int  # tokens the virtual key used in its budget period (0 without one)
 
 
 class Reservation(NamedTuple):
@@ -141,7 +150,11 @@ class Store:
         )
 
     async def request_state(
-        self, credential_tags: Sequence[str], target_tags: Sequence[str], cache_key: str | None
+        self,
+        credential_tags: Sequence[str],
+        target_tags: Sequence[str],
+        cache_key: str | None,
+        budget_key: str | None = None,
     ) -> RequestState:
         """Quota use, cooldowns, open breakers and the cache entry: one round trip."""
         window, _ = self.window()
@@ -152,8 +165,8 @@ class Store:
                     pipe.get(rpm).get(tpm).pttl(cool)
                 for tag in target_tags:
                     pipe.pttl(f"{PREFIX}:{tag}:open")
-                if cache_key is not None:
-                    pipe.get(cache_key)
+                pipe.get(cache_key or f"{PREFIX}:none")
+                pipe.get(budget_key or f"{PREFIX}:none")
                 replies = await pipe.execute()
         except RedisError as exc:
             raise StoreError(str(exc)) from exc
@@ -163,8 +176,8 @@ class Store:
             for i in range(0, n, 3)
         ]
         opened = [max(0, int(ms)) for ms in replies[n : n + len(target_tags)]]
-        cached = replies[-1] if cache_key is not None else None
-        return RequestState(states, opened, cached)
+        cached = replies[-2] if cache_key is not None else None
+        return RequestState(states, opened, cached, int(replies[-1] or 0))
 
     async def reserve(
         self, tag: str, rpm: int | None, tpm: int | None, estimate: int
@@ -203,6 +216,71 @@ class Store:
             return bool(await self._fail(keys=keys, args=[window_ms, threshold, open_ms]))
         except RedisError as exc:
             raise StoreError(str(exc)) from exc
+
+    # ------------------------------------------------------------------ virtual keys
+
+    async def key_by_hash(self, hashed: str) -> bytes | None:
+        try:
+            value: bytes | None = await self.redis.get(f"{PREFIX}:vkey:{hashed}")
+        except RedisError as exc:
+            raise StoreError(str(exc)) from exc
+        return value
+
+    async def key_by_id(self, key_id: str) -> bytes | None:
+        try:
+            hashed = await self.redis.get(f"{PREFIX}:vkey-id:{key_id}")
+            return None if hashed is None else await self.key_by_hash(hashed.decode())
+        except RedisError as exc:
+            raise StoreError(str(exc)) from exc
+
+    async def key_save(self, key_id: str, hashed: str, record: bytes) -> None:
+        try:
+            await self.redis.set(f"{PREFIX}:vkey:{hashed}", record)
+            await self.redis.set(f"{PREFIX}:vkey-id:{key_id}", hashed)
+            await self.redis.sadd(f"{PREFIX}:vkeys", key_id)
+        except RedisError as exc:
+            raise StoreError(str(exc)) from exc
+
+    async def key_ids(self) -> list[str]:
+        try:
+            return sorted(m.decode() for m in await self.redis.smembers(f"{PREFIX}:vkeys"))
+        except RedisError as exc:
+            raise StoreError(str(exc)) from exc
+
+    def budget_key(self, key_id: str, period: str) -> str:
+        return f"{PREFIX}:{key_tag(key_id)}:budget:{period}"
+
+    async def record_usage(
+        self,
+        key_id: str | None,
+        tenant: str | None,
+        budget: tuple[str, int] | None,
+        usage: dict[str, int],
+    ) -> None:
+        """Add a request's usage to its key (and budget period) and its tenant."""
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                if key_id is not None:
+                    for field, amount in usage.items():
+                        pipe.hincrby(f"{PREFIX}:{key_tag(key_id)}:usage", field, amount)
+                    if budget is not None:
+                        budget_key, ttl = budget
+                        tokens = usage.get("input_tokens", 0) + usage.get("output_tokens", 0)
+                        pipe.incrby(budget_key, tokens).expire(budget_key, ttl + 86400)
+                if tenant is not None:
+                    for field, amount in usage.items():
+                        pipe.hincrby(f"{PREFIX}:{tenant_tag(tenant)}:usage", field, amount)
+                await pipe.execute()
+        except RedisError as exc:
+            raise StoreError(str(exc)) from exc
+
+    async def usage(self, kind: str, name: str) -> dict[str, int]:
+        tag = key_tag(name) if kind == "key" else tenant_tag(name)
+        try:
+            values = await self.redis.hgetall(f"{PREFIX}:{tag}:usage")
+        except RedisError as exc:
+            raise StoreError(str(exc)) from exc
+        return {k.decode(): int(v) for k, v in values.items()}
 
     # ------------------------------------------------------------------ cache
 

@@ -60,6 +60,9 @@ class UpstreamStream:
         self.cache_status = "bypass"
         self.assembler: cache.ResponseAssembler | None = None
         self.answer: ir.ChatResponse | None = None  # a complete response, to cache
+        self.key_id: str | None = None
+        self.tenant: str | None = None
+        self.budget: tuple[str, int] | None = None
         self.decoder: Any = None
         self.encoder: Any = None
 
@@ -100,6 +103,9 @@ class UpstreamStream:
             self.include_usage = internal.chat.stream_include_usage
         self.meter.estimate_input(internal.client_bytes)
         self.cache_key, self.cache_status = internal.cache_key, internal.cache_status
+        self.key_id, self.tenant = internal.key_id, internal.tenant
+        if internal.budget_key is not None:
+            self.budget = (internal.budget_key, internal.budget_ttl)
         try:
             refusal = await self.choose_credential(
                 routing.estimate_tokens(internal.client_bytes), internal.preferred
@@ -257,8 +263,19 @@ class UpstreamStream:
             return
         self.finished = True
         credential = self.credential
-        if credential is not None and credential.tpm and 200 <= self.status < 300:
+        succeeded = 200 <= self.status < 300
+        if credential is not None and credential.tpm and succeeded:
             self.schedule(self.charge(self.meter.total()))
+        if self.key_id is not None and succeeded and self.context.store is not None:
+            usage = self.meter.usage()
+            counts = {
+                "requests": 1,
+                "input_tokens": usage.input_tokens,
+                "output_tokens": usage.output_tokens,
+            }
+            self.schedule(
+                self.context.store.record_usage(self.key_id, self.tenant, self.budget, counts)
+            )
         self.fill_cache()
 
     def fill_cache(self) -> None:

@@ -444,15 +444,25 @@ def _decode_part(part: Json, where: str) -> ir.Part | None:
     if isinstance(inline, dict):
         mime = _get(inline, "mimeType", "mime_type")
         if isinstance(mime, str) and mime.startswith("image/"):
-            return ir.ImagePart(
-                data=_str(inline.get("data"), f"{where}.inlineData.data"), media_type=mime
-            )
+            data = _str(inline.get("data"), f"{where}.inlineData.data")
+            return ir.ImagePart(data=_standard_base64(data), media_type=mime)
     elif isinstance(file, dict):
         mime = _get(file, "mimeType", "mime_type")
         if isinstance(mime, str) and mime.startswith("image/"):
             uri = _str(_get(file, "fileUri", "file_uri"), f"{where}.fileData.fileUri")
             return ir.ImagePart(url=uri, media_type=mime)
     return ir.UnknownPart(source_format="gemini", raw=part)
+
+
+_URL_SAFE = str.maketrans("-_", "+/")
+
+
+def _standard_base64(data: str) -> str:
+    """Gemini reads `bytes` fields as proto3 JSON: base64 in either alphabet, padding
+    optional, and google-genai sends the URL-safe alphabet. The IR carries standard,
+    padded base64, which OpenAI data URLs, Anthropic and Ollama require."""
+    data = data.translate(_URL_SAFE)
+    return data + "=" * (-len(data) % 4)
 
 
 def _decode_tools(tools: list[Any]) -> list[ir.Tool]:

@@ -25,6 +25,7 @@ def gateway(
             "providers": [provider_config("openai", "openai", sim.base_url, "sk-up")],
             "models": [{"name": "cached", "targets": [{"provider": "openai", "model": "gpt-x"}]}],
             "cache": {"enabled": True, "ttl_seconds": 60, "max_entry_bytes": 5000},
+            "auth": {"admin_key": "cache-admin"},
         },
         store_url=valkey.url,
     )
@@ -223,11 +224,14 @@ def test_oversized_answers_are_not_stored(gateway: Gateway, sim: SimulatedProvid
 def test_admin_stats_and_clear(gateway: Gateway) -> None:
     for _ in range(3):
         send(gateway, "openai", "stats", False)
-    stats = httpx.get(gateway.extproc_admin_url + "/admin/cache/stats").json()
+    admin = {"authorization": "Bearer cache-admin"}
+    stats = httpx.get(gateway.extproc_admin_url + "/admin/cache/stats", headers=admin).json()
     assert stats["entries"] == 1 and stats["bytes"] > 0
     assert stats["hits"] == 2 and stats["misses"] == 1
     assert stats["hit_ratio"] == pytest.approx(2 / 3, abs=1e-3)
-    cleared = httpx.post(gateway.extproc_admin_url + "/admin/cache/clear", json={"model": "cached"})
+    cleared = httpx.post(
+        gateway.extproc_admin_url + "/admin/cache/clear", json={"model": "cached"}, headers=admin
+    )
     assert cleared.json()["removed"] == 1
     assert send(gateway, "openai", "stats", False).headers["x-llmux-cache"] == "miss"
 

@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
+from extproc import config
+
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if p.is_dir())
@@ -92,3 +94,35 @@ def render(tree: Path, overlay: str) -> list[Obj]:
     )
     assert result.returncode == 0, f"kubectl kustomize {overlay}:\n{result.stderr}"
     return [o for o in yaml.safe_load_all(result.stdout) if o]
+
+
+def pod_specs(rendered: Rendered) -> list[tuple[str, Obj]]:
+    kinds = ("Deployment", "StatefulSet", "DaemonSet", "Job")
+    return [
+        (f"{o['kind']}/{o['metadata']['name']}", o["spec"]["template"]["spec"])
+        for o in rendered.objects
+        if o["kind"] in kinds
+    ]
+
+
+def all_containers(spec: Obj) -> list[tuple[Obj, bool]]:
+    """(container, is_init) for every container of a pod spec."""
+    return [(c, True) for c in spec.get("initContainers", [])] + [
+        (c, False) for c in spec["containers"]
+    ]
+
+
+def llmux_pod(rendered: Rendered) -> Obj:
+    spec: Obj = rendered.get("Deployment", "llmux")["spec"]["template"]["spec"]
+    return spec
+
+
+def container(spec: Obj, name: str) -> Obj:
+    return next(c for c in spec["containers"] + spec.get("initContainers", []) if c["name"] == name)
+
+
+def llmux_config(rendered: Rendered) -> config.Config:
+    """The ConfigMap's llmux.yaml, parsed with the environment the ext_proc gets."""
+    text = rendered.get("ConfigMap", "llmux-config")["data"]["llmux.yaml"]
+    env = rendered.pod_env(container(llmux_pod(rendered), "extproc"))
+    return config.parse(text, source=f"{rendered.name}/llmux.yaml", env=env)

@@ -166,7 +166,9 @@ def test_healthcheck_script_follows_a_real_ext_proc(tmp_path: Path) -> None:
     env = {**os.environ, "LLMUX_HEALTH_PORT": str(port)}
 
     def healthy() -> bool:
-        check = subprocess.run([sys.executable, str(script)], env=env, capture_output=True)
+        check = subprocess.run(
+            [sys.executable, str(script)], env=env, capture_output=True, timeout=30
+        )
         return check.returncode == 0
 
     assert not healthy(), "nothing listens yet"
@@ -175,6 +177,7 @@ def test_healthcheck_script_follows_a_real_ext_proc(tmp_path: Path) -> None:
     with log.open("wb") as out:
         proc = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=out)
     try:
+        children.wait_for_port(port, proc, 20, "ext_proc")  # cheaper than polling the script
         deadline = time.monotonic() + 20
         while not healthy():
             assert proc.poll() is None and time.monotonic() < deadline, "ext_proc never SERVING"

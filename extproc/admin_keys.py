@@ -1,0 +1,169 @@
+"""Admin API for virtual keys, usage and credential quota status.
+
+POST /admin/keys            create (the secret is in this answer only)
+GET  /admin/keys            list (never secrets or hashes)
+GET  /admin/keys/{id}       one key, with its usage
+PATCH /admin/keys/{id}      change limits, models, budget, expiry
+DELETE /admin/keys/{id}     revoke
+GET  /admin/usage/tenants/{tenant}
+GET  /admin/quota           per provider credential: limits, used, remaining, cooldown
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from extproc import keys
+from extproc.processor import Context
+from extproc.store import StoreError, credential_tag
+
+
+def add_key_routes(app: web.Application, context_key: web.AppKey[Context]) -> None:
+    def handler(function: Any) -> Any:
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            context = request.app[context_key]
+            if context.store is None:
+                return _error(409, "no store configured")
+            try:
+                return await function(request, context)  # type: ignore[no-any-return]
+            except StoreError as exc:
+                return _error(503, f"store unavailable: {exc}")
+
+        return wrapped
+
+    app.router.add_post("/admin/keys", handler(create_key))
+    app.router.add_get("/admin/keys", handler(list_keys))
+    app.router.add_get("/admin/keys/{id}", handler(get_key))
+    app.router.add_patch("/admin/keys/{id}", handler(update_key))
+    app.router.add_delete("/admin/keys/{id}", handler(revoke_key))
+    app.router.add_get("/admin/usage/tenants/{tenant}", handler(tenant_usage))
+    app.router.add_get("/admin/quota", handler(quota_status))
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": {"message": message}}, status=status)
+
+
+async def _body(request: web.Request) -> tuple[dict[str, Any] | None, web.Response | None]:
+    try:
+        payload = await request.json()
+    except ValueError:
+        return None, _error(400, "the body must be a JSON object")
+    if not isinstance(payload, dict):
+        return None, _error(400, "the body must be a JSON object")
+    return payload, None
+
+
+async def create_key(request: web.Request, context: Context) -> web.Response:
+    payload, problem = await _body(request)
+    if problem is not None:
+        return problem
+    try:
+        spec = msgspec.convert(payload, keys.KeySpec)
+    except msgspec.ValidationError as exc:
+        return _error(400, f"invalid key: {exc}")
+    unknown = [m for m in spec.models or [] if m not in context.models]
+    if unknown:
+        return _error(400, f"unknown models: {', '.join(unknown)}")
+    secret, record = keys.create(spec, context.clock())
+    assert context.store is not None
+    await context.store.key_save(record.id, record.hash, keys.encode_record(record))
+    return web.json_response({**record.public(), "key": secret}, status=201)
+
+
+async def _load(request: web.Request, context: Context) -> keys.VirtualKey | None:
+    assert context.store is not None
+    raw = await context.store.key_by_id(request.match_info["id"])
+    return keys.decode_record(raw) if raw is not None else None
+
+
+async def list_keys(request: web.Request, context: Context) -> web.Response:
+    assert context.store is not None
+    records = []
+    for key_id in await context.store.key_ids():
+        raw = await context.store.key_by_id(key_id)
+        record = keys.decode_record(raw) if raw is not None else None
+        if record is not None:
+            records.append(record.public())
+    return web.json_response({"keys": records})
+
+
+async def get_key(request: web.Request, context: Context) -> web.Response:
+    record = await _load(request, context)
+    if record is None:
+        return _error(404, "no such key")
+    assert context.store is not None
+    usage = await context.store.usage("key", record.id)
+    return web.json_response({**record.public(), "usage": usage})
+
+
+async def update_key(request: web.Request, context: Context) -> web.Response:
+    record = await _load(request, context)
+    if record is None:
+        return _error(404, "no such key")
+    payload, problem = await _body(request)
+    if problem is not None:
+        return problem
+    try:
+        change = msgspec.convert(payload, keys.KeyUpdate)
+    except msgspec.ValidationError as exc:
+        return _error(400, f"invalid change: {exc}")
+    updated = keys.update(record, change, set(payload))
+    assert context.store is not None
+    await context.store.key_save(updated.id, updated.hash, keys.encode_record(updated))
+    return web.json_response(updated.public())
+
+
+async def revoke_key(request: web.Request, context: Context) -> web.Response:
+    record = await _load(request, context)
+    if record is None:
+        return _error(404, "no such key")
+    revoked = msgspec.structs.replace(record, revoked=True)
+    assert context.store is not None
+    await context.store.key_save(revoked.id, revoked.hash, keys.encode_record(revoked))
+    return web.json_response(revoked.public())
+
+
+async def tenant_usage(request: web.Request, context: Context) -> web.Response:
+    assert context.store is not None
+    tenant = request.match_info["tenant"]
+    return web.json_response(
+        {"tenant": tenant, "usage": await context.store.usage("tenant", tenant)}
+    )
+
+
+async def quota_status(request: web.Request, context: Context) -> web.Response:
+    store = context.store
+    assert store is not None
+    refs = [(p.name, c) for p in context.config.providers for c in p.all_credentials]
+    tags = [credential_tag(name, c.name) for name, c in refs]
+    state = await store.request_state(tags, [], None)
+    _, window_left = store.window()
+    rows = []
+    for (provider, credential), used in zip(refs, state.credentials, strict=True):
+        rows.append(
+            {
+                "provider": provider,
+                "credential": credential.name,
+                "rpm": {
+                    "limit": credential.rpm,
+                    "used": used.requests,
+                    "remaining": None
+                    if not credential.rpm
+                    else max(0, credential.rpm - used.requests),
+                },
+                "tpm": {
+                    "limit": credential.tpm,
+                    "used": used.tokens,
+                    "remaining": None
+                    if not credential.tpm
+                    else max(0, credential.tpm - used.tokens),
+                },
+                "cooldown_ms": used.cooldown_ms,
+                "window_resets_in_s": window_left,
+            }
+        )
+    return web.json_response({"credentials": rows})
