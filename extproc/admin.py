@@ -11,6 +11,7 @@ import hmac
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from extproc.admin_keys import add_key_routes
 from extproc.processor import Context
@@ -25,6 +26,7 @@ def build_app(context: Context) -> web.Application:
     app[CONTEXT] = context
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/admin/cache/stats", cache_stats)
     app.router.add_post("/admin/cache/clear", cache_clear)
     add_key_routes(app, CONTEXT)
@@ -51,6 +53,12 @@ async def admin_auth(request: web.Request, handler: Handler) -> web.StreamRespon
 
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    registry = request.app[CONTEXT].telemetry.metrics.registry
+    body = generate_latest(registry)
+    return web.Response(body=body, headers={"content-type": CONTENT_TYPE_LATEST})
 
 
 async def readyz(request: web.Request) -> web.Response:

@@ -77,8 +77,9 @@ def _check(args: argparse.Namespace, cfg: config.Config) -> int:
 
 
 def _serve(args: argparse.Namespace, cfg: config.Config) -> int:
-    from extproc import server
+    from extproc import server, telemetry
 
+    telemetry.configure_logging()
     try:
         import uvloop
 

@@ -133,6 +133,18 @@ class Auth(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return f"Auth(required={self.required}, admin_key={'set' if self.admin_key else None})"
 
 
+class Telemetry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    otlp_endpoint: str | None = None  # OTLP/gRPC, e.g. http://jaeger:4317; else OTEL_* env
+    otlp_headers: dict[str, str] = {}
+    insecure: bool = True  # plain-text gRPC to the collector
+    sample_ratio: float = 1.0
+    service_name: str = "llmux"
+    capture_content: bool = False  # prompts and completions in spans: only when asked
+
+    def __repr__(self) -> str:  # header values may be collector credentials
+        return f"Telemetry(otlp_endpoint={self.otlp_endpoint!r}, sample_ratio={self.sample_ratio})"
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     providers: list[Provider]
     models: list[Model]
@@ -145,6 +157,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     routing: Routing = Routing()
     cache: Cache = Cache()
     auth: Auth = Auth()
+    telemetry: Telemetry = Telemetry()
 
     def provider(self, name: str) -> Provider:
         return next(p for p in self.providers if p.name == name)
@@ -211,7 +224,25 @@ def parse(text: str, *, source: str = "<config>", env: Mapping[str, str]) -> Con
         config = msgspec.structs.replace(
             config, store=msgspec.structs.replace(config.store, url=env["LLMUX_STORE_URL"])
         )
-    return config
+    return msgspec.structs.replace(config, telemetry=telemetry_from_env(config.telemetry, env))
+
+
+def telemetry_from_env(settings: Telemetry, env: Mapping[str, str]) -> Telemetry:
+    """The standard OTEL_* variables fill what the config leaves unset."""
+    changes: dict[str, Any] = {}
+    if settings.otlp_endpoint is None and env.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        changes["otlp_endpoint"] = env["OTEL_EXPORTER_OTLP_ENDPOINT"]
+    if not settings.otlp_headers and env.get("OTEL_EXPORTER_OTLP_HEADERS"):
+        pairs = (item.partition("=") for item in env["OTEL_EXPORTER_OTLP_HEADERS"].split(","))
+        changes["otlp_headers"] = {k.strip(): v.strip() for k, _, v in pairs if k.strip()}
+    if env.get("OTEL_SERVICE_NAME") and settings.service_name == "llmux":
+        changes["service_name"] = env["OTEL_SERVICE_NAME"]
+    if env.get("OTEL_TRACES_SAMPLER_ARG") and settings.sample_ratio == 1.0:
+        try:
+            changes["sample_ratio"] = float(env["OTEL_TRACES_SAMPLER_ARG"])
+        except ValueError:
+            pass
+    return msgspec.structs.replace(settings, **changes) if changes else settings
 
 
 def _parse(text: str, source: str, env: Mapping[str, str]) -> Config:

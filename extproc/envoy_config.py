@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from extproc.config import Config, Model, Provider
+from extproc.config import Config, Model, Provider, UpstreamURL
 
 EXTPROC_CLUSTER = "llmux_extproc"
 CLUSTER_HEADER = "x-llmux-cluster"
@@ -57,13 +57,19 @@ def bootstrap(config: Config, *, extproc_ports: list[int] | None = None) -> dict
             "clusters": [
                 _extproc_cluster(config, ports),
                 *(_model_cluster(config, i, m) for i, m in enumerate(config.models)),
+                *([_otlp_cluster(config)] if config.telemetry.otlp_endpoint else []),
             ],
         },
         "layered_runtime": {
             "layers": [
                 {
                     "name": "static",
-                    "static_layer": {"overload.global_downstream_max_connections": 50000},
+                    "static_layer": {
+                        "overload.global_downstream_max_connections": 50000,
+                        # Envoy batches spans (default: 5 spans or 5 s); export within a second.
+                        "tracing.opentelemetry.min_flush_spans": 1,
+                        "tracing.opentelemetry.flush_interval_ms": 1000,
+                    },
                 }
             ]
         },
@@ -89,6 +95,7 @@ def _listener(config: Config) -> dict[str, Any]:
         "request_timeout": "0s",  # bodies may stream slowly; idle timeout bounds them
         "local_reply_config": local_reply_config(),
         "route_config": _route_config(config),
+        **({"tracing": _tracing(config)} if config.telemetry.otlp_endpoint else {}),
         "http_filters": [
             {"name": ROUTER_FILTER, "typed_config": _router_ext_proc(config)},
             {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}},
@@ -106,6 +113,50 @@ def _listener(config: Config) -> dict[str, Any]:
             }
         ],
     }
+
+
+OTLP_CLUSTER = "llmux_otlp"
+
+
+def _tracing(config: Config) -> dict[str, Any]:
+    """Envoy's own spans go to the same collector; ext_proc calls carry `traceparent`."""
+    return {
+        "provider": {
+            "name": "envoy.tracers.opentelemetry",
+            "typed_config": {
+                "@type": _T + "envoy.config.trace.v3.OpenTelemetryConfig",
+                "grpc_service": {"envoy_grpc": {"cluster_name": OTLP_CLUSTER}, "timeout": "1s"},
+                "service_name": f"{config.telemetry.service_name}-envoy",
+            },
+        },
+        "random_sampling": {"value": config.telemetry.sample_ratio * 100},
+        "spawn_upstream_span": True,
+    }
+
+
+def _otlp_cluster(config: Config) -> dict[str, Any]:
+    endpoint = config.telemetry.otlp_endpoint or ""
+    url = UpstreamURL.parse(endpoint if "://" in endpoint else f"http://{endpoint}")
+    cluster: dict[str, Any] = {
+        "name": OTLP_CLUSTER,
+        "type": "STRICT_DNS",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            _HTTP_OPTIONS_KEY: {
+                "@type": _HTTP_OPTIONS,
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "load_assignment": {
+            "cluster_name": OTLP_CLUSTER,
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": _socket(url.host, url.port)}}]}
+            ],
+        },
+    }
+    if url.tls:
+        cluster["transport_socket"] = _tls_match()["transport_socket"]
+    return cluster
 
 
 def _route_config(config: Config) -> dict[str, Any]:

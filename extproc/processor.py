@@ -23,6 +23,7 @@ from extproc.config import Config, Model, Provider
 from extproc.envoy_config import model_cluster_name
 from extproc.formats import ollama_chat, openai_chat
 from extproc.store import Store, StoreError
+from extproc.telemetry import Telemetry
 
 log = logging.getLogger("llmux.processor")
 
@@ -74,8 +75,10 @@ class Context:
         store: Store | None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.config = config
+        self.telemetry = telemetry or Telemetry(config.telemetry)
         self.store = store
         self.clock = clock
         self.rng = rng or random.Random()
@@ -96,6 +99,7 @@ class Context:
     def store_failed(self, error: StoreError) -> bool:
         """Count a Redis error; True when the request may go on without the store."""
         self.store_errors += 1
+        self.telemetry.metrics.store_errors.inc()
         log.warning("store error (%s): %s", self.config.store.on_error, error)
         return self.config.store.on_error == "open"
 

@@ -7,7 +7,8 @@ what needs no upstream (model lists, errors), reads routing state from the store
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import time
+from typing import Any, NamedTuple
 
 from extproc import cache, envelope, ir, keys, providers, routing
 from extproc.client_apis import Endpoint, classify, dialect_for_path
@@ -30,6 +31,7 @@ from extproc.processor import (
     store_unavailable,
 )
 from extproc.store import RequestState, StoreError, key_tag
+from extproc.telemetry import end_span, trace_id_of
 
 
 class CacheLookup(NamedTuple):
@@ -48,6 +50,12 @@ class RouterStream:
         self.cache_control: str | None = None
         self.tenant = "global"  # virtual keys name their tenant
         self.key: keys.VirtualKey | None = None
+        self.trace_carrier: dict[str, str] = {}
+        self.model = ""
+        self.cache_outcome: str | None = None
+        self.refused_by: str | None = None  # which limit answered 429
+        self.span: Any = None
+        self.started = time.perf_counter()
 
     async def request_headers(self, headers: dict[str, str], end_of_stream: bool) -> Action:
         method, path = headers.get(":method", ""), headers.get(":path", "")
@@ -78,6 +86,16 @@ class RouterStream:
         except ir.GatewayError as exc:
             return error_response(self.dialect, exc.info)
         model = chat.model if chat is not None else embedding.model  # type: ignore[union-attr]
+        self.model = model
+        self.span = self.context.telemetry.tracing.start(
+            "llmux.route",
+            self.trace_carrier,
+            {
+                "llmux.client_api": endpoint.dialect,
+                "gen_ai.operation.name": "embeddings" if embedding is not None else "chat",
+                "gen_ai.request.model": model,
+            },
+        )
         route = self.context.models.get(model)
         if route is None:
             return self.fail("not_found", f"The model `{model}` does not exist")
@@ -175,6 +193,7 @@ class RouterStream:
             return error_response(self.dialect, store_unavailable())
         if reservation.ok:
             return None
+        self.refused_by = "key_rate"
         info = ir.ErrorInfo(
             kind="rate_limit",
             message="this API key's rate limit is reached",
@@ -198,6 +217,7 @@ class RouterStream:
             return None
         if state.budget_used < record.budget.tokens:
             return None
+        self.refused_by = "key_budget"
         info = ir.ErrorInfo(
             kind="rate_limit",
             message="this API key's token budget is used up",
@@ -214,6 +234,7 @@ class RouterStream:
         return CacheLookup(key, read, write, "miss" if read else "bypass")
 
     def count_cache(self, lookup: CacheLookup) -> None:
+        self.cache_outcome = lookup.status
         store = self.context.store
         if lookup.read and store is not None:
             self.context.background(store.cache_count("miss"))
@@ -226,6 +247,7 @@ class RouterStream:
         store = self.context.store
         assert store is not None and self.endpoint is not None
         self.context.background(store.cache_count("hit"))
+        self.cache_outcome = "hit"
         if self.key is not None:
             usage = {"requests": 1, "cache_hits": 1}
             self.context.background(store.record_usage(self.key.id, self.tenant, None, usage))
@@ -268,6 +290,7 @@ class RouterStream:
         if decision.mask:
             return decision
         kind: ir.ErrorKind = "rate_limit" if decision.rate_limited else "overloaded"
+        self.refused_by = "credentials" if decision.rate_limited else None
         message = (
             "every target of this model is out of quota or cooling down"
             if decision.rate_limited
@@ -275,6 +298,45 @@ class RouterStream:
         )
         info = ir.ErrorInfo(kind=kind, message=message, retry_after=decision.retry_after_s)
         return error_response(self.dialect, info)
+
+    def observe(self, phase: str, action: Action) -> None:
+        """After each phase: a request answered here is counted, logged and traced."""
+        telemetry = self.context.telemetry
+        metrics = telemetry.metrics
+        if self.cache_outcome is not None and phase == "request_body":
+            metrics.child(metrics.cache, self.cache_outcome).inc()
+        if not isinstance(action, Respond):
+            if phase == "request_body":
+                end_span(
+                    self.span, {"llmux.cache": self.cache_outcome, "llmux.tenant": self.tenant}
+                )
+            return
+        status = str(action.status)
+        if action.status == 401:
+            metrics.child(metrics.auth_failures, "invalid").inc()
+        if action.status == 429 and self.refused_by is not None:
+            metrics.child(metrics.rejections, self.refused_by).inc()
+        answered_by = "cache" if self.cache_outcome == "hit" else "gateway"
+        metrics.child(metrics.requests, self.dialect, answered_by, self.model or "-", status).inc()
+        end_span(
+            self.span,
+            {
+                "llmux.cache": self.cache_outcome,
+                "llmux.tenant": self.tenant,
+                "http.response.status_code": action.status,
+            },
+            error=None if action.status < 400 else status,
+        )
+        telemetry.request_log(
+            trace_id=trace_id_of(self.span),
+            client_api=self.dialect,
+            provider=answered_by,
+            model=self.model or None,
+            status=action.status,
+            cache=self.cache_outcome,
+            duration_ms=round((time.perf_counter() - self.started) * 1000, 3),
+            key_id=self.key.id if self.key is not None else None,
+        )
 
     def fail(self, kind: ir.ErrorKind, message: str) -> Respond:
         return error_response(self.dialect, ir.ErrorInfo(kind=kind, message=message))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -34,11 +35,19 @@ _UNLIMITED = [
 ]
 
 
-def _phase_of(context: grpc.aio.ServicerContext) -> str:
+_TRACE_KEYS = ("traceparent", "tracestate")
+
+
+def _metadata(context: grpc.aio.ServicerContext) -> tuple[str, dict[str, str]]:
+    """The calling filter ("router" or "upstream") and the trace context Envoy sent."""
+    phase = "router"
+    carrier: dict[str, str] = {}
     for key, value in context.invocation_metadata() or ():
         if key == PHASE_METADATA:
-            return str(value)
-    return "router"
+            phase = str(value)
+        elif key in _TRACE_KEYS:
+            carrier[key] = str(value)
+    return phase, carrier
 
 
 class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
@@ -51,20 +60,33 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
         request_iterator: AsyncIterator[ext_proc_pb2.ProcessingRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[ext_proc_pb2.ProcessingResponse]:
-        upstream = _phase_of(context) == "upstream"
+        filter_name, carrier = _metadata(context)
         stream: RouterStream | UpstreamStream = (
-            UpstreamStream(self.context) if upstream else RouterStream(self.context)
+            UpstreamStream(self.context)
+            if filter_name == "upstream"
+            else RouterStream(self.context)
         )
+        stream.trace_carrier = carrier
+        metrics = self.context.telemetry.metrics
+        active = metrics.child(metrics.active, filter_name)
         self.active += 1
+        active.inc()
         try:
             async for request in request_iterator:
                 phase = request.WhichOneof("request")
                 if phase is None:
                     continue
+                started = time.perf_counter()
                 action = await self._guarded(stream, phase, request)
-                yield envoy_msgs.response_for(phase, action)
+                response = envoy_msgs.response_for(phase, action)
+                elapsed = time.perf_counter() - started
+                metrics.child(metrics.phase, filter_name, phase).observe(elapsed)
+                yield response
+                if isinstance(stream, RouterStream):
+                    stream.observe(phase, action)
         finally:
             self.active -= 1
+            active.dec()
             if isinstance(stream, UpstreamStream):
                 stream.closed()
 
@@ -134,5 +156,6 @@ async def serve(config: Config, *, port: int | None = None, drain_seconds: float
     await server.stop(drain_seconds)
     await admin_runner.cleanup()
     await context.drain()
+    context.telemetry.tracing.shutdown()
     if store is not None:
         await store.close()

@@ -8,6 +8,7 @@ circuit-breaker failures, token charges — runs in the background.
 
 from __future__ import annotations
 
+import time
 from types import ModuleType
 from typing import Any
 
@@ -35,6 +36,7 @@ from extproc.processor import (
     store_unavailable,
 )
 from extproc.store import StoreError, credential_tag, target_tag
+from extproc.telemetry import GENAI_PROVIDER, end_span, trace_id_of
 from extproc.usage import UsageMeter
 
 
@@ -63,6 +65,13 @@ class UpstreamStream:
         self.key_id: str | None = None
         self.tenant: str | None = None
         self.budget: tuple[str, int] | None = None
+        self.trace_carrier: dict[str, str] = {}
+        self.span: Any = None
+        self.client_model = ""
+        self.request_id = ""
+        self.started = 0.0
+        self.first_token = 0.0
+        self.finish_reason: str | None = None
         self.decoder: Any = None
         self.encoder: Any = None
 
@@ -102,6 +111,23 @@ class UpstreamStream:
             self.stream = internal.chat.stream
             self.include_usage = internal.chat.stream_include_usage
         self.meter.estimate_input(internal.client_bytes)
+        self.client_model, self.request_id = internal.model, internal.request_id
+        self.started = time.perf_counter()
+        self.span = self.context.telemetry.tracing.start(
+            f"{internal.operation} {self.upstream_model}",
+            self.trace_carrier,
+            {
+                "gen_ai.operation.name": "embeddings" if internal.embedding else "chat",
+                "gen_ai.provider.name": GENAI_PROVIDER[self.provider.type],
+                "gen_ai.request.model": self.upstream_model,
+                "llmux.client_api": self.dialect,
+                "llmux.provider": self.provider.name,
+                "llmux.attempt": int(self.attempt),
+                "llmux.cache": internal.cache_status,
+                "llmux.tenant": internal.tenant,
+            },
+            client=True,
+        )
         self.cache_key, self.cache_status = internal.cache_key, internal.cache_status
         self.key_id, self.tenant = internal.key_id, internal.tenant
         if internal.budget_key is not None:
@@ -232,6 +258,7 @@ class UpstreamStream:
             return self.client_codec.encode_embedding_response(response)  # type: ignore[no-any-return]
         chat = self.provider_codec.decode_response(body)
         self.meter.observe_usage(chat.usage)
+        self.finish_reason = chat.finish_reason
         self.answer = chat
         if self.operation == "generate":
             return ollama_chat.encode_generate_response(chat)
@@ -242,6 +269,15 @@ class UpstreamStream:
         if end_of_stream:
             events += self.decoder.finish()
         self.meter.observe_events(events)
+        if (
+            events
+            and not self.first_token
+            and any(isinstance(e, ir.TextDelta | ir.ToolCallStart) for e in events)
+        ):
+            self.first_token = time.perf_counter()
+        for event in events:
+            if isinstance(event, ir.StreamFinish):
+                self.finish_reason = event.finish_reason
         if self.assembler is not None:
             self.assembler.feed(events)
         out: bytes = self.encoder.feed(events) if events else b""
@@ -251,17 +287,23 @@ class UpstreamStream:
 
     def note_failure(self, retry_after: str | None) -> None:
         """A 429 cools the credential down; a 5xx counts against the target's breaker."""
+        assert self.provider is not None
+        metrics = self.context.telemetry.metrics
         if self.status == 429 and self.credential is not None:
             seconds = parse_retry_after(retry_after, self.context.config.routing.cooldown_s)
             self.schedule(self.cool_down(int(seconds * 1000)))
+            metrics.child(metrics.cooldowns, self.provider.name).inc()
+            metrics.child(metrics.upstream_errors, self.provider.name, "rate_limit").inc()
         elif self.status >= 500:
             self.schedule(self.record_failure())
+            metrics.child(metrics.upstream_errors, self.provider.name, "server_error").inc()
 
     def finish(self) -> None:
-        """End of the attempt's response: charge what it used."""
+        """End of the attempt's response: charge what it used, count, log, end the span."""
         if self.finished:
             return
         self.finished = True
+        self.observe()
         credential = self.credential
         succeeded = 200 <= self.status < 300
         if credential is not None and credential.tpm and succeeded:
@@ -301,6 +343,77 @@ class UpstreamStream:
         if self.provider is not None and self.status == 0:
             self.schedule(self.record_failure())
         self.finish()
+
+    def final(self) -> bool:
+        """Whether Envoy hands this attempt's answer to the client (no retry follows)."""
+        retriable = self.status == 429 or self.status >= 500 or self.status == 0
+        model = self.context.models.get(self.client_model)
+        targets = len(model.model.targets) if model is not None else 1
+        attempts = self.context.config.routing.max_attempts or targets
+        return not retriable or int(self.attempt) >= attempts
+
+    def observe(self) -> None:
+        if self.provider is None or not self.started:
+            return
+        metrics = self.context.telemetry.metrics
+        provider, model = self.provider.name, self.upstream_model
+        status = str(self.status or 502)
+        now = time.perf_counter()
+        usage = self.meter.usage()
+        metrics.child(metrics.attempts, provider, model, status).inc()
+        if 200 <= self.status < 300:
+            for kind, count in (("input", usage.input_tokens), ("output", usage.output_tokens)):
+                metrics.child(metrics.tokens, provider, model, kind).inc(count)
+                genai = GENAI_PROVIDER[self.provider.type]
+                metrics.child(metrics.token_usage, genai, model, kind).observe(count)
+            metrics.child(metrics.duration, provider, model).observe(now - self.started)
+            if self.first_token:
+                metrics.child(metrics.ttft, provider, model).observe(
+                    self.first_token - self.started
+                )
+                if usage.output_tokens:
+                    per_token = (now - self.first_token) / usage.output_tokens
+                    metrics.child(metrics.tpot, provider, model).observe(per_token)
+            if int(self.attempt) > 1:
+                metrics.child(metrics.fallbacks, self.client_model).inc()
+        elif self.status == 0:
+            metrics.child(metrics.upstream_errors, provider, "no_response").inc()
+        final = self.final()
+        if final:
+            metrics.child(metrics.requests, self.dialect, provider, self.client_model, status).inc()
+        self.end_span(usage, now)
+        if final:
+            self.context.telemetry.request_log(
+                request_id=self.request_id,
+                trace_id=trace_id_of(self.span),
+                client_api=self.dialect,
+                provider=provider,
+                model=self.client_model,
+                upstream_model=model,
+                status=int(status),
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                attempt=int(self.attempt),
+                duration_ms=round((now - self.started) * 1000, 3),
+                cache=self.cache_status,
+                key_id=self.key_id,
+                stream=self.stream,
+            )
+
+    def end_span(self, usage: ir.Usage, now: float) -> None:
+        end_span(
+            self.span,
+            {
+                "gen_ai.response.model": self.upstream_model,
+                "gen_ai.usage.input_tokens": usage.input_tokens,
+                "gen_ai.usage.output_tokens": usage.output_tokens,
+                "gen_ai.response.finish_reasons": [self.finish_reason]
+                if self.finish_reason
+                else None,
+                "http.response.status_code": self.status or None,
+            },
+            error=None if 200 <= self.status < 300 else f"upstream status {self.status or 'none'}",
+        )
 
     def schedule(self, work: Any) -> None:
         if self.context.store is not None:
