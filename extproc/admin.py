@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from extproc import health
 from extproc.admin_keys import add_key_routes
 from extproc.processor import Context
 from extproc.store import StoreError
@@ -26,6 +28,7 @@ def build_app(context: Context) -> web.Application:
     app[CONTEXT] = context
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/health", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/admin/cache/stats", cache_stats)
     app.router.add_post("/admin/cache/clear", cache_clear)
@@ -62,15 +65,20 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when the config is loaded and Redis answers (or may be down: on_error open)."""
+    """Ready when the config is loaded and Redis answers (or may be down: on_error open).
+
+    With `?deep=true`, also probes every provider with its credential.
+    """
     context = request.app[CONTEXT]
     store_ok = context.store is None or await context.store.ping()
     ready = store_ok or context.config.store.on_error == "open"
-    body = {
+    body: dict[str, Any] = {
         "ready": ready,
         "store": "ok" if store_ok else "unreachable",
         "models": len(context.config.models),
     }
+    if request.query.get("deep", "").lower() in ("1", "true", "yes"):
+        body["providers"] = await health.probe_all(context.config)
     return web.json_response(body, status=200 if ready else 503)
 
 

@@ -276,6 +276,28 @@ def test_health_endpoints(gateway: Gateway) -> None:
     assert httpx.get(gateway.extproc_admin_url + "/healthz").json() == {"status": "ok"}
     ready = httpx.get(gateway.extproc_admin_url + "/readyz")
     assert ready.status_code == 200 and ready.json()["store"] == "ok"
+    assert "providers" not in ready.json()
+
+
+def test_deep_readiness_probes_each_provider(
+    sim: SimulatedProviders, valkey: Valkey, gateway_factory: Callable[..., Gateway]
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    gateway = gateway_factory(
+        {
+            "providers": [
+                provider_config("up", "openai", sim.base_url, "sk-probe-secret"),
+                provider_config("down", "openai", dead, "sk-probe-secret"),
+            ],
+            "models": [{"name": "m", "targets": [{"provider": "up", "model": "x"}]}],
+        },
+        store_url=valkey.url,
+    )
+    deep = httpx.get(gateway.extproc_admin_url + "/readyz", params={"deep": "true"}, timeout=10)
+    statuses = {p["provider"]: p["status"] for p in deep.json()["providers"]}
+    assert statuses == {"up": "ok", "down": "unreachable"}
+    assert sim.last_request("openai").headers["authorization"] == "Bearer sk-probe-secret"
+    assert "sk-probe-secret" not in deep.text
 
 
 def test_request_logs_are_json_lines_without_secrets(gateway: Gateway) -> None:
