@@ -27,6 +27,7 @@ class Endpoint(NamedTuple):
     operation: Operation
     path_model: str | None = None  # Gemini names the model in the path
     path_stream: bool = False  # Gemini's :streamGenerateContent
+    batch: bool = False  # Gemini's :batchEmbedContents (answers a list)
 
     @property
     def codec(self) -> ModuleType:
@@ -62,7 +63,8 @@ def classify(method: str, path: str) -> Endpoint | None:
     gemini_method = match.group("method")
     operation: Operation = "chat" if "generate" in gemini_method.lower() else "embeddings"
     stream = gemini_method == "streamGenerateContent"
-    return Endpoint("gemini", operation, match.group("model"), stream)
+    batch = gemini_method == "batchEmbedContents"
+    return Endpoint("gemini", operation, match.group("model"), stream, batch)
 
 
 def dialect_for_path(path: str) -> Dialect:

@@ -32,6 +32,9 @@ class Envelope(msgspec.Struct, frozen=True, array_like=True):
     tenant: str | None = None
     budget_key: str | None = None  # Redis key of the key's budget period, and its ttl
     budget_ttl: int = 0
+    # How the client wants embeddings back: OpenAI's encoding_format, Gemini's batch shape.
+    embedding_format: str = "float"
+    embedding_batch: bool = False
 
 
 _encoder = msgspec.msgpack.Encoder()

@@ -19,7 +19,10 @@ from extproc.config import Config, Model, Provider, UpstreamURL
 
 EXTPROC_CLUSTER = "llmux_extproc"
 CLUSTER_HEADER = "x-llmux-cluster"
-CLIENT_HEADER = "x-llmux-client"  # client API id, set by the router phase
+# The router phase names the client's dialect in dynamic metadata (llmux.dialect), so
+# Envoy's own error replies take the client's shape without a header reaching providers.
+DIALECT_NAMESPACE = "llmux"
+DIALECT_KEY = "dialect"
 METADATA_NAMESPACE = "llmux"
 TARGET_KEY = "llmux_target"  # endpoint metadata naming the target index of the model
 # The router phase tells Envoy which targets may serve a request (healthy, in quota)
@@ -268,7 +271,7 @@ def _router_ext_proc(config: Config) -> dict[str, Any]:
         "message_timeout": f"{config.extproc.message_timeout_ms / 1000:g}s",
         "processing_mode": _processing_mode(),
         "status_on_error": {"code": 503},
-        "metadata_options": {"receiving_namespaces": {"untyped": ["envoy.lb"]}},
+        "metadata_options": {"receiving_namespaces": {"untyped": ["envoy.lb", DIALECT_NAMESPACE]}},
     }
 
 
@@ -489,7 +492,13 @@ def local_reply_config() -> dict[str, Any]:
     mappers = []
     for dialect in ("anthropic", "gemini", "ollama", "openai"):
         header_filter = {
-            "header_filter": {"header": {"name": CLIENT_HEADER, "string_match": {"exact": dialect}}}
+            "metadata_filter": {
+                "matcher": {
+                    "filter": DIALECT_NAMESPACE,
+                    "path": [{"key": DIALECT_KEY}],
+                    "value": {"string_match": {"exact": dialect}},
+                }
+            }
         }
         match = (
             envoy_failure

@@ -10,7 +10,7 @@ import functools
 import re
 from typing import Any
 
-from extproc.envoy_config import SUBSET_KEY, TARGET_KEY
+from extproc.envoy_config import DIALECT_KEY, DIALECT_NAMESPACE, SUBSET_KEY, TARGET_KEY
 from extproc.pb import base_pb2, ext_proc_pb2, processing_mode_pb2
 from extproc.processor import Action, Continue, Respond
 
@@ -76,6 +76,9 @@ def response_for(phase: str, action: Action) -> ext_proc_pb2.ProcessingResponse:
     response = ProcessingResponse()
     target: Any = getattr(response, phase)
     target.response.CopyFrom(_common(action))
+    if action.dialect is not None:
+        ours = response.dynamic_metadata.fields[DIALECT_NAMESPACE].struct_value
+        ours.fields[DIALECT_KEY].string_value = action.dialect
     if action.eligible_mask is not None:
         lb = response.dynamic_metadata.fields["envoy.lb"].struct_value
         lb.fields[SUBSET_KEY].string_value = str(action.eligible_mask)

@@ -48,6 +48,7 @@ class Continue(NamedTuple):
     clear_route_cache: bool = False
     response_body_mode: Literal["STREAMED", "BUFFERED"] | None = None
     eligible_mask: int | None = None  # targets Envoy may pick (bit i = target i)
+    dialect: str | None = None  # the client's API, for Envoy's own error replies
 
 
 class Respond(NamedTuple):

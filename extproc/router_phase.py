@@ -10,13 +10,14 @@ from __future__ import annotations
 import time
 from typing import Any, NamedTuple
 
+import msgspec
+
 from extproc import cache, envelope, ir, keys, providers, routing
 from extproc.client_apis import Endpoint, classify, dialect_for_path
-from extproc.envoy_config import CLIENT_HEADER, CLUSTER_HEADER
+from extproc.envoy_config import CLUSTER_HEADER
 from extproc.formats import ollama_chat
 from extproc.processor import (
     CACHE_HEADER,
-    CONTINUE,
     INTERNAL_PREFIX,
     JSON,
     MODEL_HEADER,
@@ -76,7 +77,7 @@ class RouterStream:
             return self.fail("invalid_request", "the request has no body")
         self.client_headers = [k for k in headers if k.startswith(INTERNAL_PREFIX)]
         self.cache_control = headers.get("cache-control")
-        return CONTINUE
+        return Continue(dialect=endpoint.dialect)
 
     async def request_body(self, body: bytes, end_of_stream: bool) -> Action:
         endpoint = self.endpoint
@@ -136,13 +137,14 @@ class RouterStream:
                 tenant=self.tenant if self.key is not None else None,
                 budget_key=budget[0] if budget else None,
                 budget_ttl=budget[1] if budget else 0,
+                embedding_format=embedding_format(endpoint, body),
+                embedding_batch=endpoint.batch,
             )
         )
         several = len(route.model.targets) > 1
         return Continue(
             set_headers=[
                 (CLUSTER_HEADER, route.cluster),
-                (CLIENT_HEADER, endpoint.dialect),
                 ("content-type", envelope.CONTENT_TYPE),
                 ("content-length", str(len(internal))),
             ],
@@ -357,6 +359,21 @@ def replay_body(endpoint: Endpoint, chat: ir.ChatRequest, response: ir.ChatRespo
     encoder = encoder_class(include_usage=chat.stream_include_usage)
     out: bytes = encoder.feed(cache.replay_events(response)) + encoder.finish()
     return out
+
+
+def embedding_format(endpoint: Endpoint, body: bytes) -> str:
+    """OpenAI's `encoding_format` (the IR keeps vectors as floats; the answer may not)."""
+    if endpoint.operation != "embeddings" or b"base64" not in body:
+        return "float"
+    try:
+        requested = msgspec.json.decode(body, type=_EncodingFormat).encoding_format
+    except msgspec.DecodeError:
+        return "float"
+    return "base64" if requested == "base64" else "float"
+
+
+class _EncodingFormat(msgspec.Struct):
+    encoding_format: str | None = None
 
 
 def decode_client_body(

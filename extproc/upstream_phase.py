@@ -17,7 +17,6 @@ import msgspec
 from extproc import cache, envelope, ir, providers, routing
 from extproc.client_apis import CODECS as CLIENT_CODECS
 from extproc.config import Credential, Provider
-from extproc.envoy_config import CLIENT_HEADER
 from extproc.formats import ollama_chat
 from extproc.processor import (
     ATTEMPTS_HEADER,
@@ -66,6 +65,9 @@ class UpstreamStream:
         self.tenant: str | None = None
         self.budget: tuple[str, int] | None = None
         self.trace_carrier: dict[str, str] = {}
+        self.retry_after: str | None = None
+        self.embedding_format = "float"
+        self.embedding_batch = False
         self.span: Any = None
         self.client_model = ""
         self.request_id = ""
@@ -86,14 +88,12 @@ class UpstreamStream:
 
     def request_headers(self, headers: dict[str, str], target_index: int | None) -> Action:
         self.attempt = headers.get("x-envoy-attempt-count", "1")
-        self.dialect = headers.get(CLIENT_HEADER, "openai")
         self.target_index = target_index
         # What earlier attempts of this request set (Envoy shares the header map).
         self.stale_headers = [
             k
             for k in headers
-            if k in providers.UPSTREAM_AUTH_HEADERS
-            or (k.startswith(INTERNAL_PREFIX) and k != CLIENT_HEADER)
+            if k in providers.UPSTREAM_AUTH_HEADERS or k.startswith(INTERNAL_PREFIX)
         ]
         return CONTINUE
 
@@ -129,6 +129,8 @@ class UpstreamStream:
             client=True,
         )
         self.cache_key, self.cache_status = internal.cache_key, internal.cache_status
+        self.embedding_format = internal.embedding_format
+        self.embedding_batch = internal.embedding_batch
         self.key_id, self.tenant = internal.key_id, internal.tenant
         if internal.budget_key is not None:
             self.budget = (internal.budget_key, internal.budget_ttl)
@@ -208,7 +210,8 @@ class UpstreamStream:
     def response_headers(self, headers: dict[str, str]) -> Action:
         assert self.provider is not None
         self.status = int(headers.get(":status", "0") or 0)
-        self.note_failure(headers.get("retry-after"))
+        self.retry_after = headers.get("retry-after")
+        self.note_failure(self.retry_after)
         set_headers = [
             (PROVIDER_HEADER, self.provider.name),
             (MODEL_HEADER, self.upstream_model),
@@ -239,9 +242,7 @@ class UpstreamStream:
         if self.decoder is not None:
             out = self.stream_chunk(body, end_of_stream)
         elif not 200 <= self.status < 300:
-            out = self.client_codec.encode_error(
-                self.provider_codec.decode_error(self.status, body)
-            )
+            out = self.client_codec.encode_error(self.upstream_error(body))
         else:
             try:
                 out = self.translate_response(body)
@@ -251,11 +252,29 @@ class UpstreamStream:
             self.finish()
         return Continue(body=out)
 
+    def upstream_error(self, body: bytes) -> ir.ErrorInfo:
+        """The provider's error, with its Retry-After header when the body has none."""
+        info: ir.ErrorInfo = self.provider_codec.decode_error(self.status, body)
+        if info.retry_after is None and self.retry_after:
+            seconds = parse_retry_after(self.retry_after, 0.0)
+            if seconds > 0:
+                info = msgspec.structs.replace(info, retry_after=seconds)
+        return info
+
+    def embedding_body(self, response: ir.EmbeddingResponse) -> bytes:
+        """The embeddings in the shape the client asked for."""
+        codec = self.client_codec
+        if self.dialect == "openai":
+            return codec.encode_embedding_response(response, encoding_format=self.embedding_format)  # type: ignore[no-any-return]
+        if self.dialect == "gemini":
+            return codec.encode_embedding_response(response, batch=self.embedding_batch)  # type: ignore[no-any-return]
+        return codec.encode_embedding_response(response)  # type: ignore[no-any-return]
+
     def translate_response(self, body: bytes) -> bytes:
         if self.operation == "embeddings":
             response = self.provider_codec.decode_embedding_response(body)
             self.meter.observe_usage(response.usage)
-            return self.client_codec.encode_embedding_response(response)  # type: ignore[no-any-return]
+            return self.embedding_body(response)
         chat = self.provider_codec.decode_response(body)
         self.meter.observe_usage(chat.usage)
         self.finish_reason = chat.finish_reason
