@@ -76,6 +76,15 @@ def valkey_binary() -> str:
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float, what: str) -> None:
+    """Return once `port` accepts connections; else stop the child and raise."""
+    try:
+        _wait_for_port(port, proc, timeout, what)
+    except ChildError:
+        stop_all([proc], timeout=2)
+        raise
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -170,3 +179,25 @@ def stop_all(procs: list[subprocess.Popen[bytes]], timeout: float = 10.0) -> Non
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def drain_envoy(admin_port: int, timeout: float) -> None:
+    """Stop accepting connections, then wait until in-flight requests are done."""
+    import json
+    import urllib.request
+
+    base = f"http://127.0.0.1:{admin_port}"
+    try:
+        urllib.request.urlopen(
+            urllib.request.Request(f"{base}/drain_listeners", method="POST"), timeout=2
+        ).close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            url = f"{base}/stats?format=json&filter=^http\\.llmux\\.downstream_rq_active$"
+            with urllib.request.urlopen(url, timeout=2) as response:
+                stats = json.load(response).get("stats", [])
+            if not any(s.get("value", 0) for s in stats):
+                return
+            time.sleep(0.1)
+    except OSError:
+        return  # Envoy is gone already: nothing left to drain

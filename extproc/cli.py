@@ -136,4 +136,8 @@ def _up(args: argparse.Namespace, cfg: config.Config) -> int:
         print(f"llmux: {exc}; see {log_dir}", file=sys.stderr)
         return 1
     finally:
+        # Drain: Envoy stops accepting, in-flight streams finish (their ext_proc is still
+        # up), then Envoy, the ext_proc and Valkey stop, in that order.
+        if any(p.poll() is None for p in procs):
+            children.drain_envoy(cfg.admin.port, timeout=30)
         children.stop_all(procs)

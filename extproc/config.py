@@ -292,6 +292,11 @@ def check_references(config: Config) -> list[str]:
             problems.append(f"{at}: a {provider.type} provider needs api_key or credentials")
         if provider.type == "azure_openai" and not provider.api_version:
             problems.append(f"{at}.api_version: required for azure_openai")
+    if config.timeouts.idle_s <= config.timeouts.attempt_s:
+        problems.append(
+            "$.timeouts.idle_s: must be longer than timeouts.attempt_s, or a slow attempt "
+            "ends the whole request instead of falling back to the next target"
+        )
     model_names = [m.name for m in config.models]
     for i, model in enumerate(config.models):
         at = f"$.models[{i}]"

@@ -18,7 +18,7 @@ CONTENT_TYPE = "application/x-llmux-envelope"
 
 
 class Envelope(msgspec.Struct, frozen=True, array_like=True):
-    dialect: str  # client API: openai | anthropic | gemini | ollama
+    dialect: str  # client API: openai | anthropic | gemini | ollama | smart
     operation: str  # chat | generate | embeddings
     model: str  # client-visible model name
     request_id: str

@@ -203,6 +203,7 @@ def _model_route(config: Config, index: int, model: Model) -> dict[str, Any]:
             "headers": [{"name": CLUSTER_HEADER, "string_match": {"exact": cluster}}],
         },
         "route": route,
+        "request_headers_to_remove": [CLUSTER_HEADER],  # chosen; no provider needs to see it
     }
 
 
@@ -270,7 +271,9 @@ def _router_ext_proc(config: Config) -> dict[str, Any]:
         "failure_mode_allow": False,
         "message_timeout": f"{config.extproc.message_timeout_ms / 1000:g}s",
         "processing_mode": _processing_mode(),
-        "status_on_error": {"code": 503},
+        # Single-target models handle their response in this filter (see router_phase).
+        "allow_mode_override": True,
+        "status_on_error": {"code": EXTPROC_FAILURE_STATUS},
         "metadata_options": {"receiving_namespaces": {"untyped": ["envoy.lb", DIALECT_NAMESPACE]}},
     }
 
@@ -286,8 +289,23 @@ def _upstream_ext_proc(config: Config) -> dict[str, Any]:
         "allow_mode_override": True,
         "request_attributes": ["xds.upstream_host_metadata"],
         "mutation_rules": {"allow_all_routing": True},
-        "status_on_error": {"code": 503},
+        "status_on_error": {"code": EXTPROC_FAILURE_STATUS},
     }
+
+
+# Envoy's default circuit breakers allow 1,024 requests per cluster; a gateway holds
+# one or two ext_proc streams per client request and long LLM streams, so lift them.
+_CIRCUIT_BREAKERS = {
+    "thresholds": [
+        {
+            "priority": "DEFAULT",
+            "max_connections": 100000,
+            "max_pending_requests": 100000,
+            "max_requests": 100000,
+            "max_retries": 10000,
+        }
+    ]
+}
 
 
 def _extproc_cluster(config: Config, ports: list[int]) -> dict[str, Any]:
@@ -296,6 +314,7 @@ def _extproc_cluster(config: Config, ports: list[int]) -> dict[str, Any]:
     return {
         "name": EXTPROC_CLUSTER,
         "type": "STATIC",
+        "circuit_breakers": _CIRCUIT_BREAKERS,
         "connect_timeout": "1s",
         "per_connection_buffer_limit_bytes": 2 * config.limits.max_body_bytes,
         "typed_extension_protocol_options": {
@@ -347,9 +366,14 @@ def _model_cluster(config: Config, index: int, model: Model) -> dict[str, Any]:
         "name": name,
         "type": "STRICT_DNS",
         "dns_lookup_family": "V4_PREFERRED",
+        "circuit_breakers": _CIRCUIT_BREAKERS,
         "connect_timeout": f"{config.timeouts.connect_ms / 1000:g}s",
         "per_connection_buffer_limit_bytes": config.limits.max_body_bytes,
-        "typed_extension_protocol_options": {_HTTP_OPTIONS_KEY: _upstream_options(config, any_tls)},
+        "typed_extension_protocol_options": {
+            _HTTP_OPTIONS_KEY: _upstream_options(
+                config, any_tls, per_attempt=len(model.targets) > 1
+            )
+        },
         "load_assignment": {"cluster_name": name, "endpoints": localities},
         "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
         "outlier_detection": _outlier_detection(config),
@@ -412,16 +436,22 @@ def _target_endpoint(
     }
 
 
-def _upstream_options(config: Config, tls: bool) -> dict[str, Any]:
-    return {
+def _upstream_options(config: Config, tls: bool, *, per_attempt: bool) -> dict[str, Any]:
+    """Several targets: translate per attempt (fallback may change provider type).
+
+    One target: the router phase translates, and the cluster has no upstream filter.
+    """
+    options: dict[str, Any] = {
         "@type": _HTTP_OPTIONS,
         "explicit_http_config": {"http_protocol_options": {}},
         "upstream_http_protocol_options": {"auto_sni": True, "auto_san_validation": tls},
-        "http_filters": [
+    }
+    if per_attempt:
+        options["http_filters"] = [
             {"name": UPSTREAM_FILTER, "typed_config": _upstream_ext_proc(config)},
             {"name": "envoy.filters.http.upstream_codec", "typed_config": {"@type": _CODEC}},
-        ],
-    }
+        ]
+    return options
 
 
 def _tls_match() -> dict[str, Any]:
@@ -443,7 +473,22 @@ def _tls_match() -> dict[str, Any]:
 # Envoy's own local replies (upstream connect failure, timeout, no healthy host)
 # are reshaped into the client's error format. Replies the ext_proc sends itself
 # carry no response flag and are left alone.
-_ENVOY_FAILURE_FLAGS = ["UF", "UH", "UT", "URX", "UO", "UC", "NR", "UMSDR", "LH", "DT", "SI"]
+_ENVOY_FAILURE_FLAGS = [
+    "UF",
+    "UH",
+    "UT",
+    "URX",
+    "UO",
+    "UC",
+    "UR",
+    "UPE",
+    "LR",
+    "NR",
+    "UMSDR",
+    "LH",
+    "DT",
+    "SI",
+]
 
 _ERROR_BODIES: dict[str, dict[str, Any]] = {
     "openai": {
@@ -477,21 +522,61 @@ def _status_filter(code: int) -> dict[str, Any]:
     }
 
 
+# The ext_proc filter's own failure (processor down or too slow) answers with this
+# status; no other local reply uses it, so the mappers below can shape it too.
+EXTPROC_FAILURE_STATUS = 502
+
+# Before the router phase ran there is no dialect metadata: guess from the path.
+_PATH_DIALECTS: dict[str, list[dict[str, Any]]] = {
+    "anthropic": [{"prefix": "/v1/messages"}],
+    "gemini": [
+        {"contains": ":generateContent"},
+        {"contains": ":streamGenerateContent"},
+        {"contains": "EmbedContent"},
+        {"prefix": "/v1beta/"},
+    ],
+    "ollama": [{"prefix": "/api/"}],
+}
+
+
+def _path_filter(dialect: str) -> dict[str, Any]:
+    matches = [
+        {"header_filter": {"header": {"name": ":path", "string_match": m}}}
+        for m in _PATH_DIALECTS[dialect]
+    ]
+    return matches[0] if len(matches) == 1 else {"or_filter": {"filters": matches}}
+
+
+def _mapper(match: dict[str, Any], dialect: str) -> dict[str, Any]:
+    return {
+        "filter": match,
+        "body_format_override": {
+            "json_format": _ERROR_BODIES[dialect],
+            "content_type": "application/json",
+        },
+    }
+
+
 def local_reply_config() -> dict[str, Any]:
-    # Envoy's own failures, plus the 413 (body over the buffer limit) and 408 (slow
-    # body) it answers before the ext_proc ever sees the request.
+    """Envoy's own replies in the client's error format.
+
+    Shaped: Envoy's failures (by response flag), the 413 (body over the buffer limit)
+    and 408 (slow body) it answers before the ext_proc sees a body, and the reply when
+    the ext_proc itself fails. The ext_proc's own immediate responses are left alone.
+    """
     envoy_failure = {
         "or_filter": {
             "filters": [
                 {"response_flag_filter": {"flags": _ENVOY_FAILURE_FLAGS}},
                 _status_filter(413),
                 _status_filter(408),
+                _status_filter(EXTPROC_FAILURE_STATUS),
             ]
         }
     }
     mappers = []
-    for dialect in ("anthropic", "gemini", "ollama", "openai"):
-        header_filter = {
+    for dialect in ("anthropic", "gemini", "ollama"):
+        by_metadata = {
             "metadata_filter": {
                 "matcher": {
                     "filter": DIALECT_NAMESPACE,
@@ -500,18 +585,10 @@ def local_reply_config() -> dict[str, Any]:
                 }
             }
         }
-        match = (
-            envoy_failure
-            if dialect == "openai"
-            else {"and_filter": {"filters": [envoy_failure, header_filter]}}
-        )
-        mappers.append(
-            {
-                "filter": match,
-                "body_format_override": {
-                    "json_format": _ERROR_BODIES[dialect],
-                    "content_type": "application/json",
-                },
-            }
-        )
+        mappers.append(_mapper({"and_filter": {"filters": [envoy_failure, by_metadata]}}, dialect))
+    for dialect in ("anthropic", "gemini", "ollama"):
+        processor_down = _status_filter(EXTPROC_FAILURE_STATUS)
+        match = {"and_filter": {"filters": [processor_down, _path_filter(dialect)]}}
+        mappers.append(_mapper(match, dialect))
+    mappers.append(_mapper(envoy_failure, "openai"))
     return {"mappers": mappers}

@@ -19,7 +19,21 @@ ProcessingResponse = ext_proc_pb2.ProcessingResponse
 _BODY_MODES = {
     "STREAMED": processing_mode_pb2.ProcessingMode.STREAMED,
     "BUFFERED": processing_mode_pb2.ProcessingMode.BUFFERED,
+    "NONE": processing_mode_pb2.ProcessingMode.NONE,
 }
+_HEADER_MODES = {
+    "SEND": processing_mode_pb2.ProcessingMode.SEND,
+    "SKIP": processing_mode_pb2.ProcessingMode.SKIP,
+}
+_PM = processing_mode_pb2.ProcessingMode
+_BASE_MODE = _PM(  # envoy_config._processing_mode, as both filters are configured
+    request_header_mode=_PM.SEND,
+    response_header_mode=_PM.SEND,
+    request_body_mode=_PM.BUFFERED,
+    response_body_mode=_PM.NONE,
+    request_trailer_mode=_PM.SKIP,
+    response_trailer_mode=_PM.SKIP,
+)
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
 
@@ -82,8 +96,14 @@ def response_for(phase: str, action: Action) -> ext_proc_pb2.ProcessingResponse:
     if action.eligible_mask is not None:
         lb = response.dynamic_metadata.fields["envoy.lb"].struct_value
         lb.fields[SUBSET_KEY].string_value = str(action.eligible_mask)
-    if action.response_body_mode is not None:
-        response.mode_override.response_body_mode = _BODY_MODES[action.response_body_mode]
+    if action.response_body_mode is not None or action.response_header_mode is not None:
+        # An override replaces the whole mode: restate what the filters are configured with.
+        mode = response.mode_override
+        mode.CopyFrom(_BASE_MODE)
+        if action.response_header_mode is not None:
+            mode.response_header_mode = _HEADER_MODES[action.response_header_mode]
+        if action.response_body_mode is not None:
+            mode.response_body_mode = _BODY_MODES[action.response_body_mode]
     return response
 
 

@@ -38,6 +38,7 @@ STREAM_TYPES = {
     "anthropic": "text/event-stream",
     "gemini": "text/event-stream",
     "ollama": "application/x-ndjson",
+    "smart": "text/event-stream",
 }
 
 
@@ -46,9 +47,10 @@ class Continue(NamedTuple):
     remove_headers: list[str] = []
     body: bytes | None = None
     clear_route_cache: bool = False
-    response_body_mode: Literal["STREAMED", "BUFFERED"] | None = None
+    response_body_mode: Literal["STREAMED", "BUFFERED", "NONE"] | None = None
     eligible_mask: int | None = None  # targets Envoy may pick (bit i = target i)
     dialect: str | None = None  # the client's API, for Envoy's own error replies
+    response_header_mode: Literal["SEND", "SKIP"] | None = None  # override, headers phase only
 
 
 class Respond(NamedTuple):

@@ -15,9 +15,10 @@ import msgspec
 from extproc import cache, envelope, ir, keys, providers, routing
 from extproc.client_apis import Endpoint, classify, dialect_for_path
 from extproc.envoy_config import CLUSTER_HEADER
-from extproc.formats import ollama_chat
+from extproc.formats import ollama_chat, smart_api
 from extproc.processor import (
     CACHE_HEADER,
+    CONTINUE,
     INTERNAL_PREFIX,
     JSON,
     MODEL_HEADER,
@@ -33,6 +34,7 @@ from extproc.processor import (
 )
 from extproc.store import RequestState, StoreError, key_tag
 from extproc.telemetry import end_span, trace_id_of
+from extproc.upstream_phase import UpstreamStream, chat_stream_encoder, encode_chat_response
 
 
 class CacheLookup(NamedTuple):
@@ -57,6 +59,7 @@ class RouterStream:
         self.refused_by: str | None = None  # which limit answered 429
         self.span: Any = None
         self.started = time.perf_counter()
+        self.attempt: UpstreamStream | None = None  # single-target models: the one attempt
 
     async def request_headers(self, headers: dict[str, str], end_of_stream: bool) -> Action:
         method, path = headers.get(":method", ""), headers.get(":path", "")
@@ -77,13 +80,17 @@ class RouterStream:
             return self.fail("invalid_request", "the request has no body")
         self.client_headers = [k for k in headers if k.startswith(INTERNAL_PREFIX)]
         self.cache_control = headers.get("cache-control")
-        return Continue(dialect=endpoint.dialect)
+        # A single-target model's response comes back through this stream: ask for its
+        # headers (the body mode is chosen when they arrive).
+        return Continue(dialect=endpoint.dialect, response_header_mode="SEND")
 
     async def request_body(self, body: bytes, end_of_stream: bool) -> Action:
         endpoint = self.endpoint
         assert endpoint is not None
         try:
-            chat, embedding = decode_client_body(endpoint, body)
+            default = smart_api.DEFAULT_MODEL
+            default_model = default if default in self.context.models else None
+            chat, embedding = decode_client_body(endpoint, body, default_model)
         except ir.GatewayError as exc:
             return error_response(self.dialect, exc.info)
         model = chat.model if chat is not None else embedding.model  # type: ignore[union-attr]
@@ -121,37 +128,58 @@ class RouterStream:
         if isinstance(decision, Respond):
             return decision
         self.count_cache(lookup)
-        internal = envelope.encode(
-            envelope.Envelope(
-                dialect=endpoint.dialect,
-                operation=endpoint.operation,
-                model=model,
-                request_id=new_request_id(),
-                client_bytes=len(body),
-                preferred=decision.preferred if decision is not None else {},
-                chat=chat,
-                embedding=embedding,
-                cache_key=lookup.key if lookup.write else None,
-                cache_status=lookup.status,
-                key_id=self.key.id if self.key is not None else None,
-                tenant=self.tenant if self.key is not None else None,
-                budget_key=budget[0] if budget else None,
-                budget_ttl=budget[1] if budget else 0,
-                embedding_format=embedding_format(endpoint, body),
-                embedding_batch=endpoint.batch,
-            )
+        internal = envelope.Envelope(
+            dialect=endpoint.dialect,
+            operation=endpoint.operation,
+            model=model,
+            request_id=new_request_id(),
+            client_bytes=len(body),
+            preferred=decision.preferred if decision is not None else {},
+            chat=chat,
+            embedding=embedding,
+            cache_key=lookup.key if lookup.write else None,
+            cache_status=lookup.status,
+            key_id=self.key.id if self.key is not None else None,
+            tenant=self.tenant if self.key is not None else None,
+            budget_key=budget[0] if budget else None,
+            budget_ttl=budget[1] if budget else 0,
+            embedding_format=embedding_format(endpoint, body),
+            embedding_batch=endpoint.batch,
         )
-        several = len(route.model.targets) > 1
+        if len(route.model.targets) == 1:
+            return await self.single_target(route, internal)
+        encoded = envelope.encode(internal)
         return Continue(
             set_headers=[
                 (CLUSTER_HEADER, route.cluster),
                 ("content-type", envelope.CONTENT_TYPE),
-                ("content-length", str(len(internal))),
+                ("content-length", str(len(encoded))),
             ],
             remove_headers=[*self.client_headers, *providers.CLIENT_CREDENTIAL_HEADERS],
-            body=internal,
+            body=encoded,
             clear_route_cache=True,
-            eligible_mask=decision.mask if decision is not None and several else None,
+            eligible_mask=decision.mask if decision is not None else None,
+        )
+
+    async def single_target(self, route: ModelRoute, internal: envelope.Envelope) -> Action:
+        """One target: translate here and handle the response too (one ext_proc stream).
+
+        Its cluster has no upstream ext_proc filter, so each request costs one gRPC
+        stream instead of two; there is nothing to fall back to anyway.
+        """
+        attempt = UpstreamStream(self.context)
+        attempt.trace_carrier = self.trace_carrier
+        attempt.target_index = 0
+        action = await attempt.prepare(internal)
+        if not isinstance(action, Continue):
+            return action
+        self.attempt = attempt
+        setting = {name for name, _ in action.set_headers}
+        removing = [*self.client_headers, *providers.CLIENT_CREDENTIAL_HEADERS]
+        return action._replace(
+            set_headers=[(CLUSTER_HEADER, route.cluster), *action.set_headers],
+            remove_headers=[h for h in removing if h not in setting],
+            clear_route_cache=True,
         )
 
     async def authenticate(self, headers: dict[str, str], path: str) -> Respond | None:
@@ -253,7 +281,10 @@ class RouterStream:
         if self.key is not None:
             usage = {"requests": 1, "cache_hits": 1}
             self.context.background(store.record_usage(self.key.id, self.tenant, None, usage))
-        body = replay_body(self.endpoint, chat, response)
+        route = self.context.models.get(chat.model)
+        targets = route.model.targets if route is not None else []
+        provider = targets[0].provider if targets else "cache"
+        body = replay_body(self.endpoint, chat, response, provider)
         content_type = STREAM_TYPES[self.dialect] if chat.stream else JSON
         return Respond(
             200,
@@ -301,6 +332,25 @@ class RouterStream:
         info = ir.ErrorInfo(kind=kind, message=message, retry_after=decision.retry_after_s)
         return error_response(self.dialect, info)
 
+    def response_headers(self, headers: dict[str, str]) -> Action:
+        """Single-target models translate their response here; others pass through."""
+        attempt = self.attempt
+        if attempt is None or "x-envoy-upstream-service-time" not in headers:
+            # A multi-target answer (translated per attempt) or Envoy's own local reply,
+            # already in the client's shape: never translate it again.
+            self.attempt = None
+            return Continue(response_body_mode="NONE")
+        return attempt.response_headers(headers)
+
+    def response_body(self, body: bytes, end_of_stream: bool) -> Action:
+        if self.attempt is None:
+            return CONTINUE
+        return self.attempt.response_body(body, end_of_stream)
+
+    def closed(self) -> None:
+        if self.attempt is not None:
+            self.attempt.closed()
+
     def observe(self, phase: str, action: Action) -> None:
         """After each phase: a request answered here is counted, logged and traced."""
         telemetry = self.context.telemetry
@@ -344,19 +394,15 @@ class RouterStream:
         return error_response(self.dialect, ir.ErrorInfo(kind=kind, message=message))
 
 
-def replay_body(endpoint: Endpoint, chat: ir.ChatRequest, response: ir.ChatResponse) -> bytes:
+def replay_body(
+    endpoint: Endpoint, chat: ir.ChatRequest, response: ir.ChatResponse, provider: str
+) -> bytes:
     """A cached response in the client's dialect: one body, or a replayed stream."""
     if not chat.stream:
-        if endpoint.operation == "generate":
-            return ollama_chat.encode_generate_response(response)
-        body: bytes = endpoint.codec.encode_response(response)
-        return body
-    encoder_class = (
-        ollama_chat.GenerateStreamEncoder
-        if endpoint.operation == "generate"
-        else endpoint.codec.StreamEncoder
-    )
-    encoder = encoder_class(include_usage=chat.stream_include_usage)
+        return encode_chat_response(
+            endpoint.dialect, endpoint.operation, response, provider=provider, cached=True
+        )
+    encoder = chat_stream_encoder(endpoint.dialect, endpoint.operation, chat.stream_include_usage)
     out: bytes = encoder.feed(cache.replay_events(response)) + encoder.finish()
     return out
 
@@ -377,17 +423,24 @@ class _EncodingFormat(msgspec.Struct):
 
 
 def decode_client_body(
-    endpoint: Endpoint, body: bytes
+    endpoint: Endpoint, body: bytes, default_model: str | None = None
 ) -> tuple[ir.ChatRequest | None, ir.EmbeddingRequest | None]:
-    """Validate the client body in its dialect: a chat or an embeddings request."""
+    """Validate the client body in its dialect: a chat or an embeddings request.
+
+    `default_model` is the config's model for /api/smart requests that name none.
+    """
     if endpoint.operation == "embeddings":
         return None, decode_embedding_request(endpoint, body)
-    return decode_chat_request(endpoint, body), None
+    return decode_chat_request(endpoint, body, default_model), None
 
 
-def decode_chat_request(endpoint: Endpoint, body: bytes) -> ir.ChatRequest:
+def decode_chat_request(
+    endpoint: Endpoint, body: bytes, default_model: str | None = None
+) -> ir.ChatRequest:
     if endpoint.operation == "generate":
         return ollama_chat.decode_generate_request(body)
+    if endpoint.dialect == "smart":
+        return smart_api.decode_request(body, default_model=default_model)
     request: ir.ChatRequest = endpoint.codec.decode_request(
         body, path_model=endpoint.path_model, path_stream=endpoint.path_stream
     )

@@ -87,8 +87,7 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
         finally:
             self.active -= 1
             active.dec()
-            if isinstance(stream, UpstreamStream):
-                stream.closed()
+            stream.closed()
 
     async def _guarded(
         self,
@@ -117,7 +116,6 @@ async def dispatch(
         if isinstance(stream, UpstreamStream):
             return await stream.request_body(body.body)
         return await stream.request_body(body.body, body.end_of_stream)
-    assert isinstance(stream, UpstreamStream), f"router phase got {phase}"
     if phase == "response_headers":
         return stream.response_headers(envoy_msgs.header_dict(request.response_headers))
     if phase == "response_body":

@@ -17,7 +17,7 @@ import msgspec
 from extproc import cache, envelope, ir, providers, routing
 from extproc.client_apis import CODECS as CLIENT_CODECS
 from extproc.config import Credential, Provider
-from extproc.formats import ollama_chat
+from extproc.formats import ollama_chat, smart_api
 from extproc.processor import (
     ATTEMPTS_HEADER,
     CACHE_HEADER,
@@ -66,6 +66,7 @@ class UpstreamStream:
         self.budget: tuple[str, int] | None = None
         self.trace_carrier: dict[str, str] = {}
         self.retry_after: str | None = None
+        self.unreadable = False
         self.embedding_format = "float"
         self.embedding_batch = False
         self.span: Any = None
@@ -102,6 +103,10 @@ class UpstreamStream:
             internal = envelope.decode(body)
         except msgspec.DecodeError:
             return self.fail("server_error", "request reached an upstream without a route")
+        return await self.prepare(internal)
+
+    async def prepare(self, internal: envelope.Envelope) -> Action:
+        """Translate the request for this attempt's target; reserve a credential."""
         self.dialect = internal.dialect
         self.operation = internal.operation
         if self.target_index is None or internal.model not in self.context.models:
@@ -222,12 +227,7 @@ class UpstreamStream:
         if streaming:
             set_headers.append(("content-type", STREAM_TYPES[self.dialect]))
             self.decoder = self.provider_codec.StreamDecoder()
-            encoder_class = (
-                ollama_chat.GenerateStreamEncoder
-                if self.operation == "generate"
-                else self.client_codec.StreamEncoder
-            )
-            self.encoder = encoder_class(include_usage=self.include_usage)
+            self.encoder = chat_stream_encoder(self.dialect, self.operation, self.include_usage)
             if self.cache_key is not None:
                 self.assembler = cache.ResponseAssembler()
         else:
@@ -247,7 +247,14 @@ class UpstreamStream:
             try:
                 out = self.translate_response(body)
             except ir.GatewayError as exc:
-                out = self.client_codec.encode_error(exc.info)
+                # A 200 whose body cannot be read: the client gets the error's status too
+                # (headers are still held in BUFFERED mode, so :status can change here).
+                self.unreadable = True  # the provider answered (and bills) a 200
+                self.status = exc.info.http_status
+                if end_of_stream:
+                    self.finish()
+                status = [(":status", str(self.status))]
+                return Continue(body=self.client_codec.encode_error(exc.info), set_headers=status)
         if end_of_stream:
             self.finish()
         return Continue(body=out)
@@ -275,13 +282,14 @@ class UpstreamStream:
             response = self.provider_codec.decode_embedding_response(body)
             self.meter.observe_usage(response.usage)
             return self.embedding_body(response)
+        assert self.provider is not None
         chat = self.provider_codec.decode_response(body)
         self.meter.observe_usage(chat.usage)
         self.finish_reason = chat.finish_reason
         self.answer = chat
-        if self.operation == "generate":
-            return ollama_chat.encode_generate_response(chat)
-        return self.client_codec.encode_response(chat)  # type: ignore[no-any-return]
+        return encode_chat_response(
+            self.dialect, self.operation, chat, provider=self.provider.name, cached=False
+        )
 
     def stream_chunk(self, body: bytes, end_of_stream: bool) -> bytes:
         events = self.decoder.feed(body) if body else []
@@ -324,7 +332,7 @@ class UpstreamStream:
         self.finished = True
         self.observe()
         credential = self.credential
-        succeeded = 200 <= self.status < 300
+        succeeded = 200 <= self.status < 300 or self.unreadable
         if credential is not None and credential.tpm and succeeded:
             self.schedule(self.charge(self.meter.total()))
         if self.key_id is not None and succeeded and self.context.store is not None:
@@ -471,3 +479,22 @@ def parse_retry_after(value: str | None, default: float) -> float:
         return max(0.001, float(value)) if value else default
     except ValueError:
         return default  # an HTTP date: rare from LLM providers
+
+
+def encode_chat_response(
+    dialect: str, operation: str, response: ir.ChatResponse, *, provider: str, cached: bool
+) -> bytes:
+    """A complete chat answer in the client's shape (the client-only shapes need more)."""
+    if operation == "generate":
+        return ollama_chat.encode_generate_response(response)
+    if dialect == "smart":
+        return smart_api.encode_response(response, provider=provider, cached=cached)
+    body: bytes = CLIENT_CODECS[dialect].encode_response(response)
+    return body
+
+
+def chat_stream_encoder(dialect: str, operation: str, include_usage: bool) -> Any:
+    """The client's stream encoder (Ollama's /api/generate has its own)."""
+    if operation == "generate":
+        return ollama_chat.GenerateStreamEncoder(include_usage=include_usage)
+    return CLIENT_CODECS[dialect].StreamEncoder(include_usage=include_usage)

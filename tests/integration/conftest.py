@@ -46,3 +46,12 @@ def gateway_factory(
         if failed:
             print(gateway.logs())
         gateway.stop()
+
+
+def close_client(client: object) -> None:
+    """Close an SDK client's HTTP connections (each SDK names it differently)."""
+    for owner in (client, getattr(client, "_client", None)):
+        close = getattr(owner, "close", None)
+        if callable(close):
+            close()
+            return

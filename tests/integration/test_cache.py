@@ -119,9 +119,10 @@ def test_second_identical_request_is_a_hit(
 
 
 def test_a_stream_replays_an_answer_first_given_without_streaming(
-    gateway: Gateway, sim: SimulatedProviders
+    request: pytest.FixtureRequest, gateway: Gateway, sim: SimulatedProviders
 ) -> None:
     client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="x", max_retries=0)
+    request.addfinalizer(client.close)
     first = client.chat.completions.create(model="cached", messages=ask("replay me"), max_tokens=50)
     calls = len(sim.requests)
     chunks = list(

@@ -36,6 +36,7 @@ from google.genai import errors as genai_errors
 from google.genai import types as gtypes
 
 from tests.harness import Gateway, provider_config
+from tests.integration.conftest import close_client
 from tests.simulated import Fault, RecordedRequest, SimulatedProviders
 
 pytestmark = pytest.mark.integration
@@ -538,7 +539,7 @@ def gateway_config(sim: SimulatedProviders) -> dict[str, Any]:
     return {
         "providers": providers,
         "models": models,
-        "timeouts": {"connect_ms": 1000, "request_s": 20, "idle_s": 10},
+        "timeouts": {"connect_ms": 1000, "request_s": 20, "idle_s": 10, "attempt_s": 5},
     }
 
 
@@ -548,8 +549,11 @@ def gateway(sim: SimulatedProviders, gateway_factory: Callable[..., Gateway]) ->
 
 
 @pytest.fixture(scope="module")
-def clients(gateway: Gateway) -> dict[str, Client]:
-    return {name: make(gateway.url) for name, make in CLIENT_CLASSES.items()}
+def clients(gateway: Gateway) -> Iterator[dict[str, Client]]:
+    made = {name: make(gateway.url) for name, make in CLIENT_CLASSES.items()}
+    yield made
+    for client in made.values():
+        close_client(client)
 
 
 # ---------------------------------------------------------------- upstream expectations

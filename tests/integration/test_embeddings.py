@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,7 @@ from google.genai import errors as genai_errors
 from google.genai import types as gtypes
 
 from tests.harness import Gateway, provider_config
+from tests.integration.conftest import close_client
 from tests.simulated import RecordedRequest, SimulatedProviders
 from tests.simulated.replies import embedding_vector
 
@@ -82,25 +83,31 @@ def gateway(sim: SimulatedProviders, gateway_factory: Callable[..., Gateway]) ->
         {
             "providers": providers,
             "models": models,
-            "timeouts": {"connect_ms": 1000, "request_s": 20, "idle_s": 10},
+            "timeouts": {"connect_ms": 1000, "request_s": 20, "idle_s": 10, "attempt_s": 5},
         }
     )
 
 
 @pytest.fixture(scope="module")
-def openai_client(gateway: Gateway) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gateway.url + "/v1", api_key=CLIENT_KEY, max_retries=0)
+def openai_client(gateway: Gateway) -> Iterator[openai.OpenAI]:
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=CLIENT_KEY, max_retries=0)
+    yield client
+    close_client(client)
 
 
 @pytest.fixture(scope="module")
-def ollama_client(gateway: Gateway) -> ollama.Client:
-    return ollama.Client(host=gateway.url, headers={"Authorization": f"Bearer {CLIENT_KEY}"})
+def ollama_client(gateway: Gateway) -> Iterator[ollama.Client]:
+    client = ollama.Client(host=gateway.url, headers={"Authorization": f"Bearer {CLIENT_KEY}"})
+    yield client
+    close_client(client)
 
 
 @pytest.fixture(scope="module")
-def gemini_client(gateway: Gateway) -> genai.Client:
+def gemini_client(gateway: Gateway) -> Iterator[genai.Client]:
     options = gtypes.HttpOptions(base_url=gateway.url, api_version="v1beta")
-    return genai.Client(api_key=CLIENT_KEY, http_options=options)
+    client = genai.Client(api_key=CLIENT_KEY, http_options=options)
+    yield client
+    close_client(client)
 
 
 def expected_vectors(dim: int = DEFAULT_DIM) -> list[list[float]]:

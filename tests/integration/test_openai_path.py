@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -33,14 +33,15 @@ def gateway(sim: SimulatedProviders, gateway_factory: Callable[..., Gateway]) ->
                 {"name": "gpt-test", "targets": [{"provider": "openai", "model": "gpt-4o-mini"}]},
                 {"name": "gpt-down", "targets": [{"provider": "down", "model": "gpt-4o-mini"}]},
             ],
-            "timeouts": {"connect_ms": 1000, "request_s": 10, "idle_s": 5},
+            "timeouts": {"connect_ms": 1000, "request_s": 10, "idle_s": 5, "attempt_s": 3},
         }
     )
 
 
 @pytest.fixture
-def client(gateway: Gateway) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gateway.url + "/v1", api_key=CLIENT_KEY, max_retries=0)
+def client(gateway: Gateway) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=CLIENT_KEY, max_retries=0) as sdk:
+        yield sdk
 
 
 HELLO = [{"role": "user", "content": "Say hello"}]

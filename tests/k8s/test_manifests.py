@@ -2,7 +2,7 @@
 
 Every overlay is rendered by `kubectl kustomize`, every object is checked against the
 Kubernetes OpenAPI schemas (kubernetes-validate, offline), the policies below hold
-for every container, and docs/kubernetes.md names what the manifests define. The pod
+for every container, and README.md names what the manifests define. The pod
 itself is run piece by piece in test_pod.py.
 """
 
@@ -251,7 +251,7 @@ def test_prod_runs_three_spread_replicas_on_external_services(
 
 
 def test_the_deploy_guide_matches_the_manifests(rendered_all: dict[str, Rendered]) -> None:
-    text = (ROOT / "docs" / "kubernetes.md").read_text()
+    text = (ROOT / "README.md").read_text()
     dev = rendered_all["dev"]
     namespace = dev.of_kind("Namespace")[0]["metadata"]["name"]
     for overlay in re.findall(r"kubectl (?:apply -k|kustomize) (k8s/[\w/]+)", text):
