@@ -52,6 +52,12 @@ PROVIDER_KEY = "sk-bench-provider"
 #   sse:  Envoy direct_response, fixed 20-chunk SSE body (one body chunk, content-length)
 #   sim:  aiohttp simulated provider, 20 chunks written one SSE event at a time (chunked)
 UPSTREAM_MODELS = {"json": "bench", "sse": "bench-stream", "sim": "bench-sim"}
+# Extra llmux-only upstream kinds (no plain-Envoy listener of their own):
+#   sim-anthropic: the simulator's Anthropic /v1/messages, reached by translating the
+#                  OpenAI client request (provider type `anthropic`)
+#   cache:         the `json` upstream, on a second llmux with the response cache on
+LLMUX_ONLY_MODELS = {"sim-anthropic": "bench-sim-anthropic", "cache": "bench-cache"}
+TRANSLATED = "translated (simulator upstream)"
 
 
 @dataclass
@@ -63,8 +69,11 @@ class Row:
     body: dict[str, Any]
     conns: int
     tool: str = "wrk"  # "wrk" or "ttft"
-    baseline: str | None = "plain"
+    baseline: str | None = "plain"  # a target, or the name of a row of the same group
     path: str = CHAT_PATH
+    headers: dict[str, str] = field(default_factory=dict)  # on top of HEADERS
+    # Checked on one request after the warm-up: allowed x-llmux-cache values.
+    expect_cache: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -128,6 +137,67 @@ def default_rows(stream_upstream: str = "sse") -> list[Row]:
                 baseline=None if target == "plain" else "plain",
             )
         )
+    rows += translated_rows() + cache_rows()
+    return rows
+
+
+def translated_rows() -> list[Row]:
+    """OpenAI client -> llmux -> simulator as OpenAI (passthrough) or as Anthropic (translated).
+
+    The openai->anthropic row is compared with the openai->openai row: same client,
+    same simulator process, only the translation differs."""
+    rows: list[Row] = []
+    for tool, stream in (("wrk", False), ("ttft", True)):
+        for name, target, upstream, baseline in (
+            ("plain Envoy", "plain", "sim", None),
+            ("llmux openai→openai", "llmux", "sim", "plain"),
+            ("llmux openai→anthropic", "llmux", "sim-anthropic", "llmux openai→openai"),
+        ):
+            body = payloads.chat_request(
+                {**UPSTREAM_MODELS, **LLMUX_ONLY_MODELS}[upstream], stream=stream
+            )
+            rows.append(
+                Row(TRANSLATED, name, target, upstream, body, 1, tool=tool, baseline=baseline)
+            )
+    return rows
+
+
+def cache_rows() -> list[Row]:
+    """Identical requests to a cache-enabled llmux: all hits after the first; the miss row
+    sends `cache-control: no-cache` (no lookup, goes to the upstream, stores the answer)."""
+    rows: list[Row] = []
+    hit = payloads.chat_request(LLMUX_ONLY_MODELS["cache"])
+    for conns in (1, 32):
+        rows += [
+            Row(
+                "cache",
+                "plain Envoy",
+                "plain",
+                "json",
+                payloads.chat_request("bench"),
+                conns,
+                baseline=None,
+            ),
+            Row(
+                "cache",
+                "llmux cache hit",
+                "llmux-cache",
+                "cache",
+                hit,
+                conns,
+                expect_cache=("hit",),
+            ),
+            Row(
+                "cache",
+                "llmux cache miss",
+                "llmux-cache",
+                "cache",
+                hit,
+                conns,
+                headers={"cache-control": "no-cache"},
+                expect_cache=("miss", "bypass"),
+            ),
+        ]
     return rows
 
 
@@ -176,28 +246,31 @@ def measure(
     """`own`: every process this run started (label -> pid), this one included."""
     url = target.urls[row.upstream] + row.path
     body = json.dumps(row.body, separators=(",", ":")).encode()
+    headers = {**HEADERS, **row.headers}
     threads = min(row.conns, 2)
     if row.tool == "wrk":
         # Warm-up: open connections, fill pools, let the ext_proc settle. Not measured.
         loadgen.run_wrk(
-            url, body, HEADERS, conns=row.conns, threads=threads, duration=1, workdir=workdir
+            url, body, headers, conns=row.conns, threads=threads, duration=1, workdir=workdir
         )
     else:
-        loadgen.run_ttft(url, body, HEADERS, duration=0.5, max_requests=200)
+        loadgen.run_ttft(url, body, headers, duration=0.5, max_requests=200)
+    if row.expect_cache:
+        check_cache(url, body, headers, row.expect_cache)
     before = _own_cpu(own)
     host0 = procstat.host_cpu()
     if row.tool == "wrk":
         m = loadgen.run_wrk(
             url,
             body,
-            HEADERS,
+            headers,
             conns=row.conns,
             threads=threads,
             duration=args.duration,
             workdir=workdir,
         )
     else:
-        m = loadgen.run_ttft(url, body, HEADERS, duration=args.duration)
+        m = loadgen.run_ttft(url, body, headers, duration=args.duration)
     host1 = procstat.host_cpu()
     after = _own_cpu(own)
     result = Result(row, m)
@@ -214,6 +287,19 @@ def measure(
         result.host_busy = (host1[0] - host0[0]) / total
     result.other_busy = _share(host0, host1, sum(result.own_cpu_s.values()) + wrk_s)
     return result
+
+
+def check_cache(url: str, body: bytes, headers: dict[str, str], allowed: tuple[str, ...]) -> None:
+    """One request: its x-llmux-cache header must be one of `allowed` (else the row is wrong)."""
+    import httpx
+
+    response = httpx.post(url, content=body, headers=headers, timeout=10)
+    got = response.headers.get("x-llmux-cache")
+    if response.status_code != 200 or got not in allowed:
+        raise RuntimeError(
+            f"{url}: expected x-llmux-cache in {allowed}, got {got!r} "
+            f"(HTTP {response.status_code}: {response.text[:200]})"
+        )
 
 
 # ---------------------------------------------------------------- reporting
@@ -233,21 +319,20 @@ def _errors(m: loadgen.Measurement) -> str:
     return "FAILED: " + ", ".join(f"{k}={v}" for k, v in sorted(m.errors.items()))
 
 
-def _baseline(result: Result, results: list[Result]) -> Result | None:
-    row = result.row
-    if row.baseline is None:
-        return None
-    return next(
-        (
-            r
-            for r in results
-            if r.row.group == row.group
-            and r.row.conns == row.conns
-            and r.row.target == row.baseline
-            and r.row.tool == row.tool
-        ),
-        None,
+def is_baseline_of(base: Row, row: Row) -> bool:
+    """`row.baseline` names a target or a row of the same group, concurrency and tool."""
+    return (
+        row.baseline is not None
+        and base is not row
+        and base.group == row.group
+        and base.conns == row.conns
+        and base.tool == row.tool
+        and row.baseline in (base.target, base.name)
     )
+
+
+def _baseline(result: Result, results: list[Result]) -> Result | None:
+    return next((r for r in results if is_baseline_of(r.row, result.row)), None)
 
 
 Column = tuple[str, Callable[[Result, Result | None], str]]
@@ -277,8 +362,9 @@ WRK_COLUMNS: list[Column] = [
     ("rps", lambda r, b: _f(r.m.rps, "{:.0f}")),
     ("p50 ms", lambda r, b: _f(r.m.p50_ms)),
     ("p99 ms", lambda r, b: _f(r.m.p99_ms)),
-    ("rps / plain", lambda r, b: _ratio(r.m.rps, b.m.rps) if b else ""),
-    ("p50 / plain", lambda r, b: _ratio(r.m.p50_ms, b.m.p50_ms) if b else ""),
+    ("baseline", lambda r, b: b.row.name if b else ""),
+    ("rps / base", lambda r, b: _ratio(r.m.rps, b.m.rps) if b else ""),
+    ("p50 / base", lambda r, b: _ratio(r.m.p50_ms, b.m.p50_ms) if b else ""),
     ("+p50 ms", lambda r, b: _delta(r.m.p50_ms, b.m.p50_ms) if b else ""),
     ("+p99 ms", lambda r, b: _delta(r.m.p99_ms, b.m.p99_ms) if b else ""),
     ("ext_proc CPU µs/req", lambda r, b: _f(r.cpu_us_per_req("ext_proc"), "{:.0f}")),
@@ -294,6 +380,7 @@ WRK_COLUMNS: list[Column] = [
 ]
 
 TTFT_COLUMNS: list[Column] = [
+    ("group", lambda r, b: r.row.group),
     ("row", lambda r, b: r.row.name),
     ("conns", lambda r, b: str(r.row.conns)),
     ("requests", lambda r, b: str(r.m.requests)),
@@ -301,7 +388,8 @@ TTFT_COLUMNS: list[Column] = [
     ("TTFT p99 ms", lambda r, b: _f(r.m.ttft_p99_ms)),
     ("total p50 ms", lambda r, b: _f(r.m.p50_ms)),
     ("total p99 ms", lambda r, b: _f(r.m.p99_ms)),
-    ("TTFT p50 / plain", lambda r, b: _ratio(r.m.ttft_p50_ms, b.m.ttft_p50_ms) if b else ""),
+    ("baseline", lambda r, b: b.row.name if b else ""),
+    ("TTFT p50 / base", lambda r, b: _ratio(r.m.ttft_p50_ms, b.m.ttft_p50_ms) if b else ""),
     ("+TTFT p50 ms", lambda r, b: _delta(r.m.ttft_p50_ms, b.m.ttft_p50_ms) if b else ""),
     ("+total p50 ms", lambda r, b: _delta(r.m.p50_ms, b.m.p50_ms) if b else ""),
     ("ext_proc CPU µs/req", lambda r, b: _f(r.cpu_us_per_req("ext_proc"), "{:.0f}")),
@@ -363,20 +451,35 @@ def header(args: argparse.Namespace) -> str:
 # ---------------------------------------------------------------- orchestration
 
 
-def llmux_config(upstream_urls: dict[str, str]) -> dict[str, Any]:
-    return {
+def llmux_config(
+    upstream_urls: dict[str, str], *, kinds: dict[str, str] | None = None, cache: bool = False
+) -> dict[str, Any]:
+    """One provider + client model per upstream kind. `kinds`: provider type by kind
+    (default openai); an anthropic provider is sent a Claude model name."""
+    kinds = kinds or {}
+    names = {**UPSTREAM_MODELS, **LLMUX_ONLY_MODELS}
+
+    def model(kind: str) -> str:
+        return "claude-3-5-haiku-20241022" if kinds.get(kind) == "anthropic" else "gpt-4o-mini"
+
+    data: dict[str, Any] = {
         "providers": [
-            {"name": f"bench-{kind}", "type": "openai", "base_url": url, "api_key": PROVIDER_KEY}
+            {
+                "name": f"bench-{kind}",
+                "type": kinds.get(kind, "openai"),
+                "base_url": url,
+                "api_key": PROVIDER_KEY,
+            }
             for kind, url in upstream_urls.items()
         ],
         "models": [
-            {
-                "name": UPSTREAM_MODELS[kind],
-                "targets": [{"provider": f"bench-{kind}", "model": "gpt-4o-mini"}],
-            }
+            {"name": names[kind], "targets": [{"provider": f"bench-{kind}", "model": model(kind)}]}
             for kind in upstream_urls
         ],
     }
+    if cache:
+        data["cache"] = {"enabled": True}
+    return data
 
 
 def connection_counts(admin_url: str) -> dict[str, int]:
@@ -457,14 +560,16 @@ def main(argv: list[str] | None = None) -> int:
         keep = {id(r) for r in wanted}
         for r in wanted:
             for b in rows:
-                if b.target == r.baseline and b.group == r.group and b.conns == r.conns:
+                if is_baseline_of(b, r):
                     keep.add(id(b))
+                    # a baseline row's own baseline (openai→anthropic -> openai→openai -> plain)
+                    keep.update(id(c) for c in rows if is_baseline_of(c, b))
         rows = [r for r in rows if id(r) in keep]
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="llmux-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     procs: list[Any] = []
-    gateway = None
+    gateway = cache_gateway = valkey = None
     results: list[Result] = []
     reuse: dict[str, dict[str, int]] = {}
     try:
@@ -503,9 +608,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         procs.append(plain)
 
-        from tests.harness import Gateway
+        from tests.harness import Gateway, Valkey
 
-        gateway = Gateway(workdir / "llmux", llmux_config(upstream_urls), envoy_log_level="warning")
+        gateway = Gateway(
+            workdir / "llmux",
+            llmux_config(
+                {**upstream_urls, "sim-anthropic": upstream_urls["sim"]},
+                kinds={"sim-anthropic": "anthropic"},
+            ),
+            envoy_log_level="warning",
+        )
         ext_pid, envoy_pid = gateway.procs[0].pid, gateway.procs[1].pid
 
         own = {
@@ -516,15 +628,35 @@ def main(argv: list[str] | None = None) -> int:
             "llmux ext_proc": ext_pid,
             "bench": os.getpid(),
         }
+        if any(r.target == "llmux-cache" for r in rows):
+            # A second llmux with the cache on, so the other llmux rows do no cache lookups.
+            valkey = Valkey(workdir)
+            cache_gateway = Gateway(
+                workdir / "llmux-cache",
+                llmux_config({"cache": upstream_urls["json"]}, cache=True),
+                envoy_log_level="warning",
+                store_url=valkey.url,
+            )
+            own |= {
+                "valkey": valkey.proc.pid,
+                "llmux-cache envoy": cache_gateway.procs[1].pid,
+                "llmux-cache ext_proc": cache_gateway.procs[0].pid,
+            }
         targets = {
             "upstream": Target(upstream_urls, {}),
             "plain": Target(
                 {k: f"http://127.0.0.1:{p}" for k, p in plain_ports.items()}, {"envoy": plain.pid}
             ),
             "llmux": Target(
-                {k: gateway.url for k in upstream_ports}, {"ext_proc": ext_pid, "envoy": envoy_pid}
+                {k: gateway.url for k in [*upstream_ports, "sim-anthropic"]},
+                {"ext_proc": ext_pid, "envoy": envoy_pid},
             ),
         }
+        if cache_gateway is not None:
+            targets["llmux-cache"] = Target(
+                {"cache": cache_gateway.url},
+                {"ext_proc": cache_gateway.procs[0].pid, "envoy": cache_gateway.procs[1].pid},
+            )
         for row in rows:
             t0 = time.monotonic()
             other = wait_quiet(own, args.quiet_wait)
@@ -547,12 +679,19 @@ def main(argv: list[str] | None = None) -> int:
             "plain Envoy": f"http://127.0.0.1:{plain_admin}",
             "llmux Envoy": gateway.admin_url,
         }
+        if cache_gateway is not None:
+            admins["llmux-cache Envoy"] = cache_gateway.admin_url
         reuse = {name: connection_counts(url) for name, url in admins.items()}
     finally:
-        failed_llmux = any(r.m.failed and r.row.target == "llmux" for r in results)
-        logs = gateway.logs() if gateway is not None and failed_llmux else ""
-        if gateway is not None:
-            gateway.stop()
+        logs = ""
+        for gw, target in ((gateway, "llmux"), (cache_gateway, "llmux-cache")):
+            if gw is None:
+                continue
+            if any(r.m.failed and r.row.target == target for r in results):
+                logs += gw.logs()
+            gw.stop()
+        if valkey is not None:
+            valkey.stop()
         children.stop_all(procs)
 
     wrk_results = [r for r in results if r.row.tool == "wrk"]

@@ -9,9 +9,15 @@ import re
 from types import ModuleType
 from typing import Literal, NamedTuple
 
-from extproc.formats import anthropic_messages, gemini_generate, ollama_chat, openai_chat
+from extproc.formats import (
+    anthropic_messages,
+    gemini_generate,
+    ollama_chat,
+    openai_chat,
+    smart_api,
+)
 
-Dialect = Literal["openai", "anthropic", "gemini", "ollama"]
+Dialect = Literal["openai", "anthropic", "gemini", "ollama", "smart"]
 Operation = Literal["chat", "embeddings", "models", "tags", "generate"]
 
 CODECS: dict[str, ModuleType] = {
@@ -19,6 +25,7 @@ CODECS: dict[str, ModuleType] = {
     "anthropic": anthropic_messages,
     "gemini": gemini_generate,
     "ollama": ollama_chat,
+    "smart": smart_api,  # the simple prompt API: client side only
 }
 
 
@@ -43,6 +50,7 @@ _EXACT: dict[tuple[str, str], Endpoint] = {
     ("POST", "/api/embed"): Endpoint("ollama", "embeddings"),
     ("POST", "/api/generate"): Endpoint("ollama", "generate"),
     ("GET", "/api/tags"): Endpoint("ollama", "tags"),
+    ("POST", "/api/smart"): Endpoint("smart", "chat"),
 }
 
 # google-genai 3.x calls /v1/models/..., older clients /v1beta/models/... (DESIGN.md).

@@ -1,7 +1,9 @@
 """One pure codec per wire format; every codec translates to and from `extproc.ir`.
 
 Each format module (openai_chat, anthropic_messages, gemini_generate, ollama_chat)
-offers both sides, because every API is both a client dialect and a provider:
+offers both sides, because every API is both a client dialect and a provider
+(smart_api, the simple /api/smart prompt API, is client-side only: its
+decode_request takes `default_model` and its encode_response `provider` and `cached`):
 
 Client side (what a client SDK sends and expects back):
     decode_request(body: bytes, *, path_model: str | None = None,

@@ -1,4 +1,4 @@
-"""Fault-injection fixtures: simulated providers, gateways and a clean Redis per test.
+"""Fault-injection fixtures (the shared ones, `sim` and `gateway_factory`, are in tests/).
 
 The `faults` marker lets the suite run on its own (`pytest -m faults`); it also runs
 in the default suite. Every fixture here starts real processes (Envoy, the ext_proc,
@@ -7,14 +7,12 @@ Valkey) on loopback ports and stops them itself.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 import redis
 
-from tests.harness import Gateway, Valkey
+from tests.harness import Valkey
 from tests.simulated import SimulatedProviders
 
 
@@ -23,12 +21,6 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "faults: fault injection against real Envoy, ext_proc and Valkey (pytest -m faults)",
     )
-
-
-@pytest.fixture(scope="session")
-def sim() -> Iterator[SimulatedProviders]:
-    with SimulatedProviders() as server:
-        yield server
 
 
 @pytest.fixture(autouse=True)
@@ -43,28 +35,3 @@ def db(valkey: Valkey) -> Iterator[redis.Redis]:
     client.flushdb()
     yield client
     client.close()
-
-
-@pytest.fixture(scope="module")
-def gateway_factory(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Callable[..., Gateway]]:
-    """Start gateways for a module; print their logs when a test of the module failed."""
-    started: list[Gateway] = []
-
-    def start(config: dict[str, Any], **kwargs: Any) -> Gateway:
-        workdir: Path = tmp_path_factory.mktemp("gateway")
-        gateway = Gateway(workdir, config, **kwargs)
-        started.append(gateway)
-        return gateway
-
-    yield start
-    failed = any(
-        getattr(item, "rep_call", None) and item.rep_call.failed
-        for item in request.session.items
-        if item.module is request.module
-    )
-    for gateway in started:
-        if failed:
-            print(gateway.logs())
-        gateway.stop()
