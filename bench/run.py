@@ -256,7 +256,9 @@ def measure(
     else:
         loadgen.run_ttft(url, body, headers, duration=0.5, max_requests=200)
     if row.expect_cache:
-        check_cache(url, body, headers, row.expect_cache)
+        problem = check_cache(url, body, headers, row.expect_cache)
+        if problem:  # the row would not measure what it says: report it as failed
+            return Result(row, loadgen.Measurement(errors={"x-llmux-cache check": 1}, raw=problem))
     before = _own_cpu(own)
     host0 = procstat.host_cpu()
     if row.tool == "wrk":
@@ -289,17 +291,18 @@ def measure(
     return result
 
 
-def check_cache(url: str, body: bytes, headers: dict[str, str], allowed: tuple[str, ...]) -> None:
-    """One request: its x-llmux-cache header must be one of `allowed` (else the row is wrong)."""
+def check_cache(url: str, body: bytes, headers: dict[str, str], allowed: tuple[str, ...]) -> str:
+    """One request: its x-llmux-cache header must be one of `allowed`; else what went wrong."""
     import httpx
 
     response = httpx.post(url, content=body, headers=headers, timeout=10)
     got = response.headers.get("x-llmux-cache")
-    if response.status_code != 200 or got not in allowed:
-        raise RuntimeError(
-            f"{url}: expected x-llmux-cache in {allowed}, got {got!r} "
-            f"(HTTP {response.status_code}: {response.text[:200]})"
-        )
+    if response.status_code == 200 and got in allowed:
+        return ""
+    return (
+        f"{url}: expected x-llmux-cache in {allowed}, got {got!r} "
+        f"(HTTP {response.status_code}: {response.text[:300]})"
+    )
 
 
 # ---------------------------------------------------------------- reporting

@@ -7,6 +7,7 @@ PATCH /admin/keys/{id}      change limits, models, budget, expiry
 DELETE /admin/keys/{id}     revoke
 GET  /admin/usage/tenants/{tenant}
 GET  /admin/quota           per provider credential: limits, used, remaining, cooldown
+POST /admin/quota/reset     {"provider", "credential"}: forget its counters and cooldown
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def add_key_routes(app: web.Application, context_key: web.AppKey[Context]) -> No
     app.router.add_delete("/admin/keys/{id}", handler(revoke_key))
     app.router.add_get("/admin/usage/tenants/{tenant}", handler(tenant_usage))
     app.router.add_get("/admin/quota", handler(quota_status))
+    app.router.add_post("/admin/quota/reset", handler(quota_reset))
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -167,3 +169,16 @@ async def quota_status(request: web.Request, context: Context) -> web.Response:
             }
         )
     return web.json_response({"credentials": rows})
+
+
+async def quota_reset(request: web.Request, context: Context) -> web.Response:
+    payload, problem = await _body(request)
+    if problem is not None:
+        return problem
+    provider, credential = payload.get("provider"), payload.get("credential", "default")
+    known = {(p.name, c.name) for p in context.config.providers for c in p.all_credentials}
+    if (provider, credential) not in known:
+        return _error(404, f"no credential {credential!r} of provider {provider!r}")
+    assert context.store is not None
+    removed = await context.store.reset_credential(credential_tag(provider, credential))
+    return web.json_response({"provider": provider, "credential": credential, "reset": removed})

@@ -201,6 +201,14 @@ class Store:
         except RedisError as exc:
             raise StoreError(str(exc)) from exc
 
+    async def reset_credential(self, tag: str) -> int:
+        """Forget a credential's counters and cooldown (the current window's)."""
+        window, _ = self.window()
+        try:
+            return int(await self.redis.delete(*self.keys(tag, window)))
+        except RedisError as exc:
+            raise StoreError(str(exc)) from exc
+
     async def cool_down(self, tag: str, milliseconds: int) -> int:
         try:
             return int(await self._cool(keys=[f"{PREFIX}:{tag}:cool"], args=[milliseconds]))

@@ -219,3 +219,28 @@ def test_weighted_shares_over_10000_selections(
     assert sum(shares.values()) == 10_000
     assert abs(shares["primary"] / 10_000 - 0.75) <= 0.02, shares
     assert abs(shares["backup"] / 10_000 - 0.25) <= 0.02, shares
+
+
+def test_admin_resets_a_credentials_counters(
+    sim: SimulatedProviders, valkey: Valkey, gateway_factory: Callable[..., Gateway]
+) -> None:
+    config = routing_config(sim)
+    config["auth"] = {"admin_key": "reset-admin"}
+    gateway = gateway_factory(config, store_url=valkey.url)
+    redis.Redis.from_url(valkey.url).flushdb()
+    assert [chat(gateway, "limited").status_code for _ in range(4)] == [200, 200, 200, 429]
+    admin = {"authorization": "Bearer reset-admin"}
+    status = httpx.get(gateway.extproc_admin_url + "/admin/quota", headers=admin).json()
+    solo = next(c for c in status["credentials"] if c["provider"] == "solo")
+    assert solo["rpm"] == {"limit": 3, "used": 3, "remaining": 0}
+    reset = httpx.post(
+        gateway.extproc_admin_url + "/admin/quota/reset",
+        headers=admin,
+        json={"provider": "solo", "credential": "only"},
+    )
+    assert reset.status_code == 200 and reset.json()["reset"] >= 1
+    assert chat(gateway, "limited").status_code == 200
+    missing = httpx.post(
+        gateway.extproc_admin_url + "/admin/quota/reset", headers=admin, json={"provider": "nope"}
+    )
+    assert missing.status_code == 404
