@@ -442,8 +442,14 @@ def header(args: argparse.Namespace) -> str:
             f"{payloads.STREAM_CHUNKS}`, no delay, one process, one write per SSE event, chunked)",
             "* plain Envoy: listener → router → cluster (HTTP/1.1 upstream), no ext_proc; "
             "llmux: tests/harness.py Gateway (Envoy + router and upstream ext_proc, one Python process)",
-            "* `/ plain` and `+… ms` compare each row with the plain-Envoy row of the same group and "
-            "concurrency; CPU µs/req = (utime+stime from /proc/<pid>/stat) / requests; RSS = VmRSS "
+            "* translated rows: an OpenAI client body to llmux models whose provider is the simulator "
+            "as type `openai` (passthrough) or type `anthropic` (`/v1/messages`, translated both ways); "
+            "openai→anthropic is compared with openai→openai",
+            "* cache rows: a second llmux with `cache: {enabled: true}` and a Valkey store, JSON "
+            "upstream; `cache hit` repeats one request (`x-llmux-cache: hit` checked after the warm-up), "
+            "`cache miss` sends it with `cache-control: no-cache` (no lookup, upstream, stored)",
+            "* `/ base` and `+… ms` compare each row with its `baseline` row (plain Envoy unless said) of "
+            "the same group and concurrency; CPU µs/req = (utime+stime from /proc/<pid>/stat) / requests; RSS = VmRSS "
             "after the row; `host CPU` = busy share of all CPUs during the row (/proc/stat); `other CPU` "
             "= the part of it used by processes this run did not start (rows with a high value were "
             "measured on a busy machine and are unreliable)",

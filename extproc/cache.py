@@ -46,7 +46,7 @@ def encode_entry(response: ir.ChatResponse) -> bytes:
 def decode_entry(data: bytes) -> ir.ChatResponse | None:
     try:
         return _entry_decoder.decode(data)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         return None  # an entry from an incompatible version: treat as a miss
 
 

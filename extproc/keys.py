@@ -79,7 +79,7 @@ def encode_record(record: VirtualKey) -> bytes:
 def decode_record(data: bytes) -> VirtualKey | None:
     try:
         return _record_decoder.decode(data)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         return None
 
 

@@ -413,7 +413,7 @@ def embedding_format(endpoint: Endpoint, body: bytes) -> str:
         return "float"
     try:
         requested = msgspec.json.decode(body, type=_EncodingFormat).encoding_format
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         return "float"
     return "base64" if requested == "base64" else "float"
 

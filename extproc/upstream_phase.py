@@ -101,7 +101,7 @@ class UpstreamStream:
     async def request_body(self, body: bytes) -> Action:
         try:
             internal = envelope.decode(body)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, UnicodeDecodeError):
             return self.fail("server_error", "request reached an upstream without a route")
         return await self.prepare(internal)
 

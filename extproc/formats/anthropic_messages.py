@@ -139,7 +139,7 @@ def _list(obj: dict[str, Any], key: str, where: str = "") -> list[Any] | None:
 def _load_request(body: bytes) -> dict[str, Any]:
     try:
         obj = _decode_json(body)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ir.invalid_request(f"request body is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise ir.invalid_request("request body must be a JSON object")
@@ -382,7 +382,7 @@ def _arguments_object(text: str) -> dict[str, Any]:
     """Tool arguments as Anthropic's `input` object; {} when the model produced no object."""
     try:
         value = _decode_json(text) if text.strip() else {}
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         return {}
     return value if isinstance(value, dict) else {}
 
@@ -621,7 +621,7 @@ def _result_id(message: ir.Message, history: list[ir.Message]) -> str:
 def _history_arguments(text: str, where: str) -> dict[str, Any]:
     try:
         value = _decode_json(text) if text.strip() else {}
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         value = None
     if not isinstance(value, dict):
         raise ir.invalid_request(f"{where}: tool call arguments must be a JSON object")
@@ -725,7 +725,7 @@ def decode_response(body: bytes) -> ir.ChatResponse:
     """Anthropic `message` object -> IR response."""
     try:
         obj = _decode_json(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         raise _bad_gateway("anthropic returned a response that is not JSON") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("content"), list):
         raise _bad_gateway("anthropic returned a response that is not a message")
@@ -797,7 +797,7 @@ def decode_error(status: int, body: bytes) -> ir.ErrorInfo:
     """Anthropic error JSON -> ErrorInfo; non-JSON bodies (HTML from a proxy) stay unquoted."""
     try:
         obj = _decode_json(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         obj = None
     error = obj.get("error") if isinstance(obj, dict) else None
     if isinstance(error, dict) and isinstance(error.get("message"), str):
@@ -852,7 +852,7 @@ class StreamDecoder:
                 continue
             try:
                 data = _decode_json(sse.data)
-            except msgspec.DecodeError:
+            except (msgspec.DecodeError, UnicodeDecodeError):
                 data = None
             if not isinstance(data, dict):
                 self._fail("anthropic sent a stream event that is not a JSON object", out)

@@ -49,7 +49,7 @@ Json = dict[str, Any]
 def _loads_object(body: bytes, what: str) -> Json:
     try:
         data = _DECODER.decode(body)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ir.invalid_request(f"{what} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ir.invalid_request(f"{what} must be a JSON object")
@@ -115,7 +115,7 @@ def _args_object(arguments: str) -> Json | None:
         return {}
     try:
         value = _DECODER.decode(arguments)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         return None
     return value if isinstance(value, dict) else None
 
@@ -903,7 +903,7 @@ def _bad_gateway(message: str) -> ir.GatewayError:
 def decode_response(body: bytes) -> ir.ChatResponse:
     try:
         data = _DECODER.decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         raise _bad_gateway("gemini upstream answered with invalid JSON") from None
     if not isinstance(data, dict):
         raise _bad_gateway("gemini upstream answered with a non-object JSON body")
@@ -1006,7 +1006,7 @@ class StreamDecoder:
             return
         try:
             chunk = _DECODER.decode(data)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, UnicodeDecodeError):
             chunk = None
         if not isinstance(chunk, dict):
             self._fail(
@@ -1052,7 +1052,7 @@ def decode_error(status: int, body: bytes) -> ir.ErrorInfo:
     """Google's {"error": {code, message, status, details}}; HTML or junk is not echoed."""
     try:
         data = _DECODER.decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         data = None
     if isinstance(data, list) and data:  # streaming without alt=sse wraps it in an array
         data = data[0]
@@ -1120,7 +1120,7 @@ def decode_embedding_response(body: bytes, *, model: str = "") -> ir.EmbeddingRe
     """batchEmbedContents ({"embeddings": [...]}) or embedContent ({"embedding": ...})."""
     try:
         data = _DECODER.decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         raise _bad_gateway("gemini upstream answered embeddings with invalid JSON") from None
     items = data.get("embeddings") if isinstance(data, dict) else None
     if isinstance(data, dict) and items is None and "embedding" in data:

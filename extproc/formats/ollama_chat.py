@@ -150,7 +150,7 @@ def _decode_client(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise ir.invalid_request(f"invalid request body: {exc}") from None
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         raise ir.invalid_request("request body is not valid JSON") from None
 
 
@@ -215,7 +215,7 @@ def _arguments_object(arguments: str) -> dict[str, Any] | None:
         return {}
     try:
         value = _any.decode(arguments)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         return None
     return value if isinstance(value, dict) else None
 
@@ -694,7 +694,7 @@ def decode_response(body: bytes) -> ir.ChatResponse:
     """An Ollama /api/chat (stream false) response body as an IR response."""
     try:
         reply = _chat_reply.decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
         raise ir.GatewayError(
             ir.ErrorInfo(kind="bad_gateway", message="invalid response from the ollama upstream")
         ) from None
@@ -743,7 +743,7 @@ class StreamDecoder:
             return
         try:
             reply = _chat_reply.decode(line)
-        except (msgspec.ValidationError, msgspec.DecodeError):
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
             self._end(
                 ir.ErrorInfo(kind="bad_gateway", message="malformed ollama stream line"), events
             )
@@ -778,7 +778,7 @@ def decode_error(status: int, body: bytes) -> ir.ErrorInfo:
     kind = ir.error_kind_for_status(status)
     try:
         error = _error_body.decode(body).error
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
         error = None
     if isinstance(error, dict):
         error = error.get("message")
@@ -824,7 +824,7 @@ def encode_embedding_request(req: ir.EmbeddingRequest, *, model: str) -> bytes:
 def decode_embedding_response(body: bytes) -> ir.EmbeddingResponse:
     try:
         reply = _embed_reply.decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
         message = "invalid embedding response from the ollama upstream"
         raise ir.GatewayError(ir.ErrorInfo(kind="bad_gateway", message=message)) from None
     usage = ir.Usage(input_tokens=reply.prompt_eval_count)

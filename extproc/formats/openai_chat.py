@@ -283,7 +283,7 @@ def _decode_client(body: bytes, decoder: msgspec.json.Decoder[Any]) -> Any:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise ir.invalid_request(f"Invalid request body: {exc}") from None
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         raise ir.invalid_request("Request body is not valid JSON") from None
 
 
@@ -770,7 +770,7 @@ def decode_response(body: bytes) -> ir.ChatResponse:
 def _decode_upstream(body: bytes, decoder: msgspec.json.Decoder[Any], what: str) -> Any:
     try:
         return decoder.decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         raise _bad_gateway(f"upstream returned an invalid {what}") from None
 
 
@@ -850,7 +850,7 @@ class StreamDecoder:
             return
         try:
             chunk = _CHUNK.decode(data)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, UnicodeDecodeError):
             message = _CUT_MESSAGE if self._cut else "upstream sent an invalid stream event"
             self._fail(ir.ErrorInfo(kind="bad_gateway", message=message), events)
             return
@@ -941,7 +941,7 @@ def decode_error(status: int, body: bytes) -> ir.ErrorInfo:
 def _error_fields(body: bytes) -> tuple[str | None, str | None]:
     try:
         obj = _ANY.decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         return None, None
     if not isinstance(obj, dict):
         return None, None

@@ -39,7 +39,7 @@ def decode_request(body: bytes, *, default_model: str | None) -> ir.ChatRequest:
         req = _request.decode(body)
     except msgspec.ValidationError as exc:
         raise ir.invalid_request(f"invalid request body: {exc}") from None
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         raise ir.invalid_request("request body is not valid JSON") from None
     if not req.prompt:
         raise ir.invalid_request("`prompt` is required", param="prompt")
