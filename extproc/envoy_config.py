@@ -213,6 +213,15 @@ def _retry_policy(config: Config, model: Model) -> dict[str, Any]:
     previous_hosts moves a retry to another target of the tier; previous_priorities
     drops a tier once it had as many attempts as the largest tier has targets.
     """
+    if len(model.targets) == 1:
+        # Nothing to fall back to: only resend a request that never reached the provider
+        # (a pooled connection closed under us), never one it may have answered.
+        return {
+            "retry_on": "connect-failure,refused-stream,reset-before-request",
+            "num_retries": 1,
+            "per_try_timeout": _seconds(config.timeouts.attempt_s),
+            "per_try_idle_timeout": _seconds(config.timeouts.idle_s),
+        }
     tiers = [t.priority for t in model.targets]
     largest_tier = max(tiers.count(p) for p in set(tiers))
     attempts = config.routing.max_attempts or len(model.targets)
