@@ -342,10 +342,10 @@ class RouterStream:
             return Continue(response_body_mode="NONE")
         return attempt.response_headers(headers)
 
-    def response_body(self, body: bytes, end_of_stream: bool) -> Action:
+    async def response_body(self, body: bytes, end_of_stream: bool) -> Action:
         if self.attempt is None:
             return CONTINUE
-        return self.attempt.response_body(body, end_of_stream)
+        return await self.attempt.response_body(body, end_of_stream)
 
     def closed(self) -> None:
         if self.attempt is not None:

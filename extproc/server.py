@@ -81,9 +81,11 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
                 response = envoy_msgs.response_for(phase, action)
                 elapsed = time.perf_counter() - started
                 metrics.child(metrics.phase, filter_name, phase).observe(elapsed)
-                yield response
                 if isinstance(stream, RouterStream):
+                    # Before yielding: after an immediate response Envoy may close the
+                    # stream at once, and code after the yield would never run.
                     stream.observe(phase, action)
+                yield response
         finally:
             self.active -= 1
             active.dec()
@@ -119,7 +121,8 @@ async def dispatch(
     if phase == "response_headers":
         return stream.response_headers(envoy_msgs.header_dict(request.response_headers))
     if phase == "response_body":
-        return stream.response_body(request.response_body.body, request.response_body.end_of_stream)
+        body = request.response_body
+        return await stream.response_body(body.body, body.end_of_stream)
     raise ValueError(f"unexpected ext_proc phase {phase}")
 
 

@@ -238,7 +238,14 @@ class UpstreamStream:
             response_body_mode="STREAMED" if streaming else "BUFFERED",
         )
 
-    def response_body(self, body: bytes, end_of_stream: bool) -> Action:
+    async def response_body(self, body: bytes, end_of_stream: bool) -> Action:
+        action = self.translate_body(body, end_of_stream)
+        if end_of_stream:
+            # Stored before the last bytes go out: the client's next identical request hits.
+            await self.fill_cache()
+        return action
+
+    def translate_body(self, body: bytes, end_of_stream: bool) -> Action:
         if self.decoder is not None:
             out = self.stream_chunk(body, end_of_stream)
         elif not 200 <= self.status < 300:
@@ -345,9 +352,8 @@ class UpstreamStream:
             self.schedule(
                 self.context.store.record_usage(self.key_id, self.tenant, self.budget, counts)
             )
-        self.fill_cache()
 
-    def fill_cache(self) -> None:
+    async def fill_cache(self) -> None:
         """Store a complete, successful answer; never errors, cut streams or oversized ones."""
         if self.cache_key is None or self.status != 200:
             return
@@ -356,8 +362,13 @@ class UpstreamStream:
             return
         entry = cache.encode_entry(answer)
         settings = self.context.config.cache
-        if len(entry) <= settings.max_entry_bytes and self.context.store is not None:
-            self.schedule(self.context.store.cache_put(self.cache_key, entry, settings.ttl_seconds))
+        store = self.context.store
+        if len(entry) > settings.max_entry_bytes or store is None:
+            return
+        try:
+            await store.cache_put(self.cache_key, entry, settings.ttl_seconds)
+        except StoreError as exc:
+            self.context.store_failed(exc)
 
     def closed(self) -> None:
         """The ext_proc stream ended: charge a cut stream; count a silent upstream failure."""
