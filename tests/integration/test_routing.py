@@ -28,8 +28,16 @@ def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
         time.sleep(0.02)
 
 
+def inside_one_window() -> None:
+    """Quota windows are calendar minutes: start a limit test well inside one."""
+    left = 60 - time.time() % 60
+    if left < 5:
+        time.sleep(left + 0.1)
+
+
 @pytest.fixture
 def db(valkey: Valkey) -> Iterator[redis.Redis]:
+    inside_one_window()
     client = redis.Redis.from_url(valkey.url)
     client.flushdb()
     yield client
@@ -228,9 +236,7 @@ def test_admin_resets_a_credentials_counters(
     config["auth"] = {"admin_key": "reset-admin"}
     gateway = gateway_factory(config, store_url=valkey.url)
     redis.Redis.from_url(valkey.url).flushdb()
-    left = 60 - time.time() % 60  # quota windows are calendar minutes: stay inside one
-    if left < 5:
-        time.sleep(left + 0.1)
+    inside_one_window()
     assert [chat(gateway, "limited").status_code for _ in range(4)] == [200, 200, 200, 429]
     admin = {"authorization": "Bearer reset-admin"}
     status = httpx.get(gateway.extproc_admin_url + "/admin/quota", headers=admin).json()
