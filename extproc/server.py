@@ -14,8 +14,8 @@ import signal
 import time
 from collections.abc import AsyncIterator
 
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+import grpc  # type: ignore[import-untyped]
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
 
 from extproc import admin, envoy_msgs, ir
 from extproc.config import Config
@@ -50,7 +50,7 @@ def _metadata(context: grpc.aio.ServicerContext) -> tuple[str, dict[str, str]]:
     return phase, carrier
 
 
-class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
+class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     def __init__(self, context: Context) -> None:
         self.context = context
         self.active = 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -162,7 +162,7 @@ class Store:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for tag in credential_tags:
                     rpm, tpm, cool = self.keys(tag, window)
-                    pipe.get(rpm).get(tpm).pttl(cool)
+                    pipe.get(rpm).get(tpm).pttl(cool)  # type: ignore[attr-defined]
                 for tag in target_tags:
                     pipe.pttl(f"{PREFIX}:{tag}:open")
                 pipe.get(cache_key or f"{PREFIX}:none")
@@ -229,14 +229,14 @@ class Store:
 
     async def key_by_hash(self, hashed: str) -> bytes | None:
         try:
-            value: bytes | None = await self.redis.get(f"{PREFIX}:vkey:{hashed}")
+            value = cast("bytes | None", await self.redis.get(f"{PREFIX}:vkey:{hashed}"))
         except RedisError as exc:
             raise StoreError(str(exc)) from exc
         return value
 
     async def key_by_id(self, key_id: str) -> bytes | None:
         try:
-            hashed = await self.redis.get(f"{PREFIX}:vkey-id:{key_id}")
+            hashed = cast("bytes | None", await self.redis.get(f"{PREFIX}:vkey-id:{key_id}"))
             return None if hashed is None else await self.key_by_hash(hashed.decode())
         except RedisError as exc:
             raise StoreError(str(exc)) from exc
@@ -251,7 +251,8 @@ class Store:
 
     async def key_ids(self) -> list[str]:
         try:
-            return sorted(m.decode() for m in await self.redis.smembers(f"{PREFIX}:vkeys"))
+            members = cast("set[bytes]", await self.redis.smembers(f"{PREFIX}:vkeys"))
+            return sorted(m.decode() for m in members)
         except RedisError as exc:
             raise StoreError(str(exc)) from exc
 
@@ -274,7 +275,7 @@ class Store:
                     if budget is not None:
                         budget_key, ttl = budget
                         tokens = usage.get("input_tokens", 0) + usage.get("output_tokens", 0)
-                        pipe.incrby(budget_key, tokens).expire(budget_key, ttl + 86400)
+                        pipe.incrby(budget_key, tokens).expire(budget_key, ttl + 86400)  # type: ignore[attr-defined]
                 if tenant is not None:
                     for field, amount in usage.items():
                         pipe.hincrby(f"{PREFIX}:{tenant_tag(tenant)}:usage", field, amount)
@@ -285,7 +286,7 @@ class Store:
     async def usage(self, kind: str, name: str) -> dict[str, int]:
         tag = key_tag(name) if kind == "key" else tenant_tag(name)
         try:
-            values = await self.redis.hgetall(f"{PREFIX}:{tag}:usage")
+            values = cast("dict[bytes, bytes]", await self.redis.hgetall(f"{PREFIX}:{tag}:usage"))
         except RedisError as exc:
             raise StoreError(str(exc)) from exc
         return {k.decode(): int(v) for k, v in values.items()}

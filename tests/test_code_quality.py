@@ -22,3 +22,8 @@ def test_ruff_lint_is_clean() -> None:
 def test_import_contracts_hold() -> None:
     result = run(str(BIN / "lint-imports"))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_strict_on_extproc() -> None:
+    result = run(str(BIN / "mypy"), "extproc")
+    assert result.returncode == 0, result.stdout + result.stderr
