@@ -116,11 +116,9 @@ def start_valkey(port: int, log: Path) -> subprocess.Popen[bytes]:
     return proc
 
 
-def start_extproc(
-    config_path: str, ports: list[int], log: Path, env: dict[str, str] | None = None
-) -> subprocess.Popen[bytes]:
-    """The ext_proc (a worker pool when several ports are given); waits for every port."""
-    args = [
+def serve_args(config_path: str, port: int, workers: int) -> list[str]:
+    """`llmux serve` in this interpreter: `workers` processes from `port` on."""
+    return [
         sys.executable,
         "-m",
         "extproc",
@@ -128,11 +126,17 @@ def start_extproc(
         "--config",
         config_path,
         "--port",
-        str(ports[0]),
+        str(port),
         "--workers",
-        str(len(ports)),
+        str(workers),
     ]
-    proc = _spawn(args, log, env)
+
+
+def start_extproc(
+    config_path: str, ports: list[int], log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """The ext_proc (a worker pool when several ports are given); waits for every port."""
+    proc = _spawn(serve_args(config_path, ports[0], len(ports)), log, env)
     for port in ports:
         wait_for_port(port, proc, 20, "ext_proc")
     return proc

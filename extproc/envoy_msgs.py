@@ -10,7 +10,8 @@ import functools
 import re
 from typing import Any
 
-from extproc.envoy_config import DIALECT_KEY, DIALECT_NAMESPACE, SUBSET_KEY, TARGET_KEY
+from extproc.envoy_config import SUBSET_KEY, TARGET_KEY
+from extproc.envoy_local_replies import DIALECT_KEY, DIALECT_NAMESPACE
 from extproc.pb import base_pb2, ext_proc_pb2, processing_mode_pb2
 from extproc.processor import Action, Continue, Respond
 

@@ -18,6 +18,8 @@ import sys
 import tempfile
 import time
 
+from extproc.children import serve_args
+
 
 def run(config_path: str, base_port: int, count: int) -> int:
     metrics_dir = tempfile.mkdtemp(prefix="llmux-metrics-")
@@ -53,16 +55,4 @@ def run(config_path: str, base_port: int, count: int) -> int:
 
 
 def _start(config_path: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    args = [
-        sys.executable,
-        "-m",
-        "extproc",
-        "serve",
-        "--config",
-        config_path,
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    return subprocess.Popen(args, env=env)
+    return subprocess.Popen(serve_args(config_path, port, 1), env=env)

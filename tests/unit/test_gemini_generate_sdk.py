@@ -16,12 +16,11 @@ from pathlib import Path
 import httpx
 import msgspec
 import pytest
+from google import genai
+from google.genai import errors, types
 
 from extproc import ir
 from extproc.formats import gemini_generate as gemini
-
-genai = pytest.importorskip("google.genai")
-from google.genai import errors, types  # noqa: E402
 
 VECTORS = Path(__file__).parent.parent / "vectors" / "gemini_generate"
 PATH = re.compile(r"/v1(?:beta)?/models/([^:/]+):(generateContent|streamGenerateContent)")
