@@ -321,7 +321,7 @@ _CIRCUIT_BREAKERS = {
 def _extproc_cluster(config: Config, ports: list[int]) -> dict[str, Any]:
     window = 16 * 1024 * 1024  # large prompts travel in one gRPC message
     endpoints = [{"endpoint": {"address": _socket(config.extproc.address, p)}} for p in ports]
-    return {
+    cluster: dict[str, Any] = {
         "name": EXTPROC_CLUSTER,
         "type": "STATIC",
         "circuit_breakers": _CIRCUIT_BREAKERS,
@@ -342,18 +342,23 @@ def _extproc_cluster(config: Config, ports: list[int]) -> dict[str, Any]:
             "cluster_name": EXTPROC_CLUSTER,
             "endpoints": [{"lb_endpoints": endpoints}],
         },
-        # A worker that stops answering is left alone for a few seconds; the others serve.
-        "outlier_detection": {
+    }
+    if len(ports) > 1:
+        # A worker that stops answering is left alone for two seconds; the others serve.
+        # (With one worker there is nobody else: Envoy would eject it anyway and keep
+        # failing requests after it came back.)
+        cluster["outlier_detection"] = {
             "consecutive_local_origin_failure": 1,
             "split_external_local_origin_errors": True,
             "enforcing_consecutive_local_origin_failure": 100,
             "enforcing_consecutive_5xx": 0,
             "enforcing_consecutive_gateway_failure": 0,
             "base_ejection_time": "2s",
+            "max_ejection_time": "2s",
             "max_ejection_percent": 50,
             "interval": "1s",
-        },
-    }
+        }
+    return cluster
 
 
 def _model_cluster(config: Config, index: int, model: Model) -> dict[str, Any]:
