@@ -116,9 +116,16 @@ def start_valkey(port: int, log: Path) -> subprocess.Popen[bytes]:
     return proc
 
 
-def serve_args(config_path: str, port: int, workers: int) -> list[str]:
+def serve_args(
+    config_path: str,
+    port: int,
+    workers: int,
+    *,
+    xds_dir: str | None = None,
+    watch_interval: float | None = None,
+) -> list[str]:
     """`llmux serve` in this interpreter: `workers` processes from `port` on."""
-    return [
+    args = [
         sys.executable,
         "-m",
         "extproc",
@@ -130,13 +137,26 @@ def serve_args(config_path: str, port: int, workers: int) -> list[str]:
         "--workers",
         str(workers),
     ]
+    if xds_dir is not None:
+        args += ["--xds-dir", xds_dir]
+    if watch_interval is not None:
+        args += ["--watch-interval", f"{watch_interval:g}"]
+    return args
 
 
 def start_extproc(
-    config_path: str, ports: list[int], log: Path, env: dict[str, str] | None = None
+    config_path: str,
+    ports: list[int],
+    log: Path,
+    env: dict[str, str] | None = None,
+    *,
+    xds_dir: str | None = None,
 ) -> subprocess.Popen[bytes]:
-    """The ext_proc (a worker pool when several ports are given); waits for every port."""
-    proc = _spawn(serve_args(config_path, ports[0], len(ports)), log, env)
+    """The ext_proc (a worker pool when several ports are given); waits for every port.
+
+    With `xds_dir`, it also publishes model clusters and routes to Envoy there on reload.
+    """
+    proc = _spawn(serve_args(config_path, ports[0], len(ports), xds_dir=xds_dir), log, env)
     for port in ports:
         wait_for_port(port, proc, 20, "ext_proc")
     return proc

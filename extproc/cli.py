@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import cast
 
 from extproc import children, cli_keys, config, envoy_config
+from extproc.xds import XdsPublisher
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +33,18 @@ def main(argv: list[str] | None = None) -> int:
         if name == "serve":
             sub.add_argument("--port", type=int, help="first gRPC port (default: extproc.port)")
             sub.add_argument("--workers", type=int, help="processes (default: extproc.workers)")
+            sub.add_argument(
+                "--watch-interval",
+                type=float,
+                default=1.0,
+                help="seconds between looks at the config file (0: reload on SIGHUP only)",
+            )
+        if name in ("serve", "envoy-config"):
+            sub.add_argument(
+                "--xds-dir",
+                help="directory of Envoy's model clusters and routes (CDS/RDS files), "
+                "rewritten on reload",
+            )
         if name == "up":
             sub.add_argument("--log-dir", help="where child logs go (default: a temp dir)")
     cli_keys.add_parser(commands)
@@ -53,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _envoy_config(args: argparse.Namespace, cfg: config.Config) -> int:
-    json.dump(envoy_config.bootstrap(cfg), sys.stdout, indent=2)
+    """Print the bootstrap; with --xds-dir, also write the model files it points at."""
+    if args.xds_dir:
+        XdsPublisher(args.xds_dir, cfg.admin.port).publish(cfg, wait=False)
+    json.dump(envoy_config.bootstrap(cfg, xds_dir=args.xds_dir), sys.stdout, indent=2)
     print()
     return 0
 
@@ -79,19 +95,20 @@ def _check(args: argparse.Namespace, cfg: config.Config) -> int:
 
 
 def _serve(args: argparse.Namespace, cfg: config.Config) -> int:
-    from extproc import server, telemetry, workers
+    from extproc import reload, server, telemetry, workers
 
     count = args.workers or len(cfg.extproc.ports)
-    if count > 1:
-        return workers.run(args.config, args.port or cfg.extproc.port, count)
+    reloading = reload.Reloading(args.config, args.xds_dir, args.watch_interval)
     telemetry.configure_logging()
+    if count > 1:
+        return workers.run(cfg, args.port or cfg.extproc.port, count, reloading)
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(server.serve(cfg, port=args.port))
+    asyncio.run(server.serve(cfg, port=args.port, reloading=reloading))
     return 0
 
 
@@ -113,11 +130,17 @@ def _up(args: argparse.Namespace, cfg: config.Config) -> int:
             port = children.free_port()
             procs.append(children.start_valkey(port, log_dir / "valkey.log"))
             env["LLMUX_STORE_URL"] = f"redis://127.0.0.1:{port}/0"
-        procs.append(
-            children.start_extproc(args.config, cfg.extproc.ports, log_dir / "extproc.log", env)
+        # The ext_proc watches the config file and republishes Envoy's model clusters
+        # and routes here on a change; `llmux up` passes its SIGHUP on.
+        xds_dir = str(log_dir / "xds")
+        XdsPublisher(xds_dir, cfg.admin.port).publish(cfg, wait=False)
+        extproc = children.start_extproc(
+            args.config, cfg.extproc.ports, log_dir / "extproc.log", env, xds_dir=xds_dir
         )
+        procs.append(extproc)
+        signal.signal(signal.SIGHUP, lambda signum, frame: extproc.send_signal(signal.SIGHUP))
         bootstrap = log_dir / "envoy.json"
-        bootstrap.write_text(json.dumps(envoy_config.bootstrap(cfg)))
+        bootstrap.write_text(json.dumps(envoy_config.bootstrap(cfg, xds_dir=xds_dir)))
         procs.append(children.start_envoy(bootstrap, cfg.listen.port, log_dir / "envoy.log"))
         print(
             f"llmux listening on http://{cfg.listen.address}:{cfg.listen.port} (logs: {log_dir})",

@@ -35,6 +35,7 @@ class Envelope(msgspec.Struct, frozen=True, array_like=True):
     # How the client wants embeddings back: OpenAI's encoding_format, Gemini's batch shape.
     embedding_format: str = "float"
     embedding_batch: bool = False
+    cluster: str = ""  # the model's Envoy cluster: names its targets across config reloads
 
 
 _encoder = msgspec.msgpack.Encoder()

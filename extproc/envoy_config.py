@@ -8,12 +8,18 @@ Layout of the generated bootstrap:
   config, metadata naming the target) with an upstream (per-attempt) ext_proc
   "llmux.upstream" that translates the body for that attempt's provider.
 Envoy's own retries move a failed attempt to the next target; Python never
-proxies bytes. This module builds plain dicts and does no I/O.
+proxies bytes. The model clusters and routes are Envoy's dynamic resources (CDS/RDS
+files, see xds.py) so a config reload reaches Envoy without a restart.
+This module builds plain dicts and does no I/O.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import hashlib
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import msgspec
 
 from extproc.config import Config, Model, Provider, UpstreamURL
 from extproc.envoy_local_replies import (
@@ -46,36 +52,110 @@ _TLS = _T + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 _HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
-def model_cluster_name(index: int) -> str:
-    """Cluster names never carry user strings; the index is stable for one config."""
-    return f"llmux_model_{index}"
+# Model clusters and their routes are dynamic (CDS/RDS from files Envoy watches) so
+# a config reload reaches Envoy without a restart; `llmux check` inlines them.
+CDS_FILE = "cds.json"
+RDS_FILE = "rds.json"
+ROUTE_CONFIG = "llmux"
+_CLUSTER_TYPE = _T + "envoy.config.cluster.v3.Cluster"
+_ROUTE_TYPE = _T + "envoy.config.route.v3.RouteConfiguration"
 
 
-def bootstrap(config: Config, *, extproc_ports: list[int] | None = None) -> dict[str, Any]:
-    ports = extproc_ports or config.extproc.ports
+def model_cluster_name(config: Config, model: Model) -> str:
+    """Named by what gives its endpoints their meaning: the targets and their providers.
+
+    A reload that changes them makes a new cluster beside the old one, so attempts in
+    flight keep the targets they were routed to (endpoints name targets by index).
+    Cluster names never carry user strings.
+    """
+    spec: list[Any] = [model.name]
+    for target in model.targets:
+        provider = config.provider(target.provider)
+        spec.append([*msgspec.structs.astuple(target), provider.type, provider.base_url])
+    return "llmux_model_" + hashlib.sha256(msgspec.json.encode(spec)).hexdigest()[:16]
+
+
+class ModelResources(NamedTuple):
+    cluster: dict[str, Any]
+    route: dict[str, Any]
+
+
+def model_resources(config: Config) -> dict[str, ModelResources]:
+    """Per model cluster name: its Envoy cluster and the route that selects it."""
+    resources = {}
+    for model in config.models:
+        name = model_cluster_name(config, model)
+        resources[name] = ModelResources(
+            _model_cluster(config, name, model), _model_route(config, name, model)
+        )
+    return resources
+
+
+def xds_documents(resources: dict[str, ModelResources], version: str) -> dict[str, Any]:
+    """The CDS and RDS files (DiscoveryResponse JSON) for these model resources."""
+    clusters = [{"@type": _CLUSTER_TYPE, **r.cluster} for r in resources.values()]
+    routes = [r.route for r in resources.values()]
     return {
-        "node": {"id": "llmux", "cluster": "llmux"},
-        "admin": {"address": _socket("127.0.0.1", config.admin.port)},
-        "static_resources": {
-            "listeners": [_listener(config)],
-            "clusters": [
-                _extproc_cluster(config, ports),
-                *(_model_cluster(config, i, m) for i, m in enumerate(config.models)),
-                *([_otlp_cluster(config)] if config.telemetry.otlp_endpoint else []),
-            ],
+        CDS_FILE: {"version_info": version, "resources": clusters},
+        RDS_FILE: {
+            "version_info": version,
+            "resources": [{"@type": _ROUTE_TYPE, **_route_config(routes)}],
         },
-        "layered_runtime": {
-            "layers": [
-                {
-                    "name": "static",
-                    "static_layer": {
-                        "overload.global_downstream_max_connections": 50000,
-                        # Envoy batches spans (default: 5 spans or 5 s); export within a second.
-                        "tracing.opentelemetry.min_flush_spans": 1,
-                        "tracing.opentelemetry.flush_interval_ms": 1000,
-                    },
-                }
-            ]
+    }
+
+
+def bootstrap(
+    config: Config, *, extproc_ports: list[int] | None = None, xds_dir: str | None = None
+) -> dict[str, Any]:
+    """Envoy's bootstrap; with `xds_dir`, model clusters and routes come from its files."""
+    ports = extproc_ports or config.extproc.ports
+    models = model_resources(config)
+    clusters = [
+        _extproc_cluster(config, ports),
+        *([_otlp_cluster(config)] if config.telemetry.otlp_endpoint else []),
+    ]
+    document: dict[str, Any] = {"node": {"id": "llmux", "cluster": "llmux"}}
+    if xds_dir is None:
+        clusters += [r.cluster for r in models.values()]
+        routes: dict[str, Any] = {"route_config": _route_config([r.route for r in models.values()])}
+    else:
+        cds = _path_source(xds_dir, CDS_FILE)
+        document["dynamic_resources"] = {"cds_config": cds}
+        routes = {
+            "rds": {
+                "route_config_name": ROUTE_CONFIG,
+                "config_source": _path_source(xds_dir, RDS_FILE),
+            }
+        }
+    document.update(
+        {
+            "admin": {"address": _socket("127.0.0.1", config.admin.port)},
+            "static_resources": {"listeners": [_listener(config, routes)], "clusters": clusters},
+            "layered_runtime": {
+                "layers": [
+                    {
+                        "name": "static",
+                        "static_layer": {
+                            "overload.global_downstream_max_connections": 50000,
+                            # Envoy batches spans (default: 5 spans or 5 s); export within a second.
+                            "tracing.opentelemetry.min_flush_spans": 1,
+                            "tracing.opentelemetry.flush_interval_ms": 1000,
+                        },
+                    }
+                ]
+            },
+        }
+    )
+    return document
+
+
+def _path_source(directory: str, name: str) -> dict[str, Any]:
+    """Envoy reloads the file when an entry is moved into the directory (atomic swaps)."""
+    return {
+        "resource_api_version": "V3",
+        "path_config_source": {
+            "path": str(Path(directory) / name),
+            "watched_directory": {"path": str(directory)},
         },
     }
 
@@ -88,7 +168,7 @@ def _seconds(value: float) -> str:
     return f"{value:g}s"
 
 
-def _listener(config: Config) -> dict[str, Any]:
+def _listener(config: Config, routes: dict[str, Any]) -> dict[str, Any]:
     hcm = {
         "@type": _HCM,
         "stat_prefix": "llmux",
@@ -98,7 +178,7 @@ def _listener(config: Config) -> dict[str, Any]:
         "stream_idle_timeout": _seconds(config.timeouts.idle_s),
         "request_timeout": "0s",  # bodies may stream slowly; idle timeout bounds them
         "local_reply_config": local_reply_config(),
-        "route_config": _route_config(config),
+        **routes,
         **({"tracing": _tracing(config)} if config.telemetry.otlp_endpoint else {}),
         "http_filters": [
             {"name": ROUTER_FILTER, "typed_config": _router_ext_proc(config)},
@@ -163,41 +243,38 @@ def _otlp_cluster(config: Config) -> dict[str, Any]:
     return cluster
 
 
-def _route_config(config: Config) -> dict[str, Any]:
-    routes = [_model_route(config, i, m) for i, m in enumerate(config.models)]
-    # Unreachable when the ext_proc works: it answers or names a cluster for every request.
-    routes.append(
-        {
-            "match": {"prefix": "/"},
-            "direct_response": {
-                "status": 404,
-                "body": {"inline_string": '{"error":{"message":"no route","type":"not_found"}}'},
-            },
-        }
-    )
+def _route_config(model_routes: list[dict[str, Any]]) -> dict[str, Any]:
+    # The last route is unreachable when the ext_proc works: it answers or names a
+    # cluster for every request.
+    fallback = {
+        "match": {"prefix": "/"},
+        "direct_response": {
+            "status": 404,
+            "body": {"inline_string": '{"error":{"message":"no route","type":"not_found"}}'},
+        },
+    }
     return {
-        "name": "llmux",
+        "name": ROUTE_CONFIG,
         "virtual_hosts": [
             {
                 "name": "llmux",
                 "domains": ["*"],
                 "include_request_attempt_count": True,
                 "include_attempt_count_in_response": True,
-                "routes": routes,
+                "routes": [*model_routes, fallback],
             }
         ],
     }
 
 
-def _model_route(config: Config, index: int, model: Model) -> dict[str, Any]:
-    cluster = model_cluster_name(index)
+def _model_route(config: Config, cluster: str, model: Model) -> dict[str, Any]:
     route: dict[str, Any] = {
         "cluster": cluster,
         "timeout": _seconds(config.timeouts.request_s),
         "idle_timeout": _seconds(config.timeouts.idle_s),
         "auto_host_rewrite": True,
+        "retry_policy": _retry_policy(config, model),
     }
-    route["retry_policy"] = _retry_policy(config, model)
     return {
         "match": {
             "prefix": "/",
@@ -361,8 +438,7 @@ def _extproc_cluster(config: Config, ports: list[int]) -> dict[str, Any]:
     return cluster
 
 
-def _model_cluster(config: Config, index: int, model: Model) -> dict[str, Any]:
-    name = model_cluster_name(index)
+def _model_cluster(config: Config, name: str, model: Model) -> dict[str, Any]:
     priorities = sorted({t.priority for t in model.targets})
     localities = []
     any_tls = False

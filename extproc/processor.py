@@ -67,6 +67,14 @@ class ModelRoute(NamedTuple):
     cluster: str
     model: Model
     plan: routing.ModelPlan
+    targets: tuple[tuple[Provider, str], ...]  # per target: its provider and upstream model
+
+
+def model_route(config: Config, model: Model) -> ModelRoute:
+    targets = tuple((config.provider(t.provider), t.model) for t in model.targets)
+    return ModelRoute(
+        model_cluster_name(config, model), model, routing.plan_for(config, model), targets
+    )
 
 
 class Context:
@@ -80,24 +88,32 @@ class Context:
         clock: Callable[[], float] = time.time,
         telemetry: Telemetry | None = None,
     ) -> None:
-        self.config = config
         self.telemetry = telemetry or Telemetry(config.telemetry)
         self.store = store
         self.clock = clock
         self.rng = rng or random.Random()
-        self.models = {
-            m.name: ModelRoute(model_cluster_name(i), m, routing.plan_for(config, m))
-            for i, m in enumerate(config.models)
+        self.store_errors = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.models: dict[str, ModelRoute] = {}
+        self.reconfigure(config)
+
+    def reconfigure(self, config: Config) -> None:
+        """Serve a new config from the next request on (one synchronous swap).
+
+        Attempts that the previous config routed resolve their target through the
+        cluster they were sent to (`clusters` keeps the previous generation's), so a
+        reload never re-reads an attempt's target index against a changed model.
+        """
+        models = {m.name: model_route(config, m) for m in config.models}
+        self.clusters = {
+            **{r.cluster: r for r in self.models.values()},
+            **{r.cluster: r for r in models.values()},
         }
+        self.config = config
+        self.models = models
         names = [m.name for m in config.models]
         self.openai_model_list = openai_chat.encode_model_list(names)
         self.ollama_tags = ollama_chat.encode_tags(names)
-        self.store_errors = 0
-        self._tasks: set[asyncio.Task[Any]] = set()
-
-    def target(self, model_name: str, index: int) -> tuple[Provider, str]:
-        target = self.models[model_name].model.targets[index]
-        return self.config.provider(target.provider), target.model
 
     def store_failed(self, error: StoreError) -> bool:
         """Count a Redis error; True when the request may go on without the store."""

@@ -145,6 +145,7 @@ class RouterStream:
             budget_ttl=budget[1] if budget else 0,
             embedding_format=embedding_format(endpoint, body),
             embedding_batch=endpoint.batch,
+            cluster=route.cluster,
         )
         if len(route.model.targets) == 1:
             return await self.single_target(route, internal)

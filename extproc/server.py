@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 import grpc  # type: ignore[import-untyped]
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
 
-from extproc import admin, envoy_msgs, ir
+from extproc import admin, envoy_msgs, ir, reload
 from extproc.config import Config
 from extproc.envoy_config import PHASE_METADATA
 from extproc.pb import ext_proc_grpc, ext_proc_pb2
@@ -126,8 +126,17 @@ async def dispatch(
     raise ValueError(f"unexpected ext_proc phase {phase}")
 
 
-async def serve(config: Config, *, port: int | None = None, drain_seconds: float = 30.0) -> None:
-    """Serve until SIGTERM/SIGINT, then drain in-flight streams and return."""
+async def serve(
+    config: Config,
+    *,
+    port: int | None = None,
+    drain_seconds: float = 30.0,
+    reloading: reload.Reloading | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT, then drain in-flight streams and return.
+
+    With `reloading`, a changed config file (or SIGHUP) is applied while serving.
+    """
     server = grpc.aio.server(options=_UNLIMITED)
     store = None
     if config.store.url:
@@ -151,7 +160,17 @@ async def serve(config: Config, *, port: int | None = None, drain_seconds: float
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloader = None
+    if reloading is not None:
+
+        def apply(new: Config) -> None:
+            loop.call_soon_threadsafe(context.reconfigure, new)
+
+        reloader = reload.start(reloading, config, apply)
+        loop.add_signal_handler(signal.SIGHUP, reloader.hangup)
     await stop.wait()
+    if reloader is not None:
+        reloader.stop()
     log.info("draining %d in-flight streams (up to %gs)", processor.active, drain_seconds)
     await health_servicer.enter_graceful_shutdown()
     await server.stop(drain_seconds)

@@ -30,6 +30,7 @@ from extproc.processor import (
     Action,
     Context,
     Continue,
+    ModelRoute,
     Respond,
     error_response,
     store_unavailable,
@@ -48,6 +49,7 @@ class UpstreamStream:
         self.operation = "chat"
         self.target_index: int | None = None
         self.stale_headers: list[str] = []
+        self.route: ModelRoute | None = None
         self.provider: Provider | None = None
         self.credential: Credential | None = None
         self.upstream_model = ""
@@ -109,9 +111,11 @@ class UpstreamStream:
         """Translate the request for this attempt's target; reserve a credential."""
         self.dialect = internal.dialect
         self.operation = internal.operation
-        if self.target_index is None or internal.model not in self.context.models:
+        route = self.context.clusters.get(internal.cluster)
+        if self.target_index is None or route is None or self.target_index >= len(route.targets):
             return self.fail("server_error", "request reached an upstream without a route")
-        self.provider, self.upstream_model = self.context.target(internal.model, self.target_index)
+        self.route = route
+        self.provider, self.upstream_model = route.targets[self.target_index]
         if internal.chat is not None:
             self.stream = internal.chat.stream
             self.include_usage = internal.chat.stream_include_usage
@@ -385,8 +389,7 @@ class UpstreamStream:
     def final(self) -> bool:
         """Whether Envoy hands this attempt's answer to the client (no retry follows)."""
         retriable = self.status == 429 or self.status >= 500 or self.status == 0
-        model = self.context.models.get(self.client_model)
-        targets = len(model.model.targets) if model is not None else 1
+        targets = len(self.route.targets) if self.route is not None else 1
         attempts = self.context.config.routing.max_attempts or targets
         return not retriable or int(self.attempt) >= attempts
 

@@ -5,7 +5,8 @@ Envoy spreads ext_proc streams over the workers' ports (one endpoint each in the
 streams of one request may land on different workers — and share their Prometheus
 metrics through a multiprocess directory, so any worker's /metrics (the admin port
 is shared with SO_REUSEPORT) shows the sum. A worker that dies is restarted; the
-requests it was serving are the only ones lost.
+requests it was serving are the only ones lost. The supervisor also watches the
+config file and tells the workers (SIGHUP) when a new one is in force.
 """
 
 from __future__ import annotations
@@ -18,15 +19,27 @@ import sys
 import tempfile
 import time
 
+from extproc import reload
 from extproc.children import serve_args
+from extproc.config import Config
 
 
-def run(config_path: str, base_port: int, count: int) -> int:
+def run(config: Config, base_port: int, count: int, reloading: reload.Reloading) -> int:
+    config_path = reloading.config_path
     metrics_dir = tempfile.mkdtemp(prefix="llmux-metrics-")
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
     ports = [base_port + i for i in range(count)]
     procs = {port: _start(config_path, port, env) for port in ports}
     stopping = False
+
+    def hang_up_workers(new: Config) -> None:
+        # Envoy has the new config's clusters by now (see reload.py); workers re-read it.
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGHUP)
+
+    reloader = reload.start(reloading, config, hang_up_workers)
+    signal.signal(signal.SIGHUP, lambda signum, frame: reloader.hangup())
 
     def stop(signum: int, frame: object) -> None:
         nonlocal stopping
@@ -48,6 +61,7 @@ def run(config_path: str, base_port: int, count: int) -> int:
                 time.sleep(0.2)
                 procs[port] = _start(config_path, port, env)
         time.sleep(0.1)
+    reloader.stop()
     for proc in procs.values():
         proc.wait()
     shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -55,4 +69,5 @@ def run(config_path: str, base_port: int, count: int) -> int:
 
 
 def _start(config_path: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(serve_args(config_path, port, 1), env=env)
+    # The supervisor watches the file; a worker reloads when it is told to (SIGHUP).
+    return subprocess.Popen(serve_args(config_path, port, 1, watch_interval=0), env=env)

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from extproc import children, config, envoy_config
+from extproc.xds import XdsPublisher
 
 
 class Valkey:
@@ -57,6 +58,7 @@ class Gateway:
         }
         if store_url is not None:
             data["store"] = {**data.get("store", {}), "url": store_url}
+        self.raw_config = data
         self.config_path = workdir / "llmux.yaml"
         self.config_path.write_text(yaml.safe_dump(data))
         self.config = config.load(self.config_path, env=os.environ)
@@ -65,14 +67,21 @@ class Gateway:
         self.extproc_admin_url = f"http://127.0.0.1:{self.config.extproc.admin_port}"
         self.procs: list[subprocess.Popen[bytes]] = []
         env = {**os.environ, **(extproc_env or {})}
+        # As `llmux up` does: model clusters and routes in files Envoy watches.
+        xds_dir = str(workdir / "xds")
+        XdsPublisher(xds_dir, self.config.admin.port).publish(self.config, wait=False)
         try:
             self.procs.append(
                 children.start_extproc(
-                    str(self.config_path), self.config.extproc.ports, workdir / "extproc.log", env
+                    str(self.config_path),
+                    self.config.extproc.ports,
+                    workdir / "extproc.log",
+                    env,
+                    xds_dir=xds_dir,
                 )
             )
             bootstrap = workdir / "envoy.json"
-            bootstrap.write_text(json.dumps(envoy_config.bootstrap(self.config)))
+            bootstrap.write_text(json.dumps(envoy_config.bootstrap(self.config, xds_dir=xds_dir)))
             self.procs.append(
                 children.start_envoy(
                     bootstrap, self.port, workdir / "envoy.log", level=envoy_log_level
@@ -83,6 +92,16 @@ class Gateway:
             self.stop()
             print(self.logs())
             raise
+
+    def rewrite_config(self, config_dict: dict[str, Any]) -> None:
+        """Replace the config file (as an operator would); the gateway's ports stay."""
+        data = dict(config_dict)
+        for section in ("listen", "admin", "extproc", "store"):
+            if section in self.raw_config:
+                data[section] = self.raw_config[section]
+        temporary = self.config_path.with_suffix(".new")
+        temporary.write_text(yaml.safe_dump(data))
+        temporary.replace(self.config_path)
 
     def _wait_ready(self) -> None:
         import httpx
@@ -131,3 +150,10 @@ def provider_config(
     if kind == "azure_openai":
         entry.setdefault("api_version", "2024-10-21")
     return entry
+
+
+def cluster_of(gateway: Gateway, model_name: str) -> str:
+    """The Envoy cluster of a model (named by its targets, see envoy_config)."""
+    model = gateway.config.model(model_name)
+    assert model is not None, model_name
+    return envoy_config.model_cluster_name(gateway.config, model)

@@ -25,12 +25,12 @@ from tests.faults.kit import (
     settled_charge,
     wait_until,
 )
-from tests.harness import Gateway, Valkey
+from tests.harness import Gateway, Valkey, cluster_of
 from tests.simulated import SimulatedProviders
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 IDLE_S = 2.0
-MODELS = {"gpt": "llmux_model_0", "gpt-fb": "llmux_model_2"}  # the model's Envoy cluster
+MODELS = ("gpt", "gpt-fb")
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,8 @@ def quiet(gateway: Gateway) -> None:
             gateway.envoy_stat("http.llmux.downstream_rq_active") == 0
             and gateway.envoy_stat("cluster.llmux_extproc.upstream_rq_active") == 0
             and all(
-                gateway.envoy_stat(f"cluster.{c}.upstream_rq_active") == 0 for c in MODELS.values()
+                gateway.envoy_stat(f"cluster.{cluster_of(gateway, m)}.upstream_rq_active") == 0
+                for m in MODELS
             )
         )
 
@@ -72,7 +73,7 @@ def test_client_leaving_mid_stream_cancels_the_upstream_and_is_charged_partially
     gateway: Gateway, sim: SimulatedProviders, db: redis.Redis, model: str
 ) -> None:
     sim.configure(chunks=40, chunk_delay=0.05)  # a 2 s stream, left after ~3 chunks
-    cluster = MODELS[model]
+    cluster = cluster_of(gateway, model)
     cut_before = gateway.envoy_stat(f"cluster.{cluster}.upstream_cx_destroy_local_with_active_rq")
     left = 5
     path, body = chat_request("openai", model, True)

@@ -14,7 +14,7 @@ import openai
 import pytest
 import redis
 
-from tests.harness import Gateway, Valkey, provider_config
+from tests.harness import Gateway, Valkey, cluster_of, provider_config
 from tests.simulated import SimulatedProviders
 
 pytestmark = pytest.mark.integration
@@ -261,7 +261,7 @@ def test_clients_cannot_pick_an_upstream(gateway: Gateway, sim: SimulatedProvide
         f"{gateway.url}/v1/chat/completions",
         headers={
             "authorization": f"Bearer {secret}",
-            "x-llmux-cluster": "llmux_model_1",
+            "x-llmux-cluster": cluster_of(gateway, "other"),
             "x-llmux-client": "anthropic",
             "x-api-key": "sk-client-chosen",
         },
@@ -274,7 +274,7 @@ def test_clients_cannot_pick_an_upstream(gateway: Gateway, sim: SimulatedProvide
     )
     assert response.status_code == 200
     upstream = sim.last_request("openai")
-    assert upstream.body["model"] == "gpt-a"  # the route of "open", not the spoofed cluster
+    assert upstream.body["model"] == "gpt-a"  # the route of "open", not the spoofed "other"
     assert "api_base" not in upstream.body and "base_url" not in upstream.body
     assert "x-api-key" not in upstream.headers
     assert not any(h.startswith("x-llmux-") for h in upstream.headers)

@@ -85,9 +85,17 @@ def test_init_container_and_extproc_share_image_config_and_environment(
     assert init["image"] == extproc["image"]
     assert init["envFrom"] == extproc["envFrom"]
     assert init["command"][-1] == (
-        "exec llmux envoy-config --config /etc/llmux/llmux.yaml > /etc/envoy/envoy.json"
+        "exec llmux envoy-config --config /etc/llmux/llmux.yaml --xds-dir /etc/envoy"
+        " > /etc/envoy/envoy.json"
     )
-    assert extproc["args"] == ["serve", "--config", "/etc/llmux/llmux.yaml"]
+    # The ext_proc republishes model clusters and routes where Envoy watches them.
+    assert extproc["args"] == [
+        "serve",
+        "--config",
+        "/etc/llmux/llmux.yaml",
+        "--xds-dir",
+        "/etc/envoy",
+    ]
     mounts = {
         c["name"]: {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
         for c in (init, extproc, container(spec, "envoy"))
@@ -97,6 +105,7 @@ def test_init_container_and_extproc_share_image_config_and_environment(
     assert volumes[mounts["extproc"]["/etc/llmux"]]["configMap"]["name"].startswith("llmux-config-")
     shared = mounts["render-envoy-config"]["/etc/envoy"]
     assert "emptyDir" in volumes[shared] and mounts["envoy"]["/etc/envoy"] == shared
+    assert mounts["extproc"]["/etc/envoy"] == shared
     envoy_args = container(spec, "envoy")["args"]
     assert envoy_args[envoy_args.index("--config-path") + 1] == "/etc/envoy/envoy.json"
 
@@ -113,12 +122,18 @@ def test_the_bootstrap_the_init_container_renders_passes_envoy_validate(
         "PYTHONPATH": str(ROOT),
         **rendered.pod_env(container(spec, "render-envoy-config")),
     }
-    result = run([sys.executable, "-m", "extproc", "envoy-config", "-c", str(llmux_yaml)], env=env)
+    xds_dir = tmp_path / "xds"
+    rendering = [sys.executable, "-m", "extproc", "envoy-config", "-c", str(llmux_yaml)]
+    result = run([*rendering, "--xds-dir", str(xds_dir)], env=env)
     assert result.returncode == 0, result.stderr
     bootstrap = tmp_path / "envoy.json"
     bootstrap.write_text(result.stdout)
+    assert sorted(p.name for p in xds_dir.iterdir()) == ["cds.json", "rds.json"]
     check = run([children.envoy_binary(), "--mode", "validate", "-c", str(bootstrap)])
     assert check.returncode == 0, check.stdout + check.stderr
+    # The model clusters and routes themselves (inlined as `llmux check` does).
+    checked = run([sys.executable, "-m", "extproc", "check", "-c", str(llmux_yaml)], env=env)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 def test_the_envoy_image_is_the_version_tests_validate_with(rendered: Rendered) -> None:
