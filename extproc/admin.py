@@ -1,20 +1,27 @@
 """The ext_proc's admin HTTP port (loopback by default, never the public listener).
 
 Health (`/healthz`, `/readyz`) is open; everything under `/admin/` needs the admin
-key (`auth.admin_key`) as a Bearer token, compared in constant time. JSON in,
-JSON out; errors are JSON with a clear message and a 4xx status.
+key (`auth.admin_key`), compared in constant time: as a Bearer token, or as the
+password of HTTP Basic auth so that a browser can open the dashboard
+(`/admin/dashboard`, static files from `extproc/dashboard/`). Because a browser sends
+Basic credentials by itself, a change made with them (any method but GET) must also
+carry the dashboard's `x-llmux-dashboard` header: a cross-site form cannot set it.
+JSON in, JSON out; errors are JSON with a clear message and a 4xx status.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 from collections.abc import Awaitable, Callable
+from importlib import resources
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from extproc import health
+from extproc import activity, health
 from extproc.admin_keys import add_key_routes
 from extproc.processor import Context
 from extproc.store import StoreError
@@ -22,6 +29,22 @@ from extproc.telemetry import exposition_registry
 
 CONTEXT = web.AppKey("context", Context)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+DASHBOARD = "/admin/dashboard"
+DASHBOARD_HEADER = "x-llmux-dashboard"
+_ASSETS = {
+    "index.html": "text/html",
+    "dashboard.js": "text/javascript",
+    "dashboard.css": "text/css",
+}
+_PAGE_HEADERS = {
+    "content-security-policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+    "img-src 'self' data:; connect-src 'self'; form-action 'none'; frame-ancestors 'none'; "
+    "base-uri 'none'",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "cache-control": "no-store",
+}
 
 
 def build_app(context: Context) -> web.Application:
@@ -33,6 +56,9 @@ def build_app(context: Context) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/admin/cache/stats", cache_stats)
     app.router.add_post("/admin/cache/clear", cache_clear)
+    app.router.add_get("/admin/activity", activity_view)
+    app.router.add_get(DASHBOARD, dashboard)
+    app.router.add_get(DASHBOARD + "/{name}", dashboard)
     add_key_routes(app, CONTEXT)
     return app
 
@@ -48,11 +74,31 @@ async def admin_auth(request: web.Request, handler: Handler) -> web.StreamRespon
     expected = request.app[CONTEXT].config.auth.admin_key
     if not expected:
         return error(403, "the admin API is disabled: set auth.admin_key")
-    presented = request.headers.get("authorization", "")
-    token = presented[7:] if presented[:7].lower() == "bearer " else ""
+    scheme, token = presented_admin_key(request.headers.get("authorization", ""))
     if not hmac.compare_digest(token.encode(), expected.encode()):
-        return error(401, "missing or wrong admin key")
+        refused = error(401, "missing or wrong admin key")
+        if request.path == DASHBOARD or request.path.startswith(DASHBOARD + "/"):
+            refused.headers["www-authenticate"] = 'Basic realm="llmux admin", charset="UTF-8"'
+        return refused
+    if scheme == "basic" and request.method not in ("GET", "HEAD"):
+        if request.headers.get(DASHBOARD_HEADER) != "1":
+            return error(403, f"a change with Basic auth needs the {DASHBOARD_HEADER} header")
     return await handler(request)
+
+
+def presented_admin_key(header: str) -> tuple[str, str]:
+    """(scheme, key) from `Bearer <key>` or `Basic base64(<any user>:<key>)`."""
+    scheme, _, value = header.partition(" ")
+    scheme = scheme.lower()
+    if scheme == "bearer":
+        return scheme, value
+    if scheme == "basic":
+        try:
+            decoded = base64.b64decode(value.strip(), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return scheme, ""
+        return scheme, decoded.partition(":")[2]
+    return scheme, ""
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -84,10 +130,13 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def cache_stats(request: web.Request) -> web.Response:
+    """Hits, misses, hit ratio, entries and bytes; `?entries=false` skips the keyspace scan."""
     store = request.app[CONTEXT].store
     if store is None:
         return error(409, "no store configured")
     try:
+        if request.query.get("entries", "").lower() in ("0", "false", "no"):
+            return web.json_response(await store.cache_counts())
         return web.json_response(await store.cache_stats())
     except StoreError as exc:
         return error(503, f"store unavailable: {exc}")
@@ -111,6 +160,33 @@ async def cache_clear(request: web.Request) -> web.Response:
     except StoreError as exc:
         return error(503, f"store unavailable: {exc}")
     return web.json_response({"removed": removed, "model": model})
+
+
+async def activity_view(request: web.Request) -> web.Response:
+    """Recent requests (newest first) and per-minute sums over `?minutes=` (default 60)."""
+    context = request.app[CONTEXT]
+    if context.store is None:
+        return error(409, "no store configured")
+    try:
+        minutes = int(request.query.get("minutes", "60"))
+    except ValueError:
+        return error(400, "`minutes` must be a whole number")
+    try:
+        return web.json_response(await activity.read(context.store, minutes, context.clock()))
+    except StoreError as exc:
+        return error(503, f"store unavailable: {exc}")
+
+
+async def dashboard(request: web.Request) -> web.Response:
+    """The dashboard page and its script and style (no build step, nothing external)."""
+    name = request.match_info.get("name", "index.html")
+    content_type = _ASSETS.get(name)
+    if content_type is None:
+        return error(404, "no such dashboard file")
+    body = (resources.files("extproc") / "dashboard" / name).read_bytes()
+    return web.Response(
+        body=body, content_type=content_type, charset="utf-8", headers=_PAGE_HEADERS
+    )
 
 
 async def start(context: Context, address: str, port: int) -> web.AppRunner:

@@ -1,7 +1,8 @@
 """Admin API for virtual keys, usage and credential quota status.
 
 POST /admin/keys            create (the secret is in this answer only)
-GET  /admin/keys            list (never secrets or hashes)
+GET  /admin/keys            list (never secrets or hashes); `?usage=true` adds each
+                            key's usage and what its budget period used
 GET  /admin/keys/{id}       one key, with its usage
 PATCH /admin/keys/{id}      change limits, models, budget, expiry
 DELETE /admin/keys/{id}     revoke
@@ -83,14 +84,22 @@ async def _load(request: web.Request, context: Context) -> keys.VirtualKey | Non
 
 
 async def list_keys(request: web.Request, context: Context) -> web.Response:
-    assert context.store is not None
-    records = []
-    for key_id in await context.store.key_ids():
-        raw = await context.store.key_by_id(key_id)
-        record = keys.decode_record(raw) if raw is not None else None
-        if record is not None:
-            records.append(record.public())
-    return web.json_response({"keys": records})
+    store = context.store
+    assert store is not None
+    found = await store.keys_by_ids(await store.key_ids())
+    records = [r for r in (keys.decode_record(raw) for raw in found if raw) if r is not None]
+    listed = [record.public() for record in records]
+    if request.query.get("usage", "").lower() in ("1", "true", "yes"):
+        now = context.clock()
+        budget_keys = [
+            store.budget_key(r.id, keys.period_id(r.budget.period, now)[0]) if r.budget else None
+            for r in records
+        ]
+        usages = await store.key_usages([r.id for r in records], budget_keys)
+        for public, (usage, budget_used) in zip(listed, usages, strict=True):
+            public["usage"] = usage
+            public["budget_used"] = budget_used
+    return web.json_response({"keys": listed})
 
 
 async def get_key(request: web.Request, context: Context) -> web.Response:

@@ -155,6 +155,7 @@ async def serve(
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     admin_runner = await admin.start(context, config.extproc.address, config.extproc.admin_port)
+    context.telemetry.activity.start(store)  # the dashboard's batched flusher
     log.info("ext_proc listening on %s", address)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -176,6 +177,7 @@ async def serve(
     await server.stop(drain_seconds)
     await admin_runner.cleanup()
     await context.drain()
+    await context.telemetry.activity.close()
     context.telemetry.tracing.shutdown()
     if store is not None:
         await store.close()

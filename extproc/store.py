@@ -10,7 +10,7 @@ Errors are mapped to StoreError; callers decide fail-open or fail-closed.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple, cast
 
 import redis.asyncio as aioredis
@@ -241,6 +241,26 @@ class Store:
         except RedisError as exc:
             raise StoreError(str(exc)) from exc
 
+    async def keys_by_ids(self, key_ids: Sequence[str]) -> list[bytes | None]:
+        """Several keys' records in two round trips (None where one is missing)."""
+        if not key_ids:
+            return []
+        try:
+            # Pipelines of GETs, not MGET: the keys live in different cluster slots.
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key_id in key_ids:
+                    pipe.get(f"{PREFIX}:vkey-id:{key_id}")
+                hashes = await pipe.execute()
+            found = [h for h in hashes if h is not None]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for hashed in found:
+                    pipe.get(f"{PREFIX}:vkey:{hashed.decode()}")
+                records = await pipe.execute()
+        except RedisError as exc:
+            raise StoreError(str(exc)) from exc
+        by_hash = dict(zip(found, records, strict=True))
+        return [None if h is None else by_hash[h] for h in hashes]
+
     async def key_save(self, key_id: str, hashed: str, record: bytes) -> None:
         try:
             await self.redis.set(f"{PREFIX}:vkey:{hashed}", record)
@@ -329,6 +349,16 @@ class Store:
             "hit_ratio": round(ratio, 4),
         }
 
+    async def cache_counts(self) -> dict[str, float]:
+        """Hits, misses and hit ratio only: one HGETALL, no keyspace scan."""
+        try:
+            counts = await self.redis.hgetall(f"{PREFIX}:cache-stats")
+        except RedisError as exc:
+            raise StoreError(str(exc)) from exc
+        hits, misses = int(counts.get(b"hit", 0)), int(counts.get(b"miss", 0))
+        ratio = hits / (hits + misses) if hits + misses else 0.0
+        return {"hits": hits, "misses": misses, "hit_ratio": round(ratio, 4)}
+
     async def cache_clear(self, model: str | None = None) -> int:
         pattern = f"{PREFIX}:cache:{_glob_escape(model)}:*" if model else f"{PREFIX}:cache:*"
         removed = 0
@@ -340,6 +370,65 @@ class Store:
         except RedisError as exc:
             raise StoreError(str(exc)) from exc
         return removed
+
+    # ------------------------------------------------------------------ dashboard activity
+
+    async def activity_push(
+        self,
+        records: Sequence[bytes],
+        minutes: Mapping[int, Mapping[str, int]],
+        *,
+        keep: int,
+        ttl_s: int,
+    ) -> None:
+        """Recent request records (oldest first) and per-minute sums: one round trip."""
+        recent = f"{PREFIX}:recent"
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                if records:
+                    pipe.lpush(recent, *records).ltrim(recent, 0, keep - 1)  # type: ignore[attr-defined]
+                for minute, sums in minutes.items():
+                    key = f"{PREFIX}:series:{minute}"
+                    for field, amount in sums.items():
+                        pipe.hincrby(key, field, amount)
+                    pipe.expire(key, ttl_s)
+                await pipe.execute()
+        except RedisError as exc:
+            raise StoreError(str(exc)) from exc
+
+    async def activity_read(
+        self, limit: int, minutes: Sequence[int]
+    ) -> tuple[list[bytes], list[dict[str, int]]]:
+        """The newest `limit` records and each given minute's sums: one round trip."""
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.lrange(f"{PREFIX}:recent", 0, limit - 1)
+                for minute in minutes:
+                    pipe.hgetall(f"{PREFIX}:series:{minute}")
+                replies = await pipe.execute()
+        except RedisError as exc:
+            raise StoreError(str(exc)) from exc
+        sums = [{k.decode(): int(v) for k, v in reply.items()} for reply in replies[1:]]
+        return list(replies[0]), sums
+
+    async def key_usages(
+        self, key_ids: Sequence[str], budget_keys: Sequence[str | None]
+    ) -> list[tuple[dict[str, int], int | None]]:
+        """Per key: its usage counters and what its current budget period used (one trip)."""
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key_id, budget_key in zip(key_ids, budget_keys, strict=True):
+                    pipe.hgetall(f"{PREFIX}:{key_tag(key_id)}:usage")
+                    pipe.get(budget_key or f"{PREFIX}:none")
+                replies = await pipe.execute()
+        except RedisError as exc:
+            raise StoreError(str(exc)) from exc
+        found = []
+        for i, budget_key in enumerate(budget_keys):
+            usage, spent = replies[2 * i], replies[2 * i + 1]
+            counters = {k.decode(): int(v) for k, v in usage.items()}
+            found.append((counters, None if budget_key is None else int(spent or 0)))
+        return found
 
     async def ping(self) -> bool:
         try:

@@ -4,7 +4,8 @@ Prometheus metrics live in one registry served on the admin port. Traces use the
 OpenTelemetry SDK with the GenAI semantic conventions and join Envoy's spans
 through the W3C `traceparent` Envoy sends with each ext_proc call; without an
 OTLP endpoint no tracer is built and span calls cost nothing. Request logs are
-one JSON line per request, never with bodies unless asked, never with secrets.
+one JSON line per request, never with bodies unless asked, never with secrets; the
+same record feeds the admin dashboard's activity (activity.py).
 Label values come from the config (provider, model names) or small fixed sets.
 """
 
@@ -18,6 +19,7 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from extproc.activity import Activity
 from extproc.config import Telemetry as TelemetryConfig
 
 log = logging.getLogger("llmux.request")
@@ -198,11 +200,16 @@ class Telemetry:
         self.settings = settings
         self.metrics = Metrics(registry)
         self.tracing = Tracing(settings)
+        self.activity = Activity()
 
     def request_log(self, **fields: Any) -> None:
-        """One JSON line per client request at info (see JsonFormatter)."""
+        """One JSON line per client request at info (see JsonFormatter).
+
+        The record also goes to the dashboard's activity, whatever the log level.
+        """
         if log.isEnabledFor(logging.INFO):
             log.info({k: v for k, v in fields.items() if v is not None})
+        self.activity.record(fields)
 
 
 class JsonFormatter(logging.Formatter):

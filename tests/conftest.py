@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from tests.harness import Gateway, Valkey
 from tests.simulated import SimulatedProviders
@@ -29,6 +30,15 @@ def valkey(workdir: Path) -> Iterator[Valkey]:
     server = Valkey(workdir)
     yield server
     server.stop()
+
+
+@pytest.fixture
+def db(valkey: Valkey) -> Iterator[redis.Redis]:
+    """The session Valkey, emptied for the test."""
+    client = redis.Redis.from_url(valkey.url)
+    client.flushdb()
+    yield client
+    client.close()
 
 
 @pytest.fixture(scope="session")

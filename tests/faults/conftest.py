@@ -7,12 +7,8 @@ Valkey) on loopback ports and stops them itself.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-import redis
 
-from tests.harness import Valkey
 from tests.simulated import SimulatedProviders
 
 
@@ -26,12 +22,3 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(autouse=True)
 def _fresh_sim(sim: SimulatedProviders) -> None:
     sim.reset()
-
-
-@pytest.fixture
-def db(valkey: Valkey) -> Iterator[redis.Redis]:
-    """The session Valkey, emptied for the test."""
-    client = redis.Redis.from_url(valkey.url)
-    client.flushdb()
-    yield client
-    client.close()

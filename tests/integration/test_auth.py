@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import anthropic
@@ -17,7 +17,7 @@ import redis
 from tests.harness import Gateway, Valkey, cluster_of, provider_config
 from tests.simulated import SimulatedProviders
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("db")]
 ADMIN = "admin-secret-for-tests"
 UPSTREAM_KEY = "sk-upstream-never-shown-0042"
 HELLO = [{"role": "user", "content": "Say hello"}]
@@ -39,14 +39,6 @@ def gateway(
         },
         store_url=valkey.url,
     )
-
-
-@pytest.fixture(autouse=True)
-def db(valkey: Valkey) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(valkey.url)
-    client.flushdb()
-    yield client
-    client.close()
 
 
 def admin(
