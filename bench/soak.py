@@ -1,6 +1,7 @@
 """Soak test: minutes of mixed traffic with faults through real Envoy + ext_proc + Valkey.
 
     python -m bench.soak [--minutes 10] [--concurrency 16] [--fault-rate 2] [--seed 1]
+                         [--reload-every 15]
 
 Not part of CI. Starts, all on 127.0.0.1: the simulated providers (a child process,
 scripted through its control API), a Valkey, and llmux (tests/harness.py's Gateway:
@@ -9,7 +10,9 @@ official OpenAI and Anthropic SDKs (no SDK retries) send a mix of streamed and
 buffered requests to a single-target model of each wire format and to a model with a
 fallback target, with some repeated prompts (cache hits), while a fault injector
 queues random upstream faults (errors, HTML 502, resets before and during the body,
-stalls, slow headers, malformed JSON/SSE).
+stalls, slow headers, malformed JSON/SSE). With --reload-every, the config file is
+rewritten that often during the load (hot reload: a model moves to a new Envoy
+cluster and the provider keys rotate), so in-flight requests cross reloads.
 
 Prints the RSS of every process (Envoy, each ext_proc process, Valkey, simulator) at
 start and end, a table per minute (requests, errors, p50/p99 latency of complete
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import math
 import random
 import sys
@@ -76,6 +80,7 @@ class Stats:
     started: float
     minutes: dict[int, Minute] = field(default_factory=lambda: defaultdict(Minute))
     faults: Counter[str] = field(default_factory=Counter)
+    reloads: int = 0
 
     def record(self, began: float, outcome: str, seconds: float) -> None:
         minute = self.minutes[int((began - self.started) // 60)]
@@ -220,6 +225,26 @@ async def fault_loop(
             stats.faults[label] += 1
 
 
+async def reload_loop(
+    gateway: Gateway, config: dict[str, Any], stats: Stats, deadline: float, every_s: float
+) -> None:
+    """Rewrite the config every `every_s` seconds while the load runs.
+
+    Each reload moves `gpt` between two upstream model names (a new Envoy cluster
+    beside the old one, which leaves once idle) and rotates both providers' keys.
+    """
+    turn = 0
+    while time.monotonic() + every_s < deadline:
+        await asyncio.sleep(every_s)
+        turn += 1
+        changed = copy.deepcopy(config)
+        changed["models"][0]["targets"][0]["model"] = "gpt-up" if turn % 2 == 0 else "gpt-up-b"
+        for provider in changed["providers"]:
+            provider["credentials"][0]["api_key"] += f"-{turn}"
+        await asyncio.to_thread(gateway.rewrite_config, changed)
+        stats.reloads += 1
+
+
 def process_table(procs: dict[str, int]) -> dict[str, int]:
     out = {}
     for name, pid in procs.items():
@@ -299,6 +324,12 @@ def report(
     print(f"\nrequests: {requests}, ok: {totals['ok']} ({totals['ok'] / max(1, requests):.2%})")
     print("outcomes:", dict(sorted(totals.items())))
     print("faults injected:", dict(sorted(stats.faults.items())), f"= {sum(stats.faults.values())}")
+    if stats.reloads:
+        log = (gateway.workdir / "extproc.log").read_text(errors="replace")
+        print(
+            f"config rewrites: {stats.reloads}; reloads applied (supervisor + workers): "
+            f"{log.count('config reloaded')}, rejected: {log.count('config reload rejected')}"
+        )
     leftovers = {
         name: gateway.envoy_stat(name)
         for name in (
@@ -322,7 +353,10 @@ def report(
     return 1 if hung else 0
 
 
-async def run_load(args: argparse.Namespace, url: str, control: ControlClient) -> Stats:
+async def run_load(
+    args: argparse.Namespace, gateway: Gateway, config: dict[str, Any], control: ControlClient
+) -> Stats:
+    url = gateway.url
     started = time.monotonic()
     deadline = started + args.minutes * 60
     stats = Stats(started)
@@ -332,6 +366,8 @@ async def run_load(args: argparse.Namespace, url: str, control: ControlClient) -
         for i in range(args.concurrency)
     ]
     jobs.append(fault_loop(control, stats, deadline, args.fault_rate, random.Random(args.seed)))
+    if args.reload_every:
+        jobs.append(reload_loop(gateway, config, stats, deadline, args.reload_every))
     await asyncio.gather(*jobs)
     return stats
 
@@ -347,6 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk-delay", type=float, default=0.01, help="seconds between chunks")
     parser.add_argument("--workers", type=int, default=0, help="ext_proc workers (0: per core)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--reload-every", type=float, default=0, help="rewrite the config every N s (0: never)"
+    )
     args = parser.parse_args(argv)
 
     workdir = Path(tempfile.mkdtemp(prefix="llmux-soak-"))
@@ -371,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
             f"llmux on {gateway.url}; {args.minutes:g} min, {args.concurrency} clients", flush=True
         )
         began = time.monotonic()
-        stats = asyncio.run(run_load(args, gateway.url, control))
+        stats = asyncio.run(run_load(args, gateway, config, control))
         elapsed = time.monotonic() - began
         time.sleep(1.0)  # let background bookkeeping (charges, cache writes) finish
         procs_end = processes(gateway, valkey, sim.pid)
