@@ -1,6 +1,6 @@
-"""Graceful shutdown of `llmux up`: SIGTERM lets in-flight streams finish (with their
-terminator) within the drain timeout, refuses new requests meanwhile, then every child
-(Envoy, the ext_proc, the embedded Valkey) exits.
+"""Signals to `llmux up`. SIGTERM: in-flight streams finish (with their terminator)
+within the drain timeout, new requests are refused meanwhile, then every child (Envoy,
+the ext_proc, the embedded Valkey) exits. SIGHUP: the config is reloaded, nothing exits.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ class Up:
             "models": [{"name": "gpt", "targets": [{"provider": "oa", "model": "gpt-up"}]}],
             "timeouts": {"idle_s": 10, "attempt_s": 5},
         }
-        path = workdir / "llmux.yaml"
+        path = self.config_path = workdir / "llmux.yaml"
         path.write_text(yaml.safe_dump(config))
         self.url = f"http://127.0.0.1:{self.port}"
         args = ["up", "--config", str(path), "--log-dir", str(workdir / "logs")]
@@ -183,3 +183,22 @@ def test_sigterm_with_nothing_in_flight_stops_every_child(up: Up) -> None:
     time.sleep(0.2)
     left = [pid for pid in up.children if alive(pid)]
     assert not left, f"children still running after llmux up exited: {left}"
+
+
+@pytest.mark.timeout(60)
+def test_sighup_reloads_the_config_and_every_child_stays(up: Up) -> None:
+    config = yaml.safe_load(up.config_path.read_text())
+    config["models"].append({"name": "gpt-new", "targets": [{"provider": "oa", "model": "n"}]})
+    fresh = up.config_path.with_suffix(".new")
+    fresh.write_text(yaml.safe_dump(config))
+    fresh.replace(up.config_path)
+    up.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 15
+    body = {"model": "gpt-new", "messages": [{"role": "user", "content": "hi"}]}
+    status = 0
+    while status != 200 and time.monotonic() < deadline:
+        status = httpx.post(up.url + "/v1/chat/completions", json=body, timeout=10).status_code
+        time.sleep(0.05)
+    assert status == 200, "the new model was never served"
+    assert up.proc.poll() is None
+    assert all(alive(pid) for pid in up.children), "a child exited on SIGHUP"
