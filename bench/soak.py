@@ -81,6 +81,7 @@ class Stats:
     minutes: dict[int, Minute] = field(default_factory=lambda: defaultdict(Minute))
     faults: Counter[str] = field(default_factory=Counter)
     reloads: int = 0
+    samples: dict[str, str] = field(default_factory=dict)  # the first error of each kind
 
     def record(self, began: float, outcome: str, seconds: float) -> None:
         minute = self.minutes[int((began - self.started) // 60)]
@@ -202,6 +203,7 @@ async def client_loop(
                     outcome = await anthropic_call(ant, model, prompt, stream)
             except Exception as exc:  # every failure is counted, by kind
                 outcome = classify(exc)
+                stats.samples.setdefault(outcome, f"{model} stream={stream}: {exc!s:.300}")
             stats.record(began, outcome, time.monotonic() - began)
     finally:
         await oai.close()
@@ -323,6 +325,8 @@ def report(
     requests = sum(totals.values())
     print(f"\nrequests: {requests}, ok: {totals['ok']} ({totals['ok'] / max(1, requests):.2%})")
     print("outcomes:", dict(sorted(totals.items())))
+    for kind, sample in sorted(stats.samples.items()):
+        print(f"first {kind}: {sample}")
     print("faults injected:", dict(sorted(stats.faults.items())), f"= {sum(stats.faults.values())}")
     if stats.reloads:
         log = (gateway.workdir / "extproc.log").read_text(errors="replace")

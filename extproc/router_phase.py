@@ -47,6 +47,11 @@ class CacheLookup(NamedTuple):
 class RouterStream:
     def __init__(self, context: Context) -> None:
         self.context = context
+        # Envoy matched this request's routes against the route table it had when the
+        # headers arrived (it keeps that snapshot for the request), which is at least as
+        # old as the config this stream starts with: name clusters from this config
+        # even if a reload lands while the body is on its way.
+        self.models = context.models
         self.endpoint: Endpoint | None = None
         self.dialect = "openai"
         self.client_headers: list[str] = []
@@ -89,7 +94,7 @@ class RouterStream:
         assert endpoint is not None
         try:
             default = smart_api.DEFAULT_MODEL
-            default_model = default if default in self.context.models else None
+            default_model = default if default in self.models else None
             chat, embedding = decode_client_body(endpoint, body, default_model)
         except ir.GatewayError as exc:
             return error_response(self.dialect, exc.info)
@@ -104,7 +109,7 @@ class RouterStream:
                 "gen_ai.request.model": model,
             },
         )
-        route = self.context.models.get(model)
+        route = self.models.get(model)
         if route is None:
             return self.fail("not_found", f"The model `{model}` does not exist")
         refused = await self.admit_key(model, routing.estimate_tokens(len(body)))
@@ -282,7 +287,7 @@ class RouterStream:
         if self.key is not None:
             usage = {"requests": 1, "cache_hits": 1}
             self.context.background(store.record_usage(self.key.id, self.tenant, None, usage))
-        route = self.context.models.get(chat.model)
+        route = self.models.get(chat.model)
         targets = route.model.targets if route is not None else []
         provider = targets[0].provider if targets else "cache"
         body = replay_body(self.endpoint, chat, response, provider)

@@ -34,6 +34,10 @@ _CDS_VERSION = "cluster_manager.cds.version_text"
 _RDS_VERSION = f"http.llmux.rds.{ROUTE_CONFIG}.version_text"
 _WARMING = "cluster_manager.warming_clusters"
 RETIRE_GRACE_S = 2.0  # ext_proc workers pick up the new config within this time
+# Envoy reports a version once its main thread applied it; worker threads get it by a
+# post to their event loops a moment later. Without this pause a 10-minute soak with a
+# reload every 15 s saw 8 requests (of 60,000) meet "no route" right after reloads.
+SETTLE_S = 0.2
 
 
 class XdsError(Exception):
@@ -106,6 +110,7 @@ class XdsPublisher:
             _replace(self.directory / name, documents[name])
             if wait:
                 self._await(_CDS_VERSION if name == CDS_FILE else _RDS_VERSION, version)
+                time.sleep(SETTLE_S)
 
     def _await(self, readout: str, version: str) -> None:
         """Until Envoy reports `version` applied (and no cluster still warming)."""

@@ -145,7 +145,12 @@ def test_a_stream_in_flight_finishes_on_the_targets_it_started_with(
     config["providers"] = [provider_config("oa", "openai", second_sim.base_url, "sk-second")]
     gateway.rewrite_config(config)
     wait_until(lambda: len(envoy_clusters(gateway)) == 2, "the new cluster beside the old")
-    client(gateway).chat.completions.create(model="gpt", messages=HELLO)
+
+    def moved() -> bool:
+        client(gateway).chat.completions.create(model="gpt", messages=HELLO)
+        return bool(second_sim.requests_for("openai"))
+
+    wait_until(moved, "new requests to reach the new provider host")
     assert second_sim.last_request("openai").headers["authorization"] == "Bearer sk-second"
 
     worker.join(timeout=20)
