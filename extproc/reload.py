@@ -23,6 +23,7 @@ import msgspec
 
 from extproc import config
 from extproc.config import Config
+from extproc.envoy_config import model_resources
 from extproc.xds import XdsError, XdsPublisher
 
 log = logging.getLogger("llmux.reload")
@@ -68,11 +69,15 @@ class Reloader:
         running: Config,
         apply: Callable[[Config], None],
         xds: XdsPublisher | None = None,
+        *,
+        static_envoy: bool = False,
     ) -> None:
         self.watcher = watcher
         self.running = running
         self.apply = apply
         self.xds = xds
+        # Envoy runs from a bootstrap rendered once: its model clusters cannot change.
+        self.static_envoy = static_envoy
 
     def tick(self, *, forced: bool = False) -> bool:
         """Check once (`forced`: load even if unchanged, as on SIGHUP); True if applied."""
@@ -86,6 +91,13 @@ class Reloader:
         return applied
 
     def _apply(self, new: Config) -> bool:
+        if self.static_envoy and model_resources(new) != model_resources(self.running):
+            log.error(
+                "config reload rejected, the running config stays: models, targets or "
+                "provider addresses changed, and Envoy's model clusters are static here "
+                "(run `llmux serve --xds-dir`, as `llmux up` and the Kubernetes manifests do)"
+            )
+            return False
         if self.xds is not None:
             try:
                 self.xds.publish(new)
@@ -107,7 +119,9 @@ class Reloader:
 class Reloading(NamedTuple):
     config_path: str
     xds_dir: str | None = None  # publish model clusters and routes to Envoy there
-    interval_s: float = 1.0  # how often to look at the file; 0: only on SIGHUP
+    # How often to look at the file. 0: only on SIGHUP, from a supervisor that owns the
+    # file watch and Envoy's resources (the worker processes).
+    interval_s: float = 1.0
 
 
 class ReloadThread:
@@ -150,7 +164,10 @@ def start(settings: Reloading, running: Config, apply: Callable[[Config], None])
     if settings.xds_dir is not None:
         xds = XdsPublisher(settings.xds_dir, running.admin.port)
         xds.publish(running, wait=False)
-    reloader = Reloader(ConfigWatcher(settings.config_path), running, apply, xds)
+    static_envoy = xds is None and settings.interval_s > 0
+    reloader = Reloader(
+        ConfigWatcher(settings.config_path), running, apply, xds, static_envoy=static_envoy
+    )
     thread = ReloadThread(reloader, settings.interval_s)
     thread.thread.start()
     return thread

@@ -123,3 +123,17 @@ def test_a_config_envoy_does_not_confirm_is_rejected_and_its_files_restored(
     assert [c["name"] for c in restored["resources"]] == [
         c["name"] for c in json.loads(before)["resources"]
     ]
+
+
+def test_with_a_static_envoy_only_changes_envoy_does_not_see_apply(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    applied: list[config.Config] = []
+    running = config.load(path, env={})
+    subject = Reloader(ConfigWatcher(path, env={}), running, applied.append, static_envoy=True)
+    write(path, CONFIG.replace("KEY", "ROTATED"))  # a credential: the ext_proc's alone
+    assert subject.tick() is True
+    write(path, CONFIG.replace("KEY", "ROTATED").replace("gpt-up", "gpt-other"))
+    with caplog.at_level(logging.ERROR, logger="llmux.reload"):
+        assert subject.tick() is False  # a new target needs a new Envoy cluster
+    assert len(applied) == 1 and "--xds-dir" in caplog.text
