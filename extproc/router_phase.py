@@ -340,12 +340,15 @@ class RouterStream:
 
     def response_headers(self, headers: dict[str, str]) -> Action:
         """Single-target models translate their response here; others pass through."""
-        attempt = self.attempt
-        if attempt is None or "x-envoy-upstream-service-time" not in headers:
-            # A multi-target answer (translated per attempt) or Envoy's own local reply,
-            # already in the client's shape: never translate it again.
-            self.attempt = None
+        attempt, self.attempt = self.attempt, None
+        if attempt is None:
+            return Continue(response_body_mode="NONE")  # translated per attempt already
+        if "x-envoy-upstream-service-time" not in headers:
+            # Envoy's own reply for the provider (timeout, reset, refused), already in
+            # the client's shape: count the failed attempt, never translate the reply.
+            attempt.local_reply(headers)
             return Continue(response_body_mode="NONE")
+        self.attempt = attempt
         return attempt.response_headers(headers)
 
     async def response_body(self, body: bytes, end_of_stream: bool) -> Action:
@@ -355,7 +358,9 @@ class RouterStream:
 
     def closed(self) -> None:
         if self.attempt is not None:
-            self.attempt.closed()
+            # This stream also sees Envoy's own replies (a timeout, a reset): ending
+            # before any response headers means the client went away.
+            self.attempt.closed(client_left=self.attempt.status == 0)
 
     def observe(self, phase: str, action: Action) -> None:
         """After each phase: a request answered here is counted, logged and traced."""

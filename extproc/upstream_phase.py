@@ -374,16 +374,26 @@ class UpstreamStream:
         except StoreError as exc:
             self.context.store_failed(exc)
 
-    def closed(self) -> None:
-        """The ext_proc stream ended: charge a cut stream; count a silent upstream failure."""
+    def closed(self, *, client_left: bool = False) -> None:
+        """The ext_proc stream ended: charge a cut stream; count a silent upstream timeout."""
         if self.finished:
             return
         self.cache_key = None  # the client or the upstream went away: never cache it
-        # A reset or timeout before response headers ends the stream here. A refused
-        # connection may end it before the headers are read: Envoy's outlier detection
-        # covers that case (see envoy_config._outlier_detection).
-        if self.provider is not None and self.status == 0:
-            self.schedule(self.record_failure())
+        if self.provider is not None and self.status == 0 and not client_left:
+            # No answer at all. An attempt stream cannot tell a provider that timed out
+            # from a client that hung up (both end it), but only the provider's silence
+            # lasts the attempt timeout: shorter ones are not held against the target.
+            # Resets and refused connections are Envoy's outlier detection's to count
+            # (see envoy_config._outlier_detection).
+            waited = time.perf_counter() - self.started
+            if waited >= 0.9 * self.context.config.timeouts.attempt_s:
+                self.schedule(self.record_failure())
+        self.finish()
+
+    def local_reply(self, headers: dict[str, str]) -> None:
+        """Envoy answered for the provider (timeout, reset, refused): a failed attempt."""
+        self.status = int(headers.get(":status", "0") or 0)
+        self.note_failure(None)
         self.finish()
 
     def final(self) -> bool:
