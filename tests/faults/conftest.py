@@ -7,8 +7,13 @@ Valkey) on loopback ports and stops them itself.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 
+from tests.faults.kit import base_config
+from tests.harness import Gateway, Valkey
 from tests.simulated import SimulatedProviders
 
 
@@ -22,3 +27,16 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(autouse=True)
 def _fresh_sim(sim: SimulatedProviders) -> None:
     sim.reset()
+
+
+@pytest.fixture(scope="module")
+def faults_gateway(
+    sim: SimulatedProviders, valkey: Valkey, gateway_factory: Callable[..., Gateway]
+) -> Callable[..., Gateway]:
+    """Start a gateway on kit.base_config with some sections replaced, on the session Valkey."""
+
+    def start(*, envoy_log_level: str = "info", **sections: Any) -> Gateway:
+        config = base_config(sim.base_url, **sections)
+        return gateway_factory(config, store_url=valkey.url, envoy_log_level=envoy_log_level)
+
+    return start

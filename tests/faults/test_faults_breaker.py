@@ -13,8 +13,8 @@ import httpx
 import pytest
 import redis
 
-from tests.faults.kit import base_config, chat_request, wait_until
-from tests.harness import Gateway, Valkey
+from tests.faults.kit import chat_request, wait_until
+from tests.harness import Gateway
 from tests.simulated import Fault, SimulatedProviders
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
@@ -22,15 +22,11 @@ FAILURES = 2  # the breaker opens at this many failures in its window
 
 
 @pytest.fixture(scope="module")
-def gateway(
-    sim: SimulatedProviders, valkey: Valkey, gateway_factory: Callable[..., Gateway]
-) -> Gateway:
-    config = base_config(
-        sim.base_url,
+def gateway(faults_gateway: Callable[..., Gateway]) -> Gateway:
+    return faults_gateway(
         timeouts={"connect_ms": 1000, "attempt_s": 1.0, "idle_s": 2.0, "request_s": 30},
         routing={"cooldown_s": 1, "breaker": {"failures": FAILURES, "window_s": 60, "open_s": 60}},
     )
-    return gateway_factory(config, store_url=valkey.url)
 
 
 def opened(db: redis.Redis) -> list[bytes]:

@@ -18,14 +18,13 @@ import pytest
 import redis
 
 from tests.faults.kit import (
-    base_config,
     chat_request,
     is_complete_stream,
     send,
     settled_charge,
     wait_until,
 )
-from tests.harness import Gateway, Valkey, cluster_of
+from tests.harness import Gateway, cluster_of
 from tests.simulated import SimulatedProviders
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
@@ -34,14 +33,10 @@ MODELS = ("gpt", "gpt-fb")
 
 
 @pytest.fixture(scope="module")
-def gateway(
-    sim: SimulatedProviders, valkey: Valkey, gateway_factory: Callable[..., Gateway]
-) -> Gateway:
-    config = base_config(
-        sim.base_url,
-        timeouts={"connect_ms": 1000, "attempt_s": 1.0, "idle_s": IDLE_S, "request_s": 30},
+def gateway(faults_gateway: Callable[..., Gateway]) -> Gateway:
+    return faults_gateway(
+        timeouts={"connect_ms": 1000, "attempt_s": 1.0, "idle_s": IDLE_S, "request_s": 30}
     )
-    return gateway_factory(config, store_url=valkey.url)
 
 
 def quiet(gateway: Gateway) -> None:
@@ -195,15 +190,12 @@ def thousand_streams(gateway: Gateway, sim: SimulatedProviders, models: list[str
 
 
 @pytest.fixture(scope="module")
-def roomy(
-    sim: SimulatedProviders, valkey: Valkey, gateway_factory: Callable[..., Gateway]
-) -> Gateway:
+def roomy(faults_gateway: Callable[..., Gateway]) -> Gateway:
     """Timeouts that a thousand streams sharing two cores never reach."""
-    config = base_config(
-        sim.base_url,
+    return faults_gateway(
         timeouts={"connect_ms": 5000, "attempt_s": 20, "idle_s": 30, "request_s": 60},
+        envoy_log_level="warning",
     )
-    return gateway_factory(config, store_url=valkey.url, envoy_log_level="warning")
 
 
 @pytest.mark.timeout(90)

@@ -23,23 +23,18 @@ from tests.faults.kit import (
     DIALECTS,
     REQUEST_BOUND_S,
     Load,
-    base_config,
     is_dialect_error,
     send,
     wait_until,
 )
-from tests.harness import Gateway, Valkey
-from tests.simulated import SimulatedProviders
+from tests.harness import Gateway
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
 
 @pytest.fixture(scope="module")
-def gateway(
-    sim: SimulatedProviders, valkey: Valkey, gateway_factory: Callable[..., Gateway]
-) -> Gateway:
-    config = base_config(sim.base_url, extproc={"workers": 1})
-    return gateway_factory(config, store_url=valkey.url)
+def gateway(faults_gateway: Callable[..., Gateway]) -> Gateway:
+    return faults_gateway(extproc={"workers": 1})
 
 
 def restart_extproc(gateway: Gateway) -> None:
@@ -117,11 +112,8 @@ def child_pids(pid: int) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def pooled(
-    sim: SimulatedProviders, valkey: Valkey, gateway_factory: Callable[..., Gateway]
-) -> Gateway:
-    config = base_config(sim.base_url, extproc={"workers": 2})
-    return gateway_factory(config, store_url=valkey.url)
+def pooled(faults_gateway: Callable[..., Gateway]) -> Gateway:
+    return faults_gateway(extproc={"workers": 2})
 
 
 @pytest.mark.timeout(60)

@@ -19,7 +19,6 @@ import redis
 from tests.faults.kit import (
     DIALECTS,
     Outcome,
-    base_config,
     charged,
     is_complete_stream,
     is_dialect_error,
@@ -27,7 +26,7 @@ from tests.faults.kit import (
     send,
     settled_charge,
 )
-from tests.harness import Gateway, Valkey
+from tests.harness import Gateway
 from tests.simulated import Fault, SimulatedProviders
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
@@ -39,14 +38,10 @@ TARGET = {"openai": ("gpt", "oa"), "anthropic": ("claude", "an")}  # model, llmu
 
 
 @pytest.fixture(scope="module")
-def gateway(
-    sim: SimulatedProviders, valkey: Valkey, gateway_factory: Callable[..., Gateway]
-) -> Gateway:
-    config = base_config(
-        sim.base_url,
-        timeouts={"connect_ms": 1000, "attempt_s": ATTEMPT_S, "idle_s": IDLE_S, "request_s": 30},
+def gateway(faults_gateway: Callable[..., Gateway]) -> Gateway:
+    return faults_gateway(
+        timeouts={"connect_ms": 1000, "attempt_s": ATTEMPT_S, "idle_s": IDLE_S, "request_s": 30}
     )
-    return gateway_factory(config, store_url=valkey.url)
 
 
 @pytest.fixture
