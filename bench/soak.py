@@ -50,7 +50,8 @@ import redis  # noqa: E402
 
 from bench import procstat, servers  # noqa: E402
 from extproc import children  # noqa: E402
-from tests.harness import Gateway, Valkey, provider_config  # noqa: E402
+from tests.faults.kit import base_config  # noqa: E402
+from tests.harness import Gateway, Valkey  # noqa: E402
 from tests.simulated import ControlClient, Fault  # noqa: E402
 
 CLIENT_TIMEOUT_S = 60.0  # a request still open after this long counts as hung
@@ -98,29 +99,13 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def llmux_config(sim_url: str) -> dict[str, Any]:
-    def provider(name: str, kind: str) -> dict[str, Any]:
-        entry = provider_config(name, kind, sim_url, "unused")
-        del entry["api_key"]
-        entry["credentials"] = [{"name": "k", "api_key": f"sk-{name}", "tpm": 10**12}]
-        return entry
-
-    return {
-        "providers": [provider("oa", "openai"), provider("an", "anthropic")],
-        "models": [
-            {"name": "gpt", "targets": [{"provider": "oa", "model": "gpt-up"}]},
-            {"name": "claude", "targets": [{"provider": "an", "model": "claude-up"}]},
-            {
-                "name": "gpt-fb",
-                "targets": [
-                    {"provider": "oa", "model": "gpt-up", "priority": 0},
-                    {"provider": "an", "model": "claude-up", "priority": 1},
-                ],
-            },
-        ],
-        "timeouts": {"connect_ms": 1000, "attempt_s": 2, "idle_s": 2.5, "request_s": 60},
-        "routing": {"cooldown_s": 1, "breaker": {"failures": 1000, "window_s": 10, "open_s": 1}},
-        "cache": {"enabled": True, "ttl_seconds": 600},
-    }
+    """The fault tests' providers and models (tests/faults/kit.py), with soak timeouts."""
+    return base_config(
+        sim_url,
+        timeouts={"connect_ms": 1000, "attempt_s": 2, "idle_s": 2.5, "request_s": 60},
+        routing={"cooldown_s": 1, "breaker": {"failures": 1000, "window_s": 10, "open_s": 1}},
+        cache={"enabled": True, "ttl_seconds": 600},
+    )
 
 
 def classify(exc: BaseException) -> str:

@@ -7,6 +7,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import httpx
@@ -243,3 +244,18 @@ class Load:
     def between(self, start: float, end: float) -> list[Result]:
         with self.lock:
             return [r for r in self.results if start <= r.started < end]
+
+
+def child_processes() -> dict[int, list[int]]:
+    """Each parent pid with its children's pids, from /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_bytes()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    return children

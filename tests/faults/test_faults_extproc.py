@@ -13,7 +13,6 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import httpx
 import pytest
@@ -23,6 +22,7 @@ from tests.faults.kit import (
     DIALECTS,
     REQUEST_BOUND_S,
     Load,
+    child_processes,
     is_dialect_error,
     send,
     wait_until,
@@ -96,19 +96,7 @@ def test_the_502_while_the_extproc_is_down_is_in_the_client_dialect(gateway: Gat
 
 
 def child_pids(pid: int) -> list[int]:
-    """Direct children of a process, from /proc (Linux)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_bytes()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(b")") + 2 :].split()
-        if int(fields[1]) == pid:
-            found.append(int(entry.name))
-    return found
+    return child_processes().get(pid, [])
 
 
 @pytest.fixture(scope="module")

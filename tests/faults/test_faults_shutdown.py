@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from extproc.children import free_port
-from tests.faults.kit import chat_request, is_complete_stream
+from tests.faults.kit import chat_request, child_processes, is_complete_stream
 from tests.simulated import SimulatedProviders
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
@@ -30,17 +30,8 @@ DRAIN_BOUND_S = 20.0  # `llmux up` must have exited this long after SIGTERM
 
 
 def descendants(pid: int) -> list[int]:
-    """Every process below `pid`, from /proc (Linux)."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_bytes()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(b")") + 2 :].split()
-        parents.setdefault(int(fields[1]), []).append(int(entry.name))
+    """Every process below `pid`."""
+    parents = child_processes()
     found, todo = [], [pid]
     while todo:
         for child in parents.get(todo.pop(), []):

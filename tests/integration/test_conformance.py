@@ -1080,7 +1080,6 @@ def test_every_case_of_the_matrix_ran(request: pytest.FixtureRequest) -> None:
             f"{len(MATRIX)} client x backend x case combinations"
         )
     assert len(MATRIX) == EXPECTED_CASES
-    if len(ours) < len(MATRIX) + EXTRA_CASES:
-        pytest.skip("only part of the module was selected")
-    assert ran == len(MATRIX) + EXTRA_CASES
+    assert len(ours) <= len(MATRIX) + EXTRA_CASES
+    assert ran == len(ours)  # every selected case ran (all of them in a full run)
     assert RAN["failed"] == 0
