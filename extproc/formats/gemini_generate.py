@@ -6,7 +6,8 @@ Owns the wire format of `POST /v1beta/models/{model}:generateContent`,
 client side (decode what google-genai and curl send, encode what they expect back)
 and provider side (build upstream requests, read upstream answers and SSE streams).
 Pure and synchronous: bytes in, `extproc.ir` out and back; no I/O, no module state,
-no imports of other codecs.
+no imports of other codecs. Field type checks live in gemini_json.py, the JSON-schema
+translation for tools and response schemas in gemini_schema.py.
 
 Wire quirks handled here:
 * the model and the streaming flag live in the URL path, not in the body;
@@ -29,10 +30,22 @@ import msgspec
 
 from extproc import ir
 from extproc.formats.framing import SSEParser
+from extproc.formats.gemini_json import (
+    DECODER,
+    Json,
+    as_integer,
+    as_list,
+    as_number,
+    as_object,
+    as_str,
+    dumps,
+    field,
+    loads_object,
+)
+from extproc.formats.gemini_schema import schema_from_gemini, schema_to_gemini
 
 STREAM_CONTENT_TYPE = "text/event-stream"
 
-_DECODER = msgspec.json.Decoder()
 _ENCODER = msgspec.json.Encoder()
 _SSE_END = b"\r\n\r\n"  # generativelanguage.googleapis.com frames SSE events with CRLF
 # Google's documented stand-in for a thought signature the gateway cannot replay
@@ -40,69 +53,6 @@ _SSE_END = b"\r\n\r\n"  # generativelanguage.googleapis.com frames SSE events wi
 # function calls in the history that carry none.
 _DUMMY_SIGNATURE = "skip_thought_signature_validator"
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9_-]")
-
-Json = dict[str, Any]
-
-# ---------------------------------------------------------------- shared helpers
-
-
-def _loads_object(body: bytes, what: str) -> Json:
-    try:
-        data = _DECODER.decode(body)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise ir.invalid_request(f"{what} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ir.invalid_request(f"{what} must be a JSON object")
-    return data
-
-
-def _dumps(value: object) -> str:
-    return _ENCODER.encode(value).decode()
-
-
-def _get(data: Json, camel: str, snake: str) -> Any:
-    """A field by its camelCase name or, as the REST API also accepts, snake_case."""
-    value = data.get(camel)
-    return data.get(snake) if value is None else value
-
-
-def _obj(value: object, where: str) -> Json:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ir.invalid_request(f"{where} must be an object", param=where)
-    return value
-
-
-def _list(value: object, where: str) -> list[Any]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise ir.invalid_request(f"{where} must be an array", param=where)
-    return value
-
-
-def _str(value: object, where: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ir.invalid_request(f"{where} must be a non-empty string", param=where)
-    return value
-
-
-def _number(value: object, where: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ir.invalid_request(f"{where} must be a number", param=where)
-    return float(value)
-
-
-def _integer(value: object, where: str) -> int | None:
-    number = _number(value, where)
-    if number is None:
-        return None
-    if number != int(number):
-        raise ir.invalid_request(f"{where} must be an integer", param=where)
-    return int(number)
 
 
 def _model_name(model: str) -> str:
@@ -114,190 +64,10 @@ def _args_object(arguments: str) -> Json | None:
     if not arguments.strip():
         return {}
     try:
-        value = _DECODER.decode(arguments)
+        value = DECODER.decode(arguments)
     except (msgspec.DecodeError, UnicodeDecodeError):
         return None
     return value if isinstance(value, dict) else None
-
-
-# ---------------------------------------------------------------- schemas, client side
-
-_SNAKE_SCHEMA_KEYS = {
-    "any_of": "anyOf",
-    "max_items": "maxItems",
-    "min_items": "minItems",
-    "max_length": "maxLength",
-    "min_length": "minLength",
-    "max_properties": "maxProperties",
-    "min_properties": "minProperties",
-    "property_ordering": "propertyOrdering",
-}
-_GEMINI_ONLY_KEYS = frozenset({"propertyOrdering", "example", "nullable"})
-
-
-def schema_from_gemini(schema: object, where: str = "schema") -> Json:
-    """A Gemini `Schema` (OpenAPI subset, types maybe upper case) as plain JSON schema."""
-    if not isinstance(schema, dict):
-        raise ir.invalid_request(f"{where} must be an object", param=where)
-    out: Json = {}
-    for raw_key, value in schema.items():
-        key = _SNAKE_SCHEMA_KEYS.get(raw_key) or str(raw_key)
-        if key == "type":
-            if isinstance(value, str) and value.upper() != "TYPE_UNSPECIFIED":
-                out["type"] = value.lower()
-        elif key == "properties":
-            props = _obj(value, f"{where}.properties")
-            out[key] = {
-                n: schema_from_gemini(s, f"{where}.properties.{n}") for n, s in props.items()
-            }
-        elif key == "items":
-            out[key] = schema_from_gemini(value, f"{where}.items")
-        elif key == "anyOf":
-            out[key] = [schema_from_gemini(s, f"{where}.anyOf") for s in _list(value, where)]
-        elif key == "format" and value == "enum":
-            continue  # Gemini's marker for enums, not a JSON-schema format
-        elif key not in _GEMINI_ONLY_KEYS:
-            out[key] = value
-    if schema.get("nullable") is True:
-        _make_nullable(out)
-    return out
-
-
-def _make_nullable(out: Json) -> None:
-    kind = out.get("type")
-    if isinstance(kind, str):
-        out["type"] = [kind, "null"]
-    elif "anyOf" in out:
-        out["anyOf"] = [*out["anyOf"], {"type": "null"}]
-
-
-# ---------------------------------------------------------------- schemas, provider side
-
-_GEMINI_SCHEMA_KEEP = frozenset(
-    {
-        "format", "title", "description", "nullable", "maxItems", "minItems",
-        "minProperties", "maxProperties", "minLength", "maxLength", "pattern",
-        "example", "default", "minimum", "maximum", "propertyOrdering",
-    }
-)  # fmt: skip
-_MAX_SCHEMA_DEPTH = 48
-
-
-def schema_to_gemini(schema: Json, *, ordered: bool = False) -> Json:
-    """JSON schema reduced to the `Schema` subset Gemini accepts (https://ai.google.dev/api/caching#Schema).
-
-    $ref into $defs/definitions is inlined (recursive schemas are rejected), oneOf
-    becomes anyOf, type lists and null members become `nullable`, enum values become
-    strings, and keys Gemini rejects (additionalProperties, $schema, ...) are dropped.
-    `ordered` adds propertyOrdering, which Gemini 2.0 needs for stable JSON output.
-    """
-    defs = {**_obj(schema.get("definitions"), "definitions"), **_obj(schema.get("$defs"), "$defs")}
-    return _SchemaReducer(defs, ordered).reduce(schema, 0)
-
-
-class _SchemaReducer:
-    __slots__ = ("_defs", "_ordered")
-
-    def __init__(self, defs: Json, ordered: bool) -> None:
-        self._defs = defs
-        self._ordered = ordered
-
-    def reduce(self, schema: object, depth: int) -> Json:
-        if depth > _MAX_SCHEMA_DEPTH:
-            raise ir.invalid_request(
-                "tool or response schema is recursive or too deep for the gemini provider"
-            )
-        if schema is True or schema == {}:
-            return {}
-        if not isinstance(schema, dict):
-            raise ir.invalid_request("JSON schema nodes must be objects")
-        ref = schema.get("$ref")
-        if isinstance(ref, str):
-            rest = {k: v for k, v in schema.items() if k != "$ref"}
-            return self.reduce({**self._resolve(ref), **rest}, depth + 1)
-        out: Json = {}
-        for key, value in schema.items():
-            self._key(out, key, value, depth)
-        self._tidy(out)
-        return out
-
-    def _resolve(self, ref: str) -> Json:
-        name = ref.rsplit("/", 1)[-1]
-        target = self._defs.get(name)
-        if not ref.startswith(("#/$defs/", "#/definitions/")) or not isinstance(target, dict):
-            raise ir.invalid_request(f"schema $ref {ref!r} cannot be resolved")
-        return target
-
-    def _key(self, out: Json, key: str, value: Any, depth: int) -> None:
-        if key == "type":
-            _gemini_type(out, value)
-        elif key == "properties":
-            props = _obj(value, "properties")
-            out[key] = {n: self.reduce(s, depth + 1) for n, s in props.items()}
-        elif key == "items":
-            out[key] = self.reduce(value, depth + 1)
-        elif key in ("anyOf", "oneOf"):
-            self._any_of(out, _list(value, key), depth)
-        elif key == "allOf":
-            for sub in _list(value, key):
-                _merge_schema(out, self.reduce(sub, depth + 1))
-        elif key in ("enum", "const"):
-            values = _list(value, key) if key == "enum" else [value]
-            if None in values:
-                out["nullable"] = True
-            out["enum"] = [v if isinstance(v, str) else _dumps(v) for v in values if v is not None]
-        elif key == "required":
-            out[key] = [n for n in _list(value, key) if isinstance(n, str)]
-        elif key == "examples" and isinstance(value, list) and value:
-            out.setdefault("example", value[0])
-        elif key in _GEMINI_SCHEMA_KEEP and value is not None:
-            out[key] = value
-
-    def _any_of(self, out: Json, members: list[Any], depth: int) -> None:
-        kept = []
-        for member in members:
-            if isinstance(member, dict) and member.get("type") == "null":
-                out["nullable"] = True
-            else:
-                kept.append(self.reduce(member, depth + 1))
-        if len(kept) == 1:
-            _merge_schema(out, kept[0])
-        elif kept:
-            out["anyOf"] = kept
-
-    def _tidy(self, out: Json) -> None:
-        props = out.get("properties")
-        if props == {}:
-            del out["properties"]  # Gemini: "properties: should be non-empty for OBJECT type"
-        if "required" in out:
-            out["required"] = [n for n in out["required"] if n in (props or {})]
-            if not out["required"]:
-                del out["required"]
-        if "enum" in out and "type" not in out and "anyOf" not in out:
-            out["type"] = "STRING"  # Gemini enums are string enums
-        if self._ordered and props and len(props) > 1:
-            out.setdefault("propertyOrdering", list(props))
-
-
-def _gemini_type(out: Json, value: object) -> None:
-    kinds = [value] if isinstance(value, str) else _list(value, "type")
-    real = [k.upper() for k in kinds if isinstance(k, str) and k != "null"]
-    if len(real) < len(kinds):
-        out["nullable"] = True
-    if len(real) == 1:
-        out["type"] = real[0]
-    elif real:
-        out["anyOf"] = [{"type": k} for k in real]
-
-
-def _merge_schema(out: Json, extra: Json) -> None:
-    for key, value in extra.items():
-        if key == "properties" and isinstance(out.get(key), dict):
-            out[key] = {**out[key], **value}
-        elif key == "required" and isinstance(out.get(key), list):
-            out[key] = [*out[key], *(n for n in value if n not in out[key])]
-        else:
-            out.setdefault(key, value)
 
 
 # ---------------------------------------------------------------- client side: requests
@@ -333,20 +103,20 @@ class _CallIds:
 def decode_request(
     body: bytes, *, path_model: str | None = None, path_stream: bool = False
 ) -> ir.ChatRequest:
-    data = _loads_object(body, "request body")
+    data = loads_object(body, "request body")
     model = path_model or data.get("model")
     if not isinstance(model, str) or not model:
         raise ir.invalid_request("the model must be given in the path: /v1beta/models/{model}")
-    if _get(data, "cachedContent", "cached_content") is not None:
+    if field(data, "cachedContent", "cached_content") is not None:
         raise ir.invalid_request("cachedContent is not supported by this gateway")
-    tools = _decode_tools(_list(data.get("tools"), "tools"))
-    tool_config = _get(data, "toolConfig", "tool_config")
-    tool_choice, tools = _decode_tool_choice(_obj(tool_config, "toolConfig"), tools)
-    config = _obj(_get(data, "generationConfig", "generation_config"), "generationConfig")
+    tools = _decode_tools(as_list(data.get("tools"), "tools"))
+    tool_config = field(data, "toolConfig", "tool_config")
+    tool_choice, tools = _decode_tool_choice(as_object(tool_config, "toolConfig"), tools)
+    config = as_object(field(data, "generationConfig", "generation_config"), "generationConfig")
     return ir.ChatRequest(
         model=_model_name(model),
-        messages=_decode_contents(_list(data.get("contents"), "contents")),
-        system=_decode_system(_get(data, "systemInstruction", "system_instruction")),
+        messages=_decode_contents(as_list(data.get("contents"), "contents")),
+        system=_decode_system(field(data, "systemInstruction", "system_instruction")),
         tools=tools,
         tool_choice=tool_choice if tool_config is not None else None,
         stream=path_stream,
@@ -360,7 +130,7 @@ def _decode_system(value: object) -> str | None:
         return None
     if isinstance(value, str):
         return value
-    parts = _list(_obj(value, "systemInstruction").get("parts"), "systemInstruction.parts")
+    parts = as_list(as_object(value, "systemInstruction").get("parts"), "systemInstruction.parts")
     texts = [p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str)]
     if len(texts) != len(parts):
         raise ir.invalid_request("systemInstruction may only contain text parts")
@@ -372,9 +142,11 @@ def _decode_contents(contents: list[Any]) -> list[ir.Message]:
     messages: list[ir.Message] = []
     for i, raw in enumerate(contents):
         where = f"contents[{i}]"
-        content = _obj(raw, where)
+        content = as_object(raw, where)
         role = content.get("role") or "user"
-        parts = [_obj(p, f"{where}.parts") for p in _list(content.get("parts"), f"{where}.parts")]
+        parts = [
+            as_object(p, f"{where}.parts") for p in as_list(content.get("parts"), f"{where}.parts")
+        ]
         if role == "model":
             messages.extend(_decode_model_turn(parts, ids, where))
         elif role in ("user", "function"):  # "function": the legacy role of results
@@ -390,13 +162,13 @@ def _decode_model_turn(parts: list[Json], ids: _CallIds, where: str) -> list[ir.
     content: list[ir.Part] = []
     calls: list[ir.ToolCall] = []
     for part in parts:
-        call = _get(part, "functionCall", "function_call")
+        call = field(part, "functionCall", "function_call")
         if call is not None:
-            call = _obj(call, f"{where}.functionCall")
-            name = _str(call.get("name"), f"{where}.functionCall.name")
-            args = _obj(call.get("args"), f"{where}.functionCall.args")
+            call = as_object(call, f"{where}.functionCall")
+            name = as_str(call.get("name"), f"{where}.functionCall.name")
+            args = as_object(call.get("args"), f"{where}.functionCall.args")
             calls.append(
-                ir.ToolCall(id=ids.call(name, call.get("id")), name=name, arguments=_dumps(args))
+                ir.ToolCall(id=ids.call(name, call.get("id")), name=name, arguments=dumps(args))
             )
         elif (decoded := _decode_part(part, where)) is not None:
             content.append(decoded)
@@ -409,7 +181,7 @@ def _decode_user_turn(parts: list[Json], ids: _CallIds, where: str) -> list[ir.M
     messages: list[ir.Message] = []
     content: list[ir.Part] = []
     for part in parts:
-        result = _get(part, "functionResponse", "function_response")
+        result = field(part, "functionResponse", "function_response")
         if result is None:
             if (decoded := _decode_part(part, where)) is not None:
                 content.append(decoded)
@@ -417,9 +189,9 @@ def _decode_user_turn(parts: list[Json], ids: _CallIds, where: str) -> list[ir.M
         if content:
             messages.append(ir.Message(role="user", content=content))
             content = []
-        result = _obj(result, f"{where}.functionResponse")
-        name = _str(result.get("name"), f"{where}.functionResponse.name")
-        text = _dumps(_obj(result.get("response"), f"{where}.functionResponse.response"))
+        result = as_object(result, f"{where}.functionResponse")
+        name = as_str(result.get("name"), f"{where}.functionResponse.name")
+        text = dumps(as_object(result.get("response"), f"{where}.functionResponse.response"))
         call_id = ids.result(name, result.get("id"))
         messages.append(
             ir.Message(role="tool", content=[ir.TextPart(text)], tool_call_id=call_id, name=name)
@@ -439,17 +211,17 @@ def _decode_part(part: Json, where: str) -> ir.Part | None:
     text = part.get("text")
     if isinstance(text, str):
         return ir.TextPart(text)
-    inline = _get(part, "inlineData", "inline_data")
-    file = _get(part, "fileData", "file_data")
+    inline = field(part, "inlineData", "inline_data")
+    file = field(part, "fileData", "file_data")
     if isinstance(inline, dict):
-        mime = _get(inline, "mimeType", "mime_type")
+        mime = field(inline, "mimeType", "mime_type")
         if isinstance(mime, str) and mime.startswith("image/"):
-            data = _str(inline.get("data"), f"{where}.inlineData.data")
+            data = as_str(inline.get("data"), f"{where}.inlineData.data")
             return ir.ImagePart(data=_standard_base64(data), media_type=mime)
     elif isinstance(file, dict):
-        mime = _get(file, "mimeType", "mime_type")
+        mime = field(file, "mimeType", "mime_type")
         if isinstance(mime, str) and mime.startswith("image/"):
-            uri = _str(_get(file, "fileUri", "file_uri"), f"{where}.fileData.fileUri")
+            uri = as_str(field(file, "fileUri", "file_uri"), f"{where}.fileData.fileUri")
             return ir.ImagePart(url=uri, media_type=mime)
     return ir.UnknownPart(source_format="gemini", raw=part)
 
@@ -468,81 +240,85 @@ def _standard_base64(data: str) -> str:
 def _decode_tools(tools: list[Any]) -> list[ir.Tool]:
     out: list[ir.Tool] = []
     for i, raw in enumerate(tools):
-        tool = _obj(raw, f"tools[{i}]")
-        decls = _get(tool, "functionDeclarations", "function_declarations")
+        tool = as_object(raw, f"tools[{i}]")
+        decls = field(tool, "functionDeclarations", "function_declarations")
         if decls is None:
             kinds = ", ".join(sorted(tool)) or "empty tool"
             raise ir.invalid_request(
                 f"tools[{i}] ({kinds}): only functionDeclarations are supported"
             )
-        for j, decl in enumerate(_list(decls, f"tools[{i}].functionDeclarations")):
+        for j, decl in enumerate(as_list(decls, f"tools[{i}].functionDeclarations")):
             out.append(
                 _decode_declaration(
-                    _obj(decl, f"tools[{i}]"), f"tools[{i}].functionDeclarations[{j}]"
+                    as_object(decl, f"tools[{i}]"), f"tools[{i}].functionDeclarations[{j}]"
                 )
             )
     return out
 
 
 def _decode_declaration(decl: Json, where: str) -> ir.Tool:
-    json_schema = _get(decl, "parametersJsonSchema", "parameters_json_schema")
+    json_schema = field(decl, "parametersJsonSchema", "parameters_json_schema")
     if json_schema is not None:
-        parameters = _obj(json_schema, f"{where}.parametersJsonSchema")
+        parameters = as_object(json_schema, f"{where}.parametersJsonSchema")
     elif decl.get("parameters") is not None:
         parameters = schema_from_gemini(decl["parameters"], f"{where}.parameters")
     else:
         parameters = {"type": "object", "properties": {}}
     description = decl.get("description")
     return ir.Tool(
-        name=_str(decl.get("name"), f"{where}.name"),
+        name=as_str(decl.get("name"), f"{where}.name"),
         description=description if isinstance(description, str) else None,
         parameters=parameters,
     )
 
 
 def _decode_tool_choice(config: Json, tools: list[ir.Tool]) -> tuple[ir.ToolChoice, list[ir.Tool]]:
-    calling = _obj(_get(config, "functionCallingConfig", "function_calling_config"), "toolConfig")
+    calling = as_object(
+        field(config, "functionCallingConfig", "function_calling_config"), "toolConfig"
+    )
     mode = str(calling.get("mode") or "AUTO").upper()
-    allowed = _list(
-        _get(calling, "allowedFunctionNames", "allowed_function_names"), "allowedFunctionNames"
+    allowed = as_list(
+        field(calling, "allowedFunctionNames", "allowed_function_names"), "allowedFunctionNames"
     )
     if mode == "NONE":
         return ir.ToolChoice(mode="none"), tools
     if mode != "ANY":  # AUTO, VALIDATED, MODE_UNSPECIFIED
         return ir.ToolChoice(mode="auto"), tools
     if len(allowed) == 1:
-        return ir.ToolChoice(mode="tool", name=_str(allowed[0], "allowedFunctionNames")), tools
+        return ir.ToolChoice(mode="tool", name=as_str(allowed[0], "allowedFunctionNames")), tools
     if allowed:  # "any of these": the IR says it by offering only these tools
         return ir.ToolChoice(mode="required"), [t for t in tools if t.name in allowed]
     return ir.ToolChoice(mode="required"), tools
 
 
 def _decode_generation_config(config: Json) -> dict[str, Any]:
-    count = _integer(_get(config, "candidateCount", "candidate_count"), "candidateCount")
+    count = as_integer(field(config, "candidateCount", "candidate_count"), "candidateCount")
     if count is not None and count > 1:
         raise ir.invalid_request("candidateCount > 1 is not supported", param="candidateCount")
-    stop = _list(_get(config, "stopSequences", "stop_sequences"), "stopSequences")
+    stop = as_list(field(config, "stopSequences", "stop_sequences"), "stopSequences")
     if not all(isinstance(s, str) for s in stop):
         raise ir.invalid_request("stopSequences must be strings", param="stopSequences")
     return {
-        "temperature": _number(config.get("temperature"), "temperature"),
-        "top_p": _number(_get(config, "topP", "top_p"), "topP"),
-        "top_k": _integer(_get(config, "topK", "top_k"), "topK"),
-        "max_tokens": _integer(
-            _get(config, "maxOutputTokens", "max_output_tokens"), "maxOutputTokens"
+        "temperature": as_number(config.get("temperature"), "temperature"),
+        "top_p": as_number(field(config, "topP", "top_p"), "topP"),
+        "top_k": as_integer(field(config, "topK", "top_k"), "topK"),
+        "max_tokens": as_integer(
+            field(config, "maxOutputTokens", "max_output_tokens"), "maxOutputTokens"
         ),
         "stop": stop,
-        "seed": _integer(config.get("seed"), "seed"),
+        "seed": as_integer(config.get("seed"), "seed"),
         "response_format": _decode_response_format(config),
     }
 
 
 def _decode_response_format(config: Json) -> ir.ResponseFormat | None:
-    mime = _get(config, "responseMimeType", "response_mime_type")
-    json_schema = _get(config, "responseJsonSchema", "response_json_schema")
-    schema = _get(config, "responseSchema", "response_schema")
+    mime = field(config, "responseMimeType", "response_mime_type")
+    json_schema = field(config, "responseJsonSchema", "response_json_schema")
+    schema = field(config, "responseSchema", "response_schema")
     if json_schema is not None:
-        return ir.ResponseFormat(type="json_schema", schema=_obj(json_schema, "responseJsonSchema"))
+        return ir.ResponseFormat(
+            type="json_schema", schema=as_object(json_schema, "responseJsonSchema")
+        )
     if schema is not None:
         return ir.ResponseFormat(
             type="json_schema", schema=schema_from_gemini(schema, "responseSchema")
@@ -902,7 +678,7 @@ def _bad_gateway(message: str) -> ir.GatewayError:
 
 def decode_response(body: bytes) -> ir.ChatResponse:
     try:
-        data = _DECODER.decode(body)
+        data = DECODER.decode(body)
     except (msgspec.DecodeError, UnicodeDecodeError):
         raise _bad_gateway("gemini upstream answered with invalid JSON") from None
     if not isinstance(data, dict):
@@ -939,7 +715,7 @@ def _candidate_parts(
         if isinstance(call, dict) and isinstance(call.get("name"), str):
             index = first_index + len(calls)
             call_id = call.get("id") or f"call_{_UNSAFE_ID_CHARS.sub('_', response_id)}_{index}"
-            args = _dumps(call.get("args") if isinstance(call.get("args"), dict) else {})
+            args = dumps(call.get("args") if isinstance(call.get("args"), dict) else {})
             calls.append(ir.ToolCall(id=str(call_id), name=call["name"], arguments=args))
         elif isinstance(part.get("text"), str) and part["text"]:
             texts.append(part["text"])
@@ -1005,7 +781,7 @@ class StreamDecoder:
         if self._ended or not data.strip():
             return
         try:
-            chunk = _DECODER.decode(data)
+            chunk = DECODER.decode(data)
         except (msgspec.DecodeError, UnicodeDecodeError):
             chunk = None
         if not isinstance(chunk, dict):
@@ -1051,7 +827,7 @@ class StreamDecoder:
 def decode_error(status: int, body: bytes) -> ir.ErrorInfo:
     """Google's {"error": {code, message, status, details}}; HTML or junk is not echoed."""
     try:
-        data = _DECODER.decode(body)
+        data = DECODER.decode(body)
     except (msgspec.DecodeError, UnicodeDecodeError):
         data = None
     if isinstance(data, list) and data:  # streaming without alt=sse wraps it in an array
@@ -1119,7 +895,7 @@ def encode_embedding_request(req: ir.EmbeddingRequest, *, model: str) -> bytes:
 def decode_embedding_response(body: bytes, *, model: str = "") -> ir.EmbeddingResponse:
     """batchEmbedContents ({"embeddings": [...]}) or embedContent ({"embedding": ...})."""
     try:
-        data = _DECODER.decode(body)
+        data = DECODER.decode(body)
     except (msgspec.DecodeError, UnicodeDecodeError):
         raise _bad_gateway("gemini upstream answered embeddings with invalid JSON") from None
     items = data.get("embeddings") if isinstance(data, dict) else None
@@ -1141,13 +917,13 @@ def decode_embedding_response(body: bytes, *, model: str = "") -> ir.EmbeddingRe
 
 def decode_embedding_request(body: bytes, *, path_model: str | None = None) -> ir.EmbeddingRequest:
     """A client's embedContent or batchEmbedContents body (told apart by `requests`)."""
-    data = _loads_object(body, "request body")
+    data = loads_object(body, "request body")
     model = path_model or data.get("model")
     if not isinstance(model, str) or not model:
         raise ir.invalid_request("the model must be given in the path: /v1beta/models/{model}")
     batch = "requests" in data
     items = (
-        [_obj(r, "requests[]") for r in _list(data.get("requests"), "requests")]
+        [as_object(r, "requests[]") for r in as_list(data.get("requests"), "requests")]
         if batch
         else [data]
     )
@@ -1155,8 +931,8 @@ def decode_embedding_request(body: bytes, *, path_model: str | None = None) -> i
         raise ir.invalid_request("requests must not be empty", param="requests")
     inputs = [_embedding_text(item) for item in items]
     dims = {
-        _integer(
-            _get(item, "outputDimensionality", "output_dimensionality"), "outputDimensionality"
+        as_integer(
+            field(item, "outputDimensionality", "output_dimensionality"), "outputDimensionality"
         )
         for item in items
     }
@@ -1166,7 +942,7 @@ def decode_embedding_request(body: bytes, *, path_model: str | None = None) -> i
 
 
 def _embedding_text(item: Json) -> str:
-    parts = _list(_obj(item.get("content"), "content").get("parts"), "content.parts")
+    parts = as_list(as_object(item.get("content"), "content").get("parts"), "content.parts")
     texts = [p.get("text") for p in parts if isinstance(p, dict)]
     if not texts or not all(isinstance(t, str) for t in texts):
         raise ir.invalid_request("embedding content must hold text parts only", param="content")
