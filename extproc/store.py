@@ -235,11 +235,7 @@ class Store:
         return value
 
     async def key_by_id(self, key_id: str) -> bytes | None:
-        try:
-            hashed = cast("bytes | None", await self.redis.get(f"{PREFIX}:vkey-id:{key_id}"))
-            return None if hashed is None else await self.key_by_hash(hashed.decode())
-        except RedisError as exc:
-            raise StoreError(str(exc)) from exc
+        return (await self.keys_by_ids([key_id]))[0]
 
     async def keys_by_ids(self, key_ids: Sequence[str]) -> list[bytes | None]:
         """Several keys' records in two round trips (None where one is missing)."""
@@ -331,23 +327,15 @@ class Store:
 
     async def cache_stats(self) -> dict[str, float]:
         """Entries, bytes, hits, misses, hit ratio (entries/bytes scan the keyspace)."""
+        counts = await self.cache_counts()
+        entries = size = 0
         try:
-            counts = await self.redis.hgetall(f"{PREFIX}:cache-stats")
-            entries = size = 0
             async for key in self.redis.scan_iter(match=f"{PREFIX}:cache:*", count=500):
                 entries += 1
                 size += int(await self.redis.strlen(key))
         except RedisError as exc:
             raise StoreError(str(exc)) from exc
-        hits, misses = int(counts.get(b"hit", 0)), int(counts.get(b"miss", 0))
-        ratio = hits / (hits + misses) if hits + misses else 0.0
-        return {
-            "entries": entries,
-            "bytes": size,
-            "hits": hits,
-            "misses": misses,
-            "hit_ratio": round(ratio, 4),
-        }
+        return {"entries": entries, "bytes": size, **counts}
 
     async def cache_counts(self) -> dict[str, float]:
         """Hits, misses and hit ratio only: one HGETALL, no keyspace scan."""
