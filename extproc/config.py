@@ -43,6 +43,7 @@ class ExtProc(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     admin_port: int = 9090  # HTTP admin/metrics of the ext_proc, loopback only
     message_timeout_ms: int = 5000  # Envoy waits this long for each ext_proc answer
     workers: int = 0  # processes, on ports port..port+workers-1; 0: one per CPU core
+    transport: Literal["lean", "grpcio"] = "lean"  # grpcio: the reference gRPC server
 
     @property
     def ports(self) -> list[int]:

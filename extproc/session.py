@@ -1,0 +1,96 @@
+"""One ext_proc stream, whatever carries it: ProcessingRequest in, ProcessingResponse out.
+
+Both transports (the lean HTTP/2 server and grpcio) open one `Session` per
+Process stream and hand it every message in order. The per-stream guard lives
+here: the one place that catches every exception, so the client gets a clean
+error in its own dialect instead of a broken stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from extproc import envoy_msgs, ir
+from extproc.envoy_config import PHASE_METADATA
+from extproc.pb import ext_proc_pb2
+from extproc.processor import Action, Context, error_response
+from extproc.router_phase import RouterStream
+from extproc.upstream_phase import UpstreamStream
+
+log = logging.getLogger("llmux.server")
+
+TRACE_KEYS = ("traceparent", "tracestate")
+
+
+class Session:
+    """The phase handler of one stream, its metrics and its guard."""
+
+    __slots__ = ("_active", "_closed", "_metrics", "filter_name", "stream")
+
+    def __init__(self, context: Context, metadata: dict[str, str]) -> None:
+        """`metadata`: the stream's gRPC metadata (the calling filter, trace context)."""
+        self.filter_name = "upstream" if metadata.get(PHASE_METADATA) == "upstream" else "router"
+        self.stream: RouterStream | UpstreamStream = (
+            UpstreamStream(context) if self.filter_name == "upstream" else RouterStream(context)
+        )
+        self.stream.trace_carrier = {k: metadata[k] for k in TRACE_KEYS if k in metadata}
+        metrics = context.telemetry.metrics
+        self._metrics = metrics
+        self._active = metrics.child(metrics.active, self.filter_name)
+        self._active.inc()
+        self._closed = False
+
+    async def handle(
+        self, request: ext_proc_pb2.ProcessingRequest
+    ) -> ext_proc_pb2.ProcessingResponse | None:
+        """The answer to one message (None for a message with no phase set)."""
+        phase = request.WhichOneof("request")
+        if phase is None:
+            return None
+        started = time.perf_counter()
+        action = await self._guarded(phase, request)
+        response = envoy_msgs.response_for(phase, action)
+        metrics = self._metrics
+        metrics.child(metrics.phase, self.filter_name, phase).observe(time.perf_counter() - started)
+        if isinstance(self.stream, RouterStream):
+            # Before answering: after an immediate response Envoy may close the
+            # stream at once, and code after the answer would never run.
+            self.stream.observe(phase, action)
+        return response
+
+    def close(self) -> None:
+        """The stream ended (done, reset or lost): idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._active.dec()
+            self.stream.closed()
+
+    async def _guarded(self, phase: str, request: ext_proc_pb2.ProcessingRequest) -> Action:
+        try:
+            return await dispatch(self.stream, phase, request)
+        except Exception:  # the per-stream guard: answer cleanly, never a stack trace
+            log.exception("ext_proc phase %s failed", phase)
+            info = ir.ErrorInfo(kind="server_error", message="internal error in the gateway")
+            return error_response(self.stream.dialect, info)
+
+
+async def dispatch(
+    stream: RouterStream | UpstreamStream, phase: str, request: ext_proc_pb2.ProcessingRequest
+) -> Action:
+    if phase == "request_headers":
+        headers = envoy_msgs.header_dict(request.request_headers)
+        if isinstance(stream, UpstreamStream):
+            return stream.request_headers(headers, envoy_msgs.upstream_target(request))
+        return await stream.request_headers(headers, request.request_headers.end_of_stream)
+    if phase == "request_body":
+        body = request.request_body
+        if isinstance(stream, UpstreamStream):
+            return await stream.request_body(body.body)
+        return await stream.request_body(body.body, body.end_of_stream)
+    if phase == "response_headers":
+        return stream.response_headers(envoy_msgs.header_dict(request.response_headers))
+    if phase == "response_body":
+        body = request.response_body
+        return await stream.response_body(body.body, body.end_of_stream)
+    raise ValueError(f"unexpected ext_proc phase {phase}")

@@ -1,0 +1,75 @@
+"""The reference transport: grpcio's asyncio server over the same Session.
+
+Kept to check the lean server against (`extproc.transport: grpcio`); it costs
+3–5× the CPU per message (README, Performance).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc  # type: ignore[import-untyped]
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
+
+from extproc.pb import ext_proc_grpc, ext_proc_pb2
+from extproc.processor import Context
+from extproc.session import Session
+
+_UNLIMITED = [
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.max_send_message_length", -1),
+    ("grpc.so_reuseport", 0),  # a port in use is an error, not a second listener
+]
+
+
+class _ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[misc]
+    def __init__(self, context: Context) -> None:
+        self.context = context
+        self.active = 0
+
+    async def Process(  # noqa: N802 - gRPC method name
+        self,
+        request_iterator: AsyncIterator[ext_proc_pb2.ProcessingRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[ext_proc_pb2.ProcessingResponse]:
+        metadata = {str(k): str(v) for k, v in context.invocation_metadata() or ()}
+        session = Session(self.context, metadata)
+        self.active += 1
+        try:
+            async for request in request_iterator:
+                response = await session.handle(request)
+                if response is not None:
+                    yield response
+        finally:
+            self.active -= 1
+            session.close()
+
+
+class GrpcioServer:
+    """Same surface as the lean server's use in server.py: start, active_calls, drain."""
+
+    def __init__(self, context: Context) -> None:
+        self._server = grpc.aio.server(options=_UNLIMITED)
+        self._processor = _ExternalProcessor(context)
+        self._health = health.aio.HealthServicer()
+        ext_proc_grpc.add_ExternalProcessorServicer_to_server(self._processor, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+
+    async def start(self, host: str, port: int) -> int:
+        try:
+            bound: int = self._server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError as exc:  # grpcio's "Failed to bind to address"
+            raise OSError(f"cannot bind {host}:{port}: {exc}") from exc
+        if not bound:
+            raise OSError(f"cannot bind {host}:{port}")
+        await self._server.start()
+        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        return bound
+
+    @property
+    def active_calls(self) -> int:
+        return int(self._processor.active)
+
+    async def drain(self, grace_s: float) -> None:
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(grace_s)
