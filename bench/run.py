@@ -106,7 +106,12 @@ class Result:
 
 def default_rows(stream_upstream: str = "sse") -> list[Row]:
     rows: list[Row] = []
-    trio = (("upstream direct", "upstream"), ("plain Envoy", "plain"), ("llmux", "llmux"))
+    trio = (
+        ("upstream direct", "upstream"),
+        ("plain Envoy", "plain"),
+        ("llmux", "llmux"),
+        ("llmux (grpcio transport)", "llmux-grpcio"),  # the reference transport, same config
+    )
     for group, upstream in (("non-streaming", "json"), ("streaming", stream_upstream)):
         body = payloads.chat_request(UPSTREAM_MODELS[upstream], stream=upstream != "json")
         for conns in (1, 32):
@@ -441,7 +446,9 @@ def header(args: argparse.Namespace) -> str:
             f"  * streaming TTFT: aiohttp simulated provider (`python -m tests.simulated --chunks "
             f"{payloads.STREAM_CHUNKS}`, no delay, one process, one write per SSE event, chunked)",
             "* plain Envoy: listener → router → cluster (HTTP/1.1 upstream), no ext_proc; "
-            "llmux: tests/harness.py Gateway (Envoy + router and upstream ext_proc, one Python process)",
+            "llmux: tests/harness.py Gateway (Envoy + router and upstream ext_proc, one Python process), "
+            "on the lean transport; `llmux (grpcio transport)`: a second Gateway, same config, "
+            "`extproc.transport: grpcio`",
             "* translated rows: an OpenAI client body to llmux models whose provider is the simulator "
             "as type `openai` (passthrough) or type `anthropic` (`/v1/messages`, translated both ways); "
             "openai→anthropic is compared with openai→openai",
@@ -461,7 +468,11 @@ def header(args: argparse.Namespace) -> str:
 
 
 def llmux_config(
-    upstream_urls: dict[str, str], *, kinds: dict[str, str] | None = None, cache: bool = False
+    upstream_urls: dict[str, str],
+    *,
+    kinds: dict[str, str] | None = None,
+    cache: bool = False,
+    transport: str = "lean",
 ) -> dict[str, Any]:
     """One provider + client model per upstream kind. `kinds`: provider type by kind
     (default openai); an anthropic provider is sent a Claude model name."""
@@ -488,6 +499,7 @@ def llmux_config(
     }
     if cache:
         data["cache"] = {"enabled": True}
+    data["extproc"] = {"transport": transport}
     return data
 
 
@@ -578,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="llmux-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     procs: list[Any] = []
-    gateway = cache_gateway = valkey = None
+    gateway = cache_gateway = grpcio_gateway = valkey = None
     results: list[Result] = []
     reuse: dict[str, dict[str, int]] = {}
     try:
@@ -651,6 +663,16 @@ def main(argv: list[str] | None = None) -> int:
                 "llmux-cache envoy": cache_gateway.procs[1].pid,
                 "llmux-cache ext_proc": cache_gateway.procs[0].pid,
             }
+        if any(r.target == "llmux-grpcio" for r in rows):
+            grpcio_gateway = Gateway(
+                workdir / "llmux-grpcio",
+                llmux_config(upstream_urls, transport="grpcio"),
+                envoy_log_level="warning",
+            )
+            own |= {
+                "llmux-grpcio envoy": grpcio_gateway.procs[1].pid,
+                "llmux-grpcio ext_proc": grpcio_gateway.procs[0].pid,
+            }
         targets = {
             "upstream": Target(upstream_urls, {}),
             "plain": Target(
@@ -661,6 +683,11 @@ def main(argv: list[str] | None = None) -> int:
                 {"ext_proc": ext_pid, "envoy": envoy_pid},
             ),
         }
+        if grpcio_gateway is not None:
+            targets["llmux-grpcio"] = Target(
+                {k: grpcio_gateway.url for k in upstream_ports},
+                {"ext_proc": grpcio_gateway.procs[0].pid, "envoy": grpcio_gateway.procs[1].pid},
+            )
         if cache_gateway is not None:
             targets["llmux-cache"] = Target(
                 {"cache": cache_gateway.url},
@@ -693,7 +720,11 @@ def main(argv: list[str] | None = None) -> int:
         reuse = {name: connection_counts(url) for name, url in admins.items()}
     finally:
         logs = ""
-        for gw, target in ((gateway, "llmux"), (cache_gateway, "llmux-cache")):
+        for gw, target in (
+            (gateway, "llmux"),
+            (cache_gateway, "llmux-cache"),
+            (grpcio_gateway, "llmux-grpcio"),
+        ):
             if gw is None:
                 continue
             if any(r.m.failed and r.row.target == target for r in results):

@@ -125,18 +125,33 @@ class _Waiting:
 
 
 @types.coroutine
-def _carry_on(waiting: _Waiting) -> Generator[Any, None, bytes | None]:
-    """A task's body: nothing if the inline step finished, else keep driving the coroutine."""
-    coro = waiting.coro
+def _carry_on(waiting: _Waiting) -> Generator[Any, Any, bytes | None]:
+    """A task's body: nothing if the inline step finished, else drive the coroutine on.
+
+    What the task sends or throws in (a result, a cancellation from `asyncio.timeout`)
+    goes on into the coroutine, as `await` would.
+    """
+    coro, awaited = waiting.coro, waiting.awaited
     if coro is None:
         return None
-    try:
-        yield waiting.awaited
-    except BaseException:
-        coro.close()
-        raise
-    answer: bytes | None = yield from coro
-    return answer
+    while True:
+        try:
+            value = yield awaited
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:
+            try:
+                awaited = coro.throw(exc)
+            except StopIteration as done:
+                answer: bytes | None = done.value
+                return answer
+        else:
+            try:
+                awaited = coro.send(value)
+            except StopIteration as done:
+                answer = done.value
+                return answer
 
 
 class LeanServer:
@@ -196,6 +211,7 @@ class _Connection(asyncio.Protocol):
         self.going_away = False
         self.paused = False
         self.loop = asyncio.get_running_loop()
+        self.out: list[bytes] = []  # frames to send, written once per event (one syscall)
 
     # --- asyncio.Protocol -------------------------------------------------------
 
@@ -206,6 +222,7 @@ class _Connection(asyncio.Protocol):
             f.frame(f.SETTINGS, 0, 0, _SETTINGS)
             + f.window_update(0, RECEIVE_WINDOW - 65_535)  # the connection window starts at 64 KiB
         )
+        self._send_out()
         if self.server.draining:
             self.go_away()
 
@@ -240,6 +257,7 @@ class _Connection(asyncio.Protocol):
         except Exception as exc:  # a bug here must not take the process down
             log.exception("HTTP/2 connection failed")
             self.abort(f"internal error: {type(exc).__name__}", f.INTERNAL_ERROR)
+        self._send_out()
 
     # --- frames in --------------------------------------------------------------
 
@@ -464,6 +482,10 @@ class _Connection(asyncio.Protocol):
             self._finish(call, OK)
 
     def _resumed(self, call: _Call, task: asyncio.Task[Any]) -> None:
+        self._resume(call, task)
+        self._send_out()
+
+    def _resume(self, call: _Call, task: asyncio.Task[Any]) -> None:
         call.task = None
         if call.ended or task.cancelled():
             return
@@ -569,10 +591,12 @@ class _Connection(asyncio.Protocol):
         if not self.going_away:
             self.going_away = True
             self._write(f.goaway(self.last_stream_id, f.NO_ERROR))
+            self._send_out()
         self._close_if_idle()
 
     def _close_if_idle(self) -> None:
         if self.going_away and not self.calls and self.transport is not None:
+            self._send_out()
             self.transport.close()
 
     def abort(self, reason: str, code: int = f.NO_ERROR) -> None:
@@ -581,6 +605,7 @@ class _Connection(asyncio.Protocol):
         if code != f.NO_ERROR:
             log.warning("closing HTTP/2 connection: %s", reason)
         self._write(f.goaway(self.last_stream_id, code, reason.encode()[:200]))
+        self._send_out()
         self.transport.close()
         self.transport = None
         self.server.connections.discard(self)
@@ -588,5 +613,10 @@ class _Connection(asyncio.Protocol):
             self._end(call, cancel=True)
 
     def _write(self, data: bytes) -> None:
-        if self.transport is not None:
-            self.transport.write(data)
+        self.out.append(data)
+
+    def _send_out(self) -> None:
+        if self.out:
+            if self.transport is not None:
+                self.transport.write(b"".join(self.out))
+            self.out.clear()
