@@ -47,15 +47,29 @@ def sim() -> Iterator[SimulatedProviders]:
         yield server
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A module that sets `TRANSPORTS = harness.BOTH_TRANSPORTS` runs its tests on each ext_proc
+    transport (the lean server and the grpcio reference); others run on the default."""
+    transports = getattr(metafunc.module, "TRANSPORTS", None)
+    if transports and "transport" in metafunc.fixturenames:
+        metafunc.parametrize("transport", transports, scope="module")
+
+
+@pytest.fixture(scope="module")
+def transport() -> str:
+    return "lean"  # the default transport; see pytest_generate_tests
+
+
 @pytest.fixture(scope="module")
 def gateway_factory(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, transport: str
 ) -> Iterator[Callable[..., Gateway]]:
-    """Start gateways for a module; print their logs when a test of the module failed."""
+    """Start gateways for a module on its transport; print their logs when a test failed."""
     started: list[Gateway] = []
 
     def start(config: dict[str, Any], **kwargs: Any) -> Gateway:
         workdir: Path = tmp_path_factory.mktemp("gateway")
+        config = {**config, "extproc": {"transport": transport, **config.get("extproc", {})}}
         gateway = Gateway(workdir, config, **kwargs)
         started.append(gateway)
         return gateway

@@ -20,6 +20,8 @@ import yaml
 from extproc import children, config, envoy_config
 from extproc.xds import XdsPublisher
 
+BOTH_TRANSPORTS = ("lean", "grpcio")  # ext_proc transports a module can run on (conftest.py)
+
 
 class Valkey:
     def __init__(self, workdir: Path) -> None:

@@ -25,8 +25,6 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any, Protocol
 
-import hpack
-
 from extproc.transport import frames as f
 from extproc.transport import header_blocks
 
@@ -129,11 +127,28 @@ def _carry_on(waiting: _Waiting) -> Generator[Any, Any, bytes | None]:
     """A task's body: nothing if the inline step finished, else drive the coroutine on.
 
     What the task sends or throws in (a result, a cancellation from `asyncio.timeout`)
-    goes on into the coroutine, as `await` would.
+    goes on into the coroutine, as `await` would. `_step` primes it to the bare
+    `yield` before the task exists: a task cancelled before its first step throws
+    into an unstarted generator, which would drop the cancellation and leave the
+    coroutine suspended (its `except CancelledError` and `finally` never run).
     """
-    coro, awaited = waiting.coro, waiting.awaited
-    if coro is None:
-        return None
+    try:
+        yield  # where the priming stops; the task's first step resumes here
+    except GeneratorExit:
+        raise
+    except BaseException as exc:  # cancelled before the task's first step
+        coro = waiting.coro
+        if coro is None:
+            raise
+        try:
+            awaited = coro.throw(exc)
+        except StopIteration as done:
+            thrown_answer: bytes | None = done.value
+            return thrown_answer
+    else:
+        coro, awaited = waiting.coro, waiting.awaited
+        if coro is None:
+            return None
     while True:
         try:
             value = yield awaited
@@ -196,8 +211,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.calls: dict[int, _Call] = {}
         self.reader = f.FrameReader(MAX_FRAME)
-        self.decoder = hpack.Decoder()
-        self.decoder.max_header_list_size = 1 << 20
+        self.decoder = header_blocks.BlockDecoder(max_header_list_size=1 << 20)
         self.preface = b""  # bytes of the client preface seen so far
         self.last_stream_id = 0
         self.send_window = 65_535  # connection-level, grown by the peer's WINDOW_UPDATE
@@ -318,7 +332,7 @@ class _Connection(asyncio.Protocol):
         block = b"".join(self.header_block)
         self.header_stream, self.header_block = 0, []
         try:  # decoded even for a refused stream: the HPACK table is connection state
-            fields = self.decoder.decode(block, raw=True)
+            headers = self.decoder.decode(block)
         except Exception as exc:  # hpack's own errors, and oversized lists
             raise f.ProtocolError(f"bad header block: {exc}", f.COMPRESSION_ERROR) from exc
         call = self.calls.get(stream_id)
@@ -327,15 +341,17 @@ class _Connection(asyncio.Protocol):
                 raise f.ProtocolError("trailers without END_STREAM")
             self._input_ended(call)
             return
+        if stream_id <= self.last_stream_id and stream_id % 2 and end_stream:
+            return  # trailers in flight on a stream we ended or reset (RFC 9113 §5.1: ignored)
         if stream_id <= self.last_stream_id or not stream_id % 2:
             raise f.ProtocolError(f"stream id {stream_id} reused or even")
         self.last_stream_id = stream_id
         if self.going_away:
             self._write(f.rst_stream(stream_id, f.REFUSED_STREAM))
             return
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in fields}
         call = _Call(stream_id, self.initial_send_window)
         self.calls[stream_id] = call
+        call.input_ended = end_stream  # so a call refused in _open is not also reset
         self._open(call, headers)
         if end_stream and not call.ended:
             self._input_ended(call)
@@ -350,7 +366,11 @@ class _Connection(asyncio.Protocol):
         open_stream = self.services.bidi.get(path)
         if open_stream is not None:
             call.context = contextvars.copy_context()
-            call.handler = open_stream(headers)
+            try:  # one call failing to open must not reset every call of the connection
+                call.handler = open_stream(headers)
+            except Exception:
+                log.exception("opening a gRPC call failed")
+                self._finish(call, INTERNAL, "internal error")
             return
         call.unary = self.services.unary.get(path)
         if call.unary is None:
@@ -459,7 +479,9 @@ class _Connection(asyncio.Protocol):
         while True:
             coro = call.handler.on_message(message)
             waiting = _Waiting()
-            task = self.loop.create_task(_carry_on(waiting), context=call.context)
+            body = _carry_on(waiting)
+            body.send(None)  # primed: see _carry_on
+            task = self.loop.create_task(body, context=call.context)
             asyncio.tasks._enter_task(self.loop, task)  # the inline step runs as that task
             try:
                 awaited = call.context.run(coro.send, None)

@@ -32,9 +32,10 @@ from tests.faults.kit import (
     settled_charge,
     wait_until,
 )
-from tests.harness import Gateway, Valkey
+from tests.harness import BOTH_TRANSPORTS, Gateway, Valkey
 from tests.simulated import Fault, SimulatedProviders
 
+TRANSPORTS = BOTH_TRANSPORTS  # the lean transport and the grpcio reference
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 ATTEMPT_S = 1.0
 IDLE_S = 2.0

@@ -14,9 +14,10 @@ import pytest
 import redis
 
 from tests.faults.kit import chat_request, wait_until
-from tests.harness import Gateway
+from tests.harness import BOTH_TRANSPORTS, Gateway
 from tests.simulated import Fault, SimulatedProviders
 
+TRANSPORTS = BOTH_TRANSPORTS  # the lean transport and the grpcio reference
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 FAILURES = 2  # the breaker opens at this many failures in its window
 

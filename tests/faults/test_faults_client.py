@@ -24,9 +24,10 @@ from tests.faults.kit import (
     settled_charge,
     wait_until,
 )
-from tests.harness import Gateway, cluster_of
+from tests.harness import BOTH_TRANSPORTS, Gateway, cluster_of
 from tests.simulated import SimulatedProviders
 
+TRANSPORTS = BOTH_TRANSPORTS  # the lean transport and the grpcio reference
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 IDLE_S = 2.0
 MODELS = ("gpt", "gpt-fb")

@@ -27,8 +27,9 @@ from tests.faults.kit import (
     send,
     wait_until,
 )
-from tests.harness import Gateway
+from tests.harness import BOTH_TRANSPORTS, Gateway
 
+TRANSPORTS = BOTH_TRANSPORTS  # the lean transport and the grpcio reference
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
 

@@ -22,8 +22,10 @@ import yaml
 
 from extproc.children import free_port
 from tests.faults.kit import chat_request, child_processes, is_complete_stream
+from tests.harness import BOTH_TRANSPORTS
 from tests.simulated import SimulatedProviders
 
+TRANSPORTS = BOTH_TRANSPORTS  # the lean transport and the grpcio reference
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 ROOT = Path(__file__).resolve().parents[2]
 DRAIN_BOUND_S = 20.0  # `llmux up` must have exited this long after SIGTERM

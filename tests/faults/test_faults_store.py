@@ -27,9 +27,10 @@ from tests.faults.kit import (
     send,
     wait_until,
 )
-from tests.harness import Gateway, Valkey
+from tests.harness import BOTH_TRANSPORTS, Gateway, Valkey
 from tests.simulated import SimulatedProviders
 
+TRANSPORTS = BOTH_TRANSPORTS  # the lean transport and the grpcio reference
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
 

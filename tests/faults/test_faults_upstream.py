@@ -26,9 +26,10 @@ from tests.faults.kit import (
     send,
     settled_charge,
 )
-from tests.harness import Gateway
+from tests.harness import BOTH_TRANSPORTS, Gateway
 from tests.simulated import Fault, SimulatedProviders
 
+TRANSPORTS = BOTH_TRANSPORTS  # the lean transport and the grpcio reference
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 ATTEMPT_S = 1.0
 IDLE_S = 2.0  # larger than the attempt timeout, so a slow first attempt can fall back
