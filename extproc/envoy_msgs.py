@@ -67,21 +67,20 @@ def _target_from_text(text: str) -> int | None:
 _TARGET = re.compile(r'key: "' + TARGET_KEY + r'" value \{ number_value: (\d+)')
 
 
-def _common(action: Continue) -> ext_proc_pb2.CommonResponse:
-    common = ext_proc_pb2.CommonResponse()
+def _fill_common(common: ext_proc_pb2.CommonResponse, action: Continue) -> None:
+    common.SetInParent()  # present even when empty: a plain CONTINUE
     if action.set_headers or action.remove_headers:
         mutation = common.header_mutation
         for key, value in action.set_headers:
-            mutation.set_headers.add(
-                header=base_pb2.HeaderValue(key=key, raw_value=value.encode()),
-                append_action=_OVERWRITE,
-            )
+            option = mutation.set_headers.add()  # filled in place: no message to copy
+            option.header.key = key
+            option.header.raw_value = value.encode()
+            option.append_action = _OVERWRITE
         mutation.remove_headers.extend(action.remove_headers)
     if action.body is not None:
         common.body_mutation.body = action.body
     if action.clear_route_cache:
         common.clear_route_cache = True
-    return common
 
 
 def response_for(phase: str, action: Action) -> ext_proc_pb2.ProcessingResponse:
@@ -90,7 +89,7 @@ def response_for(phase: str, action: Action) -> ext_proc_pb2.ProcessingResponse:
         return _immediate(action)
     response = ProcessingResponse()
     target: Any = getattr(response, phase)
-    target.response.CopyFrom(_common(action))
+    _fill_common(target.response, action)
     if action.dialect is not None:
         ours = response.dynamic_metadata.fields[DIALECT_NAMESPACE].struct_value
         ours.fields[DIALECT_KEY].string_value = action.dialect

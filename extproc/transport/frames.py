@@ -58,8 +58,11 @@ class FrameReader:
         self.max_frame_size = max_frame_size  # what we advertised
 
     def feed(self, data: bytes) -> list[Frame]:
-        buffer = self._buffer
-        buffer += data
+        # Whole frames are cut from `data` itself; only a partial frame is buffered.
+        buffer: bytes | bytearray = data
+        if self._buffer:
+            self._buffer += data
+            buffer = self._buffer
         frames: list[Frame] = []
         offset, size = 0, len(buffer)
         while size - offset >= 9:
@@ -70,10 +73,13 @@ class FrameReader:
             if end > size:
                 break
             stream_id = int.from_bytes(buffer[offset + 5 : offset + 9], "big") & 0x7FFFFFFF
-            payload = bytes(buffer[offset + 9 : end])
+            payload = bytes(buffer[offset + 9 : end])  # no copy when `buffer` is bytes
             frames.append(Frame(buffer[offset + 3], buffer[offset + 4], stream_id, payload))
             offset = end
-        del buffer[:offset]
+        if buffer is self._buffer:
+            del self._buffer[:offset]
+        elif offset < size:
+            self._buffer += data[offset:]
         return frames
 
 
