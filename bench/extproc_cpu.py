@@ -1,8 +1,7 @@
 """The ext_proc's own cost per request, without Envoy, sockets or a busy neighbour.
 
-    python -m bench.extproc_cpu [--requests 3000] [--layer processor|lean]
-    valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out \\
-        python -m bench.extproc_cpu --requests 300 --layer lean   # instructions, repeatable
+    python -m bench.extproc_cpu [--requests 3000] [--layer processor|lean|both]
+    python -m bench.extproc_cpu --instructions   # under callgrind: repeatable, ~5 min
 
 One request is what Envoy sends for a single-target passthrough chat completion:
 request headers, request body, response headers, response body on one Process
@@ -10,7 +9,9 @@ stream (`x-llmux-phase: router`). `processor` feeds the ProcessingRequests to a
 Session; `lean` feeds the same messages as HTTP/2 frames (HPACK-encoded the way a
 client with a dynamic table sends them) to the lean server's connection, whose
 writes go to a counting fake transport. CPU time is process time over the timed
-requests; the machine's noise still shows in it, the instruction count does not.
+requests; the machine's noise still shows in it. `--instructions` runs this
+script under `valgrind --tool=callgrind` for 100 and 300 requests and prints the
+difference per request: the same figure on a busy machine as on a quiet one.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -176,12 +180,33 @@ async def measure(layer: str, count: int) -> float:
     return await run(context, messages, count) / count * 1e6
 
 
+def instructions_per_request(layer: str, small: int = 100, large: int = 300) -> float:
+    """Instructions of one request (startup cancels out between two callgrind runs)."""
+    counts = []
+    for requests in (small, large):
+        with tempfile.NamedTemporaryFile(suffix=".callgrind") as out:
+            command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out.name}"]
+            command += [sys.executable, "-m", "bench.extproc_cpu", "--layer", layer]
+            command += ["--requests", str(requests)]
+            done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO)
+        found = re.search(r"Collected : (\d+)", done.stderr)
+        assert found, done.stderr[-2000:]
+        counts.append(int(found.group(1)))
+    return (counts[1] - counts[0]) / (large - small)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.extproc_cpu", description=__doc__)
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--layer", choices=("processor", "lean", "both"), default="both")
+    parser.add_argument("--instructions", action="store_true", help="count under callgrind")
     args = parser.parse_args(argv)
     layers = ("processor", "lean") if args.layer == "both" else (args.layer,)
+    if args.instructions:
+        for layer in layers:
+            count = instructions_per_request(layer)
+            print(f"{layer:>9}: {count / 1e6:7.3f} M instructions per request (callgrind)")
+        return 0
     try:
         import uvloop
 
