@@ -204,6 +204,8 @@ def test_admin_rejects_bad_input_clearly(gateway: Gateway) -> None:
     assert (
         admin(gateway, "POST", "/admin/keys", {"name": "x", "models": ["nope"]}).status_code == 400
     )
+    typo = admin(gateway, "POST", "/admin/keys", {"name": "x", "models": ["opne"]})
+    assert typo.json()["error"]["message"] == "unknown models: 'opne'; did you mean `open`?"
     assert admin(gateway, "GET", "/admin/keys/key_missing").status_code == 404
     quota = admin(gateway, "GET", "/admin/quota").json()["credentials"]
     assert quota[0]["provider"] == "openai" and "api_key" not in str(quota)
