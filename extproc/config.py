@@ -262,7 +262,7 @@ def _parse(text: str, source: str, env: Mapping[str, str]) -> Config:
         raise ConfigError(source, ["the top level must be a mapping"])
     missing: list[str] = []
     raw = expand_env(raw, env, "$", missing)
-    found = missing + problems(raw, Config)
+    found = missing + problems(raw, Config) + _store_problems(raw)
     if found:
         raise ConfigError(source, found)
     try:
@@ -300,8 +300,6 @@ def check_references(config: Config) -> list[str]:
             "$.timeouts.idle_s: must be longer than timeouts.attempt_s, or a slow attempt "
             "ends the whole request instead of falling back to the next target"
         )
-    if config.store.url is not None:
-        problems.extend(f"$.store.url: {p}" for p in store_url_problems(config.store.url))
     model_names = [m.name for m in config.models]
     for i, model in enumerate(config.models):
         at = f"$.models[{i}]"
@@ -320,6 +318,13 @@ def check_references(config: Config) -> list[str]:
             if target.priority < 0:
                 problems.append(f"{at}.targets[{j}].priority: must be >= 0")
     return problems
+
+
+def _store_problems(raw: dict[str, Any]) -> list[str]:
+    """store.url's problems, found beside the schema's (not only once the schema is valid)."""
+    store = raw.get("store")
+    url = store.get("url") if isinstance(store, dict) else None
+    return [f"$.store.url: {p}" for p in store_url_problems(url)] if isinstance(url, str) else []
 
 
 def store_url_problems(url: str) -> list[str]:

@@ -32,7 +32,7 @@ def problems_of(text: str) -> list[str]:
 
 def test_two_schema_problems_are_both_reported_with_suggestions() -> None:
     text = VALID.replace("base_url:", "base_ulr:").replace("type: openai", "type: opnai")
-    text += "store: {on_error: clsed}\nlisten: {prt: 8080}\n"
+    text += "store: {on_error: clsed, url: 'redis://h/x'}\nlisten: {prt: 8080}\n"
     found = problems_of(text)
     assert "$.providers[0].base_ulr: unknown field; did you mean `base_url`?" in found
     assert "$.providers[0].base_url: required field missing" in found
@@ -42,7 +42,8 @@ def test_two_schema_problems_are_both_reported_with_suggestions() -> None:
     )
     assert "$.store.on_error: 'clsed' is not one of 'open', 'closed'" in found
     assert "$.listen.prt: unknown field; did you mean `port`?" in found
-    assert len(found) == 5
+    assert any(p.startswith("$.store.url: the database must be a number") for p in found)
+    assert len(found) == 6
 
 
 def test_nested_type_errors_name_their_path() -> None:
