@@ -5,7 +5,9 @@
 
 Each target feeds fuzzer bytes to one decoder; anything but a result or ir.GatewayError
 is a finding (atheris prints the input and stops that target). The seeds are the
-request/response vectors in tests/vectors, so the fuzzer starts from real shapes.
+request/response vectors in tests/vectors, so the fuzzer starts from real shapes, plus
+client bodies nesting deep in free-form fields (tool schemas, unknown fields) for the
+`client.*` targets (the router phase's nesting guard, then the codec).
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ def targets() -> dict[str, object]:
 
 
 def seed_corpus(directory: Path) -> None:
-    from tests.unit.test_codec_properties import vector_bodies
+    from tests.unit.test_codec_properties import deep_bodies, vector_bodies
 
-    for index, body in enumerate(vector_bodies()):
+    for index, body in enumerate([*vector_bodies(), *deep_bodies(depth=900)]):
         (directory / f"seed-{index}").write_bytes(body)
 
 

@@ -19,6 +19,7 @@ import msgspec
 from aiohttp import web
 
 from extproc import keys
+from extproc.config_schema import did_you_mean
 from extproc.processor import Context
 from extproc.store import StoreError, credential_tag
 
@@ -70,7 +71,8 @@ async def create_key(request: web.Request, context: Context) -> web.Response:
         return _error(400, f"invalid key: {exc}")
     unknown = [m for m in spec.models or [] if m not in context.models]
     if unknown:
-        return _error(400, f"unknown models: {', '.join(unknown)}")
+        hints = (f"{m!r}{did_you_mean(m, context.models)}" for m in unknown)
+        return _error(400, f"unknown models: {', '.join(hints)}")
     secret, record = keys.create(spec, context.clock())
     assert context.store is not None
     await context.store.key_save(record.id, record.hash, keys.encode_record(record))

@@ -11,10 +11,12 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import msgspec
 import yaml  # type: ignore[import-untyped]
+
+from extproc.config_schema import did_you_mean, problems
 
 ProviderType = Literal["openai", "azure_openai", "anthropic", "gemini", "ollama"]
 
@@ -261,15 +263,16 @@ def _parse(text: str, source: str, env: Mapping[str, str]) -> Config:
         raise ConfigError(source, ["the top level must be a mapping"])
     missing: list[str] = []
     raw = expand_env(raw, env, "$", missing)
-    if missing:
-        raise ConfigError(source, missing)
+    found = missing + problems(raw, Config) + _store_problems(raw)
+    if found:
+        raise ConfigError(source, found)
     try:
         config = msgspec.convert(raw, Config)
-    except msgspec.ValidationError as exc:
+    except msgspec.ValidationError as exc:  # a rule the walk does not know: still said
         raise ConfigError(source, [str(exc)]) from None
-    problems = check_references(config)
-    if problems:
-        raise ConfigError(source, problems)
+    found = check_references(config)
+    if found:
+        raise ConfigError(source, found)
     return config
 
 
@@ -309,10 +312,36 @@ def check_references(config: Config) -> list[str]:
             if target.provider not in names:
                 problems.append(
                     f"{at}.targets[{j}].provider: unknown provider {target.provider!r}"
-                    f" (known: {', '.join(names) or 'none'})"
+                    f"{did_you_mean(target.provider, names)} (known: {', '.join(names) or 'none'})"
                 )
             if target.weight < 1:
                 problems.append(f"{at}.targets[{j}].weight: must be >= 1")
             if target.priority < 0:
                 problems.append(f"{at}.targets[{j}].priority: must be >= 0")
     return problems
+
+
+def _store_problems(raw: dict[str, Any]) -> list[str]:
+    """store.url's problems, found beside the schema's (not only once the schema is valid)."""
+    store = raw.get("store")
+    url = store.get("url") if isinstance(store, dict) else None
+    return [f"$.store.url: {p}" for p in store_url_problems(url)] if isinstance(url, str) else []
+
+
+def store_url_problems(url: str) -> list[str]:
+    """What redis-py's `from_url` would refuse; never echoes the URL (it may hold a password)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        return [f"scheme must be redis://, rediss:// or unix://, not {parts.scheme or 'none'!r}"]
+    if parts.scheme == "unix":
+        return [] if parts.path else ["unix:// needs a socket path"]
+    found = [] if parts.hostname else ["a host is needed (redis://HOST[:PORT][/DB])"]
+    try:
+        if parts.port == 0:
+            raise ValueError
+    except ValueError:
+        found.append("the port must be a number from 1 to 65535")
+    db = parts.path.strip("/") or parse_qs(parts.query).get("db", ["0"])[0]
+    if not db.isdigit():
+        found.append(f"the database must be a number (redis://host:port/0), not {db!r}")
+    return found

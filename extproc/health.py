@@ -10,7 +10,7 @@ import asyncio
 import time
 from typing import Any
 
-import aiohttp
+import httpx
 
 from extproc import providers
 from extproc.config import Config, Provider
@@ -24,15 +24,14 @@ PROBE_PATHS = {
 }
 
 
-async def probe(session: aiohttp.ClientSession, provider: Provider) -> dict[str, Any]:
+async def probe(client: httpx.AsyncClient, provider: Provider) -> dict[str, Any]:
     path = PROBE_PATHS[provider.type].format(version=provider.api_version)
     url = provider.base_url.rstrip("/") + path
     headers = dict(providers.auth_headers(provider, provider.all_credentials[0]))
     started = time.perf_counter()
     try:
-        async with session.get(url, headers=headers) as response:
-            status = response.status
-    except (aiohttp.ClientError, TimeoutError) as exc:
+        status = (await client.get(url, headers=headers)).status_code
+    except httpx.HTTPError as exc:
         return {"provider": provider.name, "status": "unreachable", "detail": type(exc).__name__}
     result: dict[str, Any] = {
         "provider": provider.name,
@@ -49,6 +48,5 @@ async def probe(session: aiohttp.ClientSession, provider: Provider) -> dict[str,
 
 
 async def probe_all(config: Config, timeout_s: float = 5.0) -> list[dict[str, Any]]:
-    timeout = aiohttp.ClientTimeout(total=timeout_s)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        return list(await asyncio.gather(*(probe(session, p) for p in config.providers)))
+    async with httpx.AsyncClient(timeout=timeout_s) as client:
+        return list(await asyncio.gather(*(probe(client, p) for p in config.providers)))

@@ -15,7 +15,7 @@ import msgspec
 from extproc import cache, envelope, ir, keys, providers, routing
 from extproc.client_apis import Endpoint, classify, dialect_for_path
 from extproc.envoy_config import CLUSTER_HEADER
-from extproc.formats import ollama_chat, smart_api
+from extproc.formats import json_nesting, ollama_chat, smart_api
 from extproc.processor import (
     CACHE_HEADER,
     CONTINUE,
@@ -439,7 +439,9 @@ def decode_client_body(
     """Validate the client body in its dialect: a chat or an embeddings request.
 
     `default_model` is the config's model for /api/smart requests that name none.
+    Every client body passes the nesting guard first: decoders recurse.
     """
+    json_nesting.check(body)
     if endpoint.operation == "embeddings":
         return None, decode_embedding_request(endpoint, body)
     return decode_chat_request(endpoint, body, default_model), None

@@ -53,6 +53,7 @@ class UpstreamStream:
         self.provider: Provider | None = None
         self.credential: Credential | None = None
         self.upstream_model = ""
+        self.response_model = ""  # the model the provider says answered (often dated)
         self.stream = False
         self.include_usage = False
         self.attempt = "1"
@@ -292,11 +293,13 @@ class UpstreamStream:
         if self.operation == "embeddings":
             response = self.provider_codec.decode_embedding_response(body)
             self.meter.observe_usage(response.usage)
+            self.response_model = response.model
             return self.embedding_body(response)
         assert self.provider is not None
         chat = self.provider_codec.decode_response(body)
         self.meter.observe_usage(chat.usage)
         self.finish_reason = chat.finish_reason
+        self.response_model = chat.model
         self.answer = chat
         return encode_chat_response(
             self.dialect, self.operation, chat, provider=self.provider.name, cached=False
@@ -316,6 +319,8 @@ class UpstreamStream:
         for event in events:
             if isinstance(event, ir.StreamFinish):
                 self.finish_reason = event.finish_reason
+            elif isinstance(event, ir.StreamStart):
+                self.response_model = event.model
         if self.assembler is not None:
             self.assembler.feed(events)
         out: bytes = self.encoder.feed(events) if events else b""
@@ -455,7 +460,7 @@ class UpstreamStream:
         end_span(
             self.span,
             {
-                "gen_ai.response.model": self.upstream_model,
+                "gen_ai.response.model": self.response_model or None,
                 "gen_ai.usage.input_tokens": usage.input_tokens,
                 "gen_ai.usage.output_tokens": usage.output_tokens,
                 "gen_ai.response.finish_reasons": [self.finish_reason]

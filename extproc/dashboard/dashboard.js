@@ -1,6 +1,7 @@
 // llmux admin dashboard: plain JavaScript, no build step, nothing loaded from elsewhere.
 // It polls the admin JSON API on its own origin with the browser's credentials (HTTP
-// Basic, asked for by the browser): the admin key is never part of the page or a URL.
+// Basic, asked for by the browser), or with those of the page's own URL when it was
+// opened as http://user:KEY@host/...: the admin key is never part of the page.
 // Every value from the API is written with textContent, never parsed as HTML.
 "use strict";
 
@@ -16,6 +17,17 @@
 
   const state = { quota: null, health: null, healthAt: 0, entries: null, entriesAt: 0 };
   const $ = (id) => document.getElementById(id);
+
+  // fetch refuses URLs with credentials, and relative paths resolve against the page's
+  // URL: every call goes to the bare origin, and credentials the page's URL carried go
+  // in an Authorization header. Without them, the browser's Basic login answers.
+  const AUTH = (() => {
+    const url = new URL(location.href);
+    if (!url.username && !url.password) return {};
+    const pair = `${decodeURIComponent(url.username)}:${decodeURIComponent(url.password)}`;
+    const utf8 = new TextEncoder().encode(pair);
+    return { authorization: `Basic ${btoa(String.fromCharCode(...utf8))}` };
+  })();
 
   // ------------------------------------------------------------------ helpers
 
@@ -73,7 +85,12 @@
   }
 
   async function api(path, options) {
-    const response = await fetch(path, { credentials: "same-origin", cache: "no-store", ...options });
+    const response = await fetch(location.origin + path, {
+      credentials: "same-origin",
+      cache: "no-store",
+      ...options,
+      headers: { ...AUTH, ...(options && options.headers) },
+    });
     const text = await response.text();
     let body = null;
     try {

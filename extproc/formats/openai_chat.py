@@ -861,6 +861,8 @@ class StreamDecoder:
 
     def _on_chunk(self, chunk: _Chunk, events: list[ir.StreamEvent]) -> None:
         if not self._started:
+            if not (chunk.id or chunk.choices or chunk.usage):
+                return  # Azure's prompt_filter_results preamble: no id, model or choices
             self._started = True
             events.append(
                 ir.StreamStart(id=chunk.id, model=chunk.model, created=int(chunk.created))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -203,6 +204,8 @@ def test_admin_rejects_bad_input_clearly(gateway: Gateway) -> None:
     assert (
         admin(gateway, "POST", "/admin/keys", {"name": "x", "models": ["nope"]}).status_code == 400
     )
+    typo = admin(gateway, "POST", "/admin/keys", {"name": "x", "models": ["opne"]})
+    assert typo.json()["error"]["message"] == "unknown models: 'opne'; did you mean `open`?"
     assert admin(gateway, "GET", "/admin/keys/key_missing").status_code == 404
     quota = admin(gateway, "GET", "/admin/quota").json()["credentials"]
     assert quota[0]["provider"] == "openai" and "api_key" not in str(quota)
@@ -245,6 +248,56 @@ def test_deeply_nested_json_is_a_quick_400(gateway: Gateway) -> None:
     assert response.status_code == 400
     assert time.monotonic() - started < 2
     assert chat(gateway, secret).status_code == 200  # the processor is still fine
+
+
+# A free-form field (tool schemas, options, unknown fields) nested deeper than Python's
+# recursion limit, in each client dialect: a 400 in that dialect, never a 500.
+DEEP_FIELD_BODIES = {
+    "/v1/chat/completions": {
+        "model": "open",
+        "messages": HELLO,
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": "DEEP"}}],
+    },
+    "/v1/messages": {
+        "model": "open",
+        "max_tokens": 10,
+        "messages": HELLO,
+        "tools": [{"name": "f", "input_schema": {"type": "object", "x": "DEEP"}}],
+    },
+    "/v1beta/models/open:generateContent": {
+        "contents": [{"role": "user", "parts": [{"text": "hi"}]}],
+        "tools": [{"functionDeclarations": [{"name": "f", "parameters": "DEEP"}]}],
+    },
+    "/api/chat": {"model": "open", "messages": HELLO, "options": {"seed": 1}, "extra": "DEEP"},
+    "/api/smart": {"prompt": "hi", "model": "open", "metadata": "DEEP"},
+}
+
+
+def client_error_message(path: str, body: Any) -> str:
+    """The error message, read the way each client dialect carries it."""
+    if path == "/v1/messages":
+        assert body["type"] == "error"
+    if path.startswith("/v1beta/"):
+        assert body["error"]["status"] == "INVALID_ARGUMENT"
+    error = body["error"]
+    return error if isinstance(error, str) else str(error["message"])
+
+
+@pytest.mark.parametrize("path", sorted(DEEP_FIELD_BODIES))
+def test_deep_json_in_a_free_form_field_is_a_400_in_the_clients_format(
+    gateway: Gateway, path: str
+) -> None:
+    secret = new_key(gateway)["key"]
+    deep = "[" * 5000 + "{}" + "]" * 5000
+    body = json.dumps(DEEP_FIELD_BODIES[path]).replace('"DEEP"', deep)
+    response = httpx.post(
+        gateway.url + path,
+        content=body,
+        headers={"authorization": f"Bearer {secret}", "x-goog-api-key": secret},
+        timeout=10,
+    )
+    assert response.status_code == 400, response.text
+    assert "nests deeper than" in client_error_message(path, response.json())
 
 
 def test_clients_cannot_pick_an_upstream(gateway: Gateway, sim: SimulatedProviders) -> None:

@@ -318,6 +318,32 @@ def test_the_dashboard_shows_live_figures_and_manages_keys(
     assert severe == [], severe
 
 
+def test_the_dashboard_works_with_credentials_in_its_url_and_after_a_login(
+    gateway: Gateway, browser: webdriver.Chrome
+) -> None:
+    browser.get("about:blank")
+    browser.execute_cdp_cmd("Network.enable", {})
+    browser.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {}})
+    browser.get_log("browser")  # forget what earlier pages logged
+    port = gateway.config.extproc.admin_port
+    # `fetch` refuses a URL with credentials: the page must call its bare origin.
+    browser.get(f"http://admin:{ADMIN}@127.0.0.1:{port}/admin/dashboard")
+    assert_the_page_works(browser)
+    # The browser now holds the login for the realm, as after answering its own
+    # Basic prompt: the plain URL works from that login alone.
+    browser.get(f"http://127.0.0.1:{port}/admin/dashboard")
+    assert_the_page_works(browser)
+
+
+def assert_the_page_works(browser: webdriver.Chrome) -> None:
+    until(browser, view_when(lambda v: any("team-a" in row for row in v["credentials"])))
+    until(browser, lambda d: by_id(d, "total-requests").text not in ("", "–"))
+    assert by_id(browser, "problem").get_attribute("hidden") is not None
+    assert ADMIN not in browser.page_source
+    severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert severe == [], severe
+
+
 def create_key_from_the_page(
     gateway: Gateway, browser: webdriver.Chrome, total: int
 ) -> tuple[str, str]:

@@ -20,6 +20,7 @@ from tests.simulated import Fault, SimulatedProviders
 
 pytestmark = pytest.mark.integration
 HELLO = [{"role": "user", "content": "Say hello"}]
+DATED = ("openai", "anthropic", "gemini", "ollama", "azure_openai")  # every backend
 
 
 class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
@@ -90,9 +91,14 @@ def gateway(
             "providers": [
                 provider_config("primary", "openai", sim.base_url, "sk-p"),
                 provider_config("backup", "anthropic", sim.base_url, "sk-b"),
+                *(provider_config(kind, kind, sim.base_url, "sk-d") for kind in DATED[2:]),
             ],
             "models": [
                 {"name": "traced", "targets": [{"provider": "primary", "model": "gpt-t"}]},
+                *(
+                    {"name": f"dated-{kind}", "targets": [{"provider": name, "model": "m-d"}]}
+                    for kind, name in zip(DATED, ("primary", "backup", *DATED[2:]), strict=True)
+                ),
                 {
                     "name": "fallback",
                     "targets": [
@@ -173,6 +179,26 @@ def test_a_streamed_request_is_one_trace_with_genai_attributes(
     assert attributes["gen_ai.response.finish_reasons"] == ["stop"]
     assert attributes["llmux.attempt"] == 1
     assert "Say hello" not in str(spans)  # content only when capture_content is on
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("kind", DATED)
+def test_response_model_is_the_one_the_provider_reported(
+    gateway: Gateway,
+    receiver: tuple[Receiver, int],
+    sim: SimulatedProviders,
+    kind: str,
+    stream: bool,
+) -> None:
+    sim.configure(model_version="-2024-07-18")  # `m-d` answers as `m-d-2024-07-18`
+    body = {"model": f"dated-{kind}", "messages": HELLO, "stream": stream}
+    response, spans = traced_request(
+        gateway, receiver[0], body, lambda s: bool(by_name(s, "chat m-d"))
+    )
+    assert response.status_code == 200, response.text
+    (chat,) = by_name(spans, "chat m-d")
+    assert chat["attributes"]["gen_ai.request.model"] == "m-d"
+    assert chat["attributes"]["gen_ai.response.model"] == "m-d-2024-07-18"
 
 
 def test_a_fallback_shows_both_attempts(

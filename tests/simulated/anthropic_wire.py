@@ -11,7 +11,15 @@ from __future__ import annotations
 from typing import Any
 
 from tests.simulated.framing import SSE, Call, Rendered, json_reply, sse_frame
-from tests.simulated.replies import Prompt, Reply, ToolSpec, content_texts, plan_reply, split_even
+from tests.simulated.replies import (
+    Prompt,
+    Reply,
+    ToolSpec,
+    as_reported,
+    content_texts,
+    plan_reply,
+    split_even,
+)
 from tests.simulated.scenario import Usage
 
 MODELS = ("claude-sonnet-4-6", "claude-haiku-4-5")
@@ -94,6 +102,7 @@ def messages(call: Call) -> Rendered:
             return error(400, f"{name}: Field required")
     prompt = decode_messages(body)
     reply = plan_reply(prompt, call.scenario)
+    prompt = as_reported(prompt, call.scenario)
     message_id = f"msg_sim{call.seq:020d}"
     if prompt.stream:
         return Rendered(

@@ -18,6 +18,7 @@ from tests.simulated.replies import (
     Prompt,
     Reply,
     ToolSpec,
+    as_reported,
     count_words,
     embedding_vector,
     plan_reply,
@@ -112,6 +113,7 @@ def generate(call: Call, model: str, stream: bool) -> Rendered:
         return error(400, "* GenerateContentRequest.contents: contents is not specified")
     prompt = decode_generate(body, model, stream)
     reply = plan_reply(prompt, call.scenario)
+    prompt = as_reported(prompt, call.scenario)
     response_id = f"sim{call.seq}"
     if not stream:
         parts = _text_parts(reply.text) if not reply.tool_calls else _call_parts(reply)

@@ -15,6 +15,7 @@ from tests.simulated.replies import (
     Prompt,
     Reply,
     ToolSpec,
+    as_reported,
     count_words,
     embedding_vector,
     plan_reply,
@@ -79,6 +80,7 @@ def chat(call: Call) -> Rendered:
         return error(400, "model is required")
     prompt = decode_chat(body)
     reply = plan_reply(prompt, call.scenario)
+    prompt = as_reported(prompt, call.scenario)
     message: dict[str, Any] = {"role": "assistant", "content": reply.text}
     if reply.tool_calls:
         message["tool_calls"] = _tool_calls(reply)

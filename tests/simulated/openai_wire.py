@@ -16,6 +16,7 @@ from tests.simulated.replies import (
     Prompt,
     Reply,
     ToolSpec,
+    as_reported,
     content_texts,
     count_words,
     embedding_vector,
@@ -97,6 +98,7 @@ def chat(call: Call, azure: bool) -> Rendered:
         return error(400, "you must provide a model parameter", azure)
     prompt = decode_chat(body, "azure" if azure else "openai", model)
     reply = plan_reply(prompt, call.scenario)
+    prompt = as_reported(prompt, call.scenario)
     response_id = f"chatcmpl-sim{call.seq}"
     if prompt.stream:
         return Rendered(

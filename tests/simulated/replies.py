@@ -7,6 +7,7 @@ from the prompt. No HTTP, no wire format here.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import struct
@@ -68,6 +69,12 @@ def split_even(text: str, parts: int) -> tuple[str, ...]:
     parts = max(1, min(parts, len(text)))
     size = len(text)
     return tuple(text[i * size // parts : (i + 1) * size // parts] for i in range(parts))
+
+
+def as_reported(prompt: Prompt, scenario: Scenario) -> Prompt:
+    """The prompt whose `model` is what the reply reports: `gpt-4o-mini-2024-07-18`
+    for `gpt-4o-mini` when the scenario sets a model version, as real providers do."""
+    return dataclasses.replace(prompt, model=prompt.model + scenario.model_version)
 
 
 def plan_reply(prompt: Prompt, scenario: Scenario) -> Reply:

@@ -101,6 +101,7 @@ class Scenario:
     parallel_tool_calls: bool = False  # answer tool requests with two calls
     require_auth: bool = True  # 401 in the provider's shape when the key is missing
     embedding_dim: int = 8  # default embedding size when the request names none
+    model_version: str = ""  # appended to the model a reply reports (real ones: a date)
 
     def update(self, **values: Any) -> None:
         known = {f.name for f in dataclasses.fields(self)}

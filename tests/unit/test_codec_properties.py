@@ -2,7 +2,9 @@
 
 Arbitrary JSON, and real request/response vectors with random mutations, go into every
 decoder. Each must return a value or raise `ir.GatewayError` — never another exception
-(which the processor would turn into a 500 without a useful message).
+(which the processor would turn into a 500 without a useful message). Client bodies also
+go through the router phase's own entry (`client.*`: the nesting guard, then the codec),
+with deep nesting in the free-form fields a typed decoder cannot bound.
 """
 
 from __future__ import annotations
@@ -17,13 +19,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from extproc import ir
+from extproc.client_apis import classify
 from extproc.formats import (
     anthropic_messages,
     gemini_generate,
+    json_nesting,
     ollama_chat,
     openai_chat,
     smart_api,
 )
+from extproc.router_phase import decode_client_body
 
 VECTORS = Path(__file__).parent.parent / "vectors"
 CODECS = {
@@ -82,6 +87,23 @@ def stream_decode(codec: Any) -> Callable[[bytes], Any]:
 
 
 DECODERS.update({f"{n}.StreamDecoder": stream_decode(c) for n, c in CODECS.items()})
+
+CLIENT_PATHS = {
+    "openai": "/v1/chat/completions",
+    "anthropic": "/v1/messages",
+    "gemini": "/v1beta/models/m:generateContent",
+    "ollama": "/api/chat",
+    "smart": "/api/smart",
+}
+
+
+def client_decoder(path: str) -> Callable[[bytes], Any]:
+    endpoint = classify("POST", path)
+    assert endpoint is not None
+    return lambda body: decode_client_body(endpoint, body, default_model="m")
+
+
+DECODERS.update({f"client.{d}": client_decoder(p) for d, p in CLIENT_PATHS.items()})
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -125,3 +147,86 @@ def test_mutated_real_bodies_give_a_result_or_a_clean_error(
         position = cut % len(body)
         body[position] = flip  # one byte changed: broken JSON, or JSON of another shape
     clean_or_gateway_error(DECODERS[name], bytes(body))
+
+
+HI = [{"role": "user", "content": "hi"}]
+OPENAI_TOOL = {"type": "function", "function": {"name": "f", "parameters": "DEEP"}}
+# Per client dialect, bodies with "DEEP" where free-form JSON is allowed.
+FREE_FORM: dict[str, list[Any]] = {
+    "openai": [
+        {"model": "m", "messages": HI, "tools": [OPENAI_TOOL]},
+        {"model": "m", "messages": HI, "unknown_field": "DEEP"},
+        {
+            "model": "m",
+            "messages": HI,
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "s", "schema": "DEEP"},
+            },
+        },
+    ],
+    "anthropic": [
+        {
+            "model": "m",
+            "max_tokens": 5,
+            "messages": HI,
+            "tools": [{"name": "f", "input_schema": "DEEP"}],
+        },
+        {"model": "m", "max_tokens": 5, "messages": HI, "metadata": "DEEP", "unknown": "DEEP"},
+    ],
+    "gemini": [
+        {
+            "contents": [{"parts": [{"text": "hi"}]}],
+            "tools": [{"functionDeclarations": [{"name": "f", "parameters": "DEEP"}]}],
+        },
+        {"contents": [{"parts": [{"text": "hi"}]}], "generationConfig": {"responseSchema": "DEEP"}},
+        {"contents": [{"parts": [{"text": "hi"}]}], "unknownField": "DEEP"},
+    ],
+    "ollama": [
+        {"model": "m", "messages": HI, "tools": [OPENAI_TOOL]},
+        {"model": "m", "messages": HI, "format": "DEEP", "unknown": "DEEP"},
+    ],
+    "smart": [{"prompt": "hi", "unknown": "DEEP"}],
+}
+
+
+def nested(depth: int, pattern: bytes) -> str:
+    """JSON nesting `depth` levels deep, arrays and objects mixed by `pattern`'s bits."""
+    arrays = [pattern[i % len(pattern)] >> (i % 8) & 1 == 1 for i in range(depth)]
+    opening = "".join("[" if a else '{"k":' for a in arrays)
+    return opening + "1" + "".join("]" if a else "}" for a in reversed(arrays))
+
+
+def deep_bodies(depth: int = 3000) -> list[bytes]:
+    """Every free-form template nested `depth` deep (also seeds for bench/fuzz_codecs)."""
+    deep = nested(depth, b"\x5a")
+    return [json.dumps(t).replace('"DEEP"', deep).encode() for ts in FREE_FORM.values() for t in ts]
+
+
+@SETTINGS
+@given(
+    dialect=st.sampled_from(sorted(FREE_FORM)),
+    which=st.integers(min_value=0),
+    depth=st.integers(min_value=1, max_value=5000),
+    pattern=st.binary(min_size=1, max_size=8),
+)
+def test_deep_nesting_in_free_form_fields_is_a_clean_400(
+    dialect: str, which: int, depth: int, pattern: bytes
+) -> None:
+    templates = FREE_FORM[dialect]
+    template = json.dumps(templates[which % len(templates)])
+    body = template.replace('"DEEP"', nested(depth, pattern)).encode()
+    decode = DECODERS[f"client.{dialect}"]
+    if json_nesting.depth(body) <= json_nesting.MAX_DEPTH:
+        clean_or_gateway_error(decode, body)
+        return
+    with pytest.raises(ir.GatewayError) as caught:
+        decode(body)
+    assert caught.value.info.http_status == 400
+    assert "nests deeper than" in caught.value.info.message
+
+
+def test_nesting_depth_ignores_brackets_inside_strings() -> None:
+    assert json_nesting.depth(b'{"a": "[[[{{{", "b": ["\\"[", {}]}') == 3
+    assert json_nesting.depth(b"") == 0
+    assert all(json_nesting.depth(body) > json_nesting.MAX_DEPTH for body in deep_bodies())
