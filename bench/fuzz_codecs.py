@@ -8,6 +8,13 @@ is a finding (atheris prints the input and stops that target). The seeds are the
 request/response vectors in tests/vectors, so the fuzzer starts from real shapes, plus
 client bodies nesting deep in free-form fields (tool schemas, unknown fields) for the
 `client.*` targets (the router phase's nesting guard, then the codec).
+
+The `transport.*` targets (tests/transport/fuzz_targets.py) feed the HTTP/2 frame
+reader, the gRPC message reader and a whole lean-server connection over a fake
+transport; they raise only on a finding (a foreign exception, or a crash the
+connection logged), and start from a valid client conversation.
+
+    python -m bench.fuzz_codecs --seconds 60 --only transport.
 """
 
 from __future__ import annotations
@@ -22,19 +29,28 @@ VECTORS = Path(__file__).resolve().parent.parent / "tests" / "vectors"
 
 
 def targets() -> dict[str, object]:
+    from tests.transport.fuzz_targets import targets as transport_targets
     from tests.unit.test_codec_properties import DECODERS
 
-    return DECODERS
+    return {**DECODERS, **transport_targets()}
 
 
-def seed_corpus(directory: Path) -> None:
-    from tests.unit.test_codec_properties import deep_bodies, vector_bodies
+def seed_corpus(directory: Path, name: str) -> None:
+    if name.startswith("transport."):  # HTTP/2 frames and gRPC messages, not JSON bodies
+        from tests.transport.fuzz_targets import seeds
 
-    for index, body in enumerate([*vector_bodies(), *deep_bodies(depth=900)]):
+        bodies = seeds()
+    else:
+        from tests.unit.test_codec_properties import deep_bodies, vector_bodies
+
+        bodies = [*vector_bodies(), *deep_bodies(depth=900)]
+    for index, body in enumerate(bodies):
         (directory / f"seed-{index}").write_bytes(body)
 
 
 def fuzz_one(name: str, seconds: int) -> None:
+    import asyncio  # noqa: F401 - imported before instrumenting: the connection target's loop is not under test
+
     import atheris
 
     with atheris.instrument_imports():
@@ -49,7 +65,7 @@ def fuzz_one(name: str, seconds: int) -> None:
             pass
 
     corpus = Path(tempfile.mkdtemp(prefix=f"fuzz-{name}-"))
-    seed_corpus(corpus)
+    seed_corpus(corpus, name)
     atheris.Setup(
         [sys.argv[0], f"-max_total_time={seconds}", "-max_len=4096", str(corpus)], test_one_input
     )
