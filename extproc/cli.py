@@ -122,7 +122,7 @@ def _serve(args: argparse.Namespace, cfg: config.Config) -> int:
 
 
 def _serve_problem(cfg: config.Config, port: int, count: int) -> str | None:
-    """Why this ext_proc can never start: a port it binds is taken.
+    """Why this ext_proc can never start: a port it binds is taken, or the store is unusable.
 
     Workers share the admin port (SO_REUSEPORT), so only their supervisor checks it.
     grpcio binds a taken port silently (with SO_REUSEPORT it even shares another
@@ -130,7 +130,13 @@ def _serve_problem(cfg: config.Config, port: int, count: int) -> str | None:
     """
     wanted = _extproc_ports(cfg, port, count)
     problems = children.port_problems(wanted if count > 1 else wanted[:1])
-    return "; ".join(problems) if problems else None
+    if problems:
+        return "; ".join(problems)
+    if cfg.store.url is None:
+        return None
+    from extproc import store
+
+    return asyncio.run(store.unusable(cfg.store.url, cfg.store.timeout_ms / 1000))
 
 
 def _extproc_ports(cfg: config.Config, port: int, count: int) -> list[tuple[str, int, str]]:

@@ -1,8 +1,8 @@
 """Starting `llmux up` and the ext_proc when something is in the way.
 
-A taken port is said in one line and ends the start, before anything runs (no
-restart loop). A second gateway on the same ports never reports the first one's
-Envoy as its own, nor drains it.
+A taken port or an unusable store is said in one line and ends the start, before
+anything runs (no restart loop, no "did not listen in 20 s"). A second gateway on
+the same ports never reports the first one's Envoy as its own, nor drains it.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import yaml
 
 from extproc import children, envoy_config
 from tests.faults.kit import ROOT, Up, alive, descendants, up_config
-from tests.harness import Gateway
+from tests.harness import Gateway, Valkey
 from tests.simulated import SimulatedProviders
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
@@ -171,3 +171,24 @@ def test_an_ext_proc_whose_admin_port_is_taken_says_so_once(
     assert result.returncode == children.FATAL_EXIT
     (line,) = result.stderr.splitlines()
     assert "cannot start" in line and "address already in use" in line
+
+
+@pytest.mark.parametrize(
+    ("store_url", "reason"),
+    [
+        ("valkey://127.0.0.1:1/0", "store.url is not a Redis URL"),
+        ("{valkey}/99", "DB index is out of range"),
+    ],
+    ids=["scheme", "database"],
+)
+def test_up_says_why_the_store_cannot_be_used(
+    tmp_path: Path, sim: SimulatedProviders, valkey: Valkey, store_url: str, reason: str
+) -> None:
+    url = store_url.format(valkey=valkey.url.rsplit("/", 1)[0])
+    config = up_config(sim, store={"url": url})
+    config["extproc"]["workers"] = 2
+    result = llmux(tmp_path, "up", config)
+    assert result.returncode != 0
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("llmux:")]
+    assert reason in line and "ext_proc cannot start" in line, result.stderr
+    assert "within" not in line  # not "did not listen within 20s"
