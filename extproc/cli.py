@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,7 +46,13 @@ def main(argv: list[str] | None = None) -> int:
                 "rewritten on reload",
             )
         if name == "up":
-            sub.add_argument("--log-dir", help="where child logs go (default: a temp dir)")
+            sub.add_argument(
+                "--log-dir",
+                help="where child logs go, kept (default: a temp dir, removed on a clean exit)",
+            )
+            sub.add_argument(
+                "--keep-logs", action="store_true", help="keep the temp log dir on a clean exit"
+            )
     cli_keys.add_parser(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -154,7 +161,7 @@ def _worker_port_name(cfg: config.Config, port: int) -> str:
 
 
 def _up(args: argparse.Namespace, cfg: config.Config) -> int:
-    """Check every port first, then run until a signal or a child's exit."""
+    """Check every port first, run until a signal or a child's exit; tidy the logs."""
     wanted = [
         (cfg.listen.address, cfg.listen.port, "listen.port"),
         ("127.0.0.1", cfg.admin.port, "admin.port"),
@@ -167,7 +174,10 @@ def _up(args: argparse.Namespace, cfg: config.Config) -> int:
         return 1
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="llmux-"))
     log_dir.mkdir(parents=True, exist_ok=True)
-    return _run(args, cfg, log_dir)
+    code = _run(args, cfg, log_dir)
+    if code == 0 and not (args.log_dir or args.keep_logs):
+        shutil.rmtree(log_dir, ignore_errors=True)
+    return code
 
 
 def _run(args: argparse.Namespace, cfg: config.Config, log_dir: Path) -> int:

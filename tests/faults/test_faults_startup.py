@@ -2,7 +2,8 @@
 
 A taken port or an unusable store is said in one line and ends the start, before
 anything runs (no restart loop, no "did not listen in 20 s"). A second gateway on
-the same ports never reports the first one's Envoy as its own, nor drains it.
+the same ports never reports the first one's Envoy as its own, nor drains it. A
+clean exit leaves no log folder behind unless asked to.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import pytest
 import yaml
 
 from extproc import children, envoy_config
-from tests.faults.kit import ROOT, Up, alive, descendants, up_config
+from tests.faults.kit import ROOT, Up, alive, descendants, up_config, wait_until
 from tests.harness import Gateway, Valkey
 from tests.simulated import SimulatedProviders
 
@@ -192,3 +193,29 @@ def test_up_says_why_the_store_cannot_be_used(
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("llmux:")]
     assert reason in line and "ext_proc cannot start" in line, result.stderr
     assert "within" not in line  # not "did not listen within 20s"
+
+
+@pytest.mark.parametrize(
+    ("args", "kept"),
+    [((), False), (("--keep-logs",), True), (("--log-dir", "{tmp}/mine"), True)],
+    ids=["default", "keep-logs", "log-dir"],
+)
+def test_a_clean_exit_removes_the_run_folder_unless_asked_to_keep_it(
+    tmp_path: Path, sim: SimulatedProviders, args: tuple[str, ...], kept: bool
+) -> None:
+    server = Up(
+        tmp_path,
+        up_config(sim),
+        *(a.format(tmp=tmp_path) for a in args),
+        env={"TMPDIR": str(tmp_path)},
+    )
+    try:
+        server.wait_listening()
+        folder = Path(server.output.rsplit("(logs: ", 1)[1].split(")")[0])
+        assert folder.is_dir() and (folder / "envoy.log").exists()
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(20) == 0
+        wait_until(lambda: not any(alive(pid) for pid in server.children), timeout=5)
+        assert folder.exists() == kept
+    finally:
+        server.kill_everything()
