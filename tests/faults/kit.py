@@ -19,7 +19,7 @@ import httpx
 import redis
 import yaml
 
-from extproc.children import free_port
+from extproc.children import free_port, free_port_range
 from tests.harness import Gateway, provider_config
 from tests.simulated import SimulatedProviders
 
@@ -289,12 +289,13 @@ def alive(pid: int) -> bool:
     return stat[stat.rindex(b")") + 2 :].split()[0] != b"Z"
 
 
-def up_config(sim: SimulatedProviders, **sections: Any) -> dict[str, Any]:
+def up_config(sim: SimulatedProviders, workers: int = 1, **sections: Any) -> dict[str, Any]:
     """A one-model config for `llmux up`, on free ports, with sections replaced."""
+    extproc = {"port": free_port_range(workers), "admin_port": free_port(), "workers": workers}
     config: dict[str, Any] = {
         "listen": {"address": "127.0.0.1", "port": free_port()},
         "admin": {"port": free_port()},
-        "extproc": {"port": free_port(), "admin_port": free_port(), "workers": 1},
+        "extproc": extproc,
         "providers": [
             {"name": "oa", "type": "openai", "base_url": sim.base_url, "api_key": "sk-oa"}
         ],

@@ -88,8 +88,7 @@ def fatal_lines(text: str) -> list[str]:
 def test_up_names_a_taken_port_and_starts_nothing(
     tmp_path: Path, sim: SimulatedProviders, name: str
 ) -> None:
-    config = up_config(sim, extproc={"port": children.free_port_range(2), "workers": 2})
-    config["extproc"]["admin_port"] = children.free_port()
+    config = up_config(sim, workers=2)
     section, _, field = name.partition(".")
     port = config[section][field.split()[0]] + (1 if name.endswith("+ 1") else 0)
     with listening(port):
@@ -129,7 +128,7 @@ def test_a_worker_that_cannot_bind_is_fatal_not_restarted(
     sim: SimulatedProviders, gateway_factory: Callable[..., Gateway]
 ) -> None:
     """A restarted worker finds its port taken by another program: the supervisor stops."""
-    gateway = gateway_factory(up_config(sim, extproc={"workers": 2}))
+    gateway = gateway_factory(up_config(sim, workers=2))
     supervisor = gateway.procs[0]
     second_port = gateway.config.extproc.ports[1]
     (worker,) = [
@@ -186,8 +185,7 @@ def test_up_says_why_the_store_cannot_be_used(
     tmp_path: Path, sim: SimulatedProviders, valkey: Valkey, store_url: str, reason: str
 ) -> None:
     url = store_url.format(valkey=valkey.url.rsplit("/", 1)[0])
-    config = up_config(sim, store={"url": url})
-    config["extproc"]["workers"] = 2
+    config = up_config(sim, workers=2, store={"url": url})
     result = llmux(tmp_path, "up", config)
     assert result.returncode != 0
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("llmux:")]
