@@ -25,6 +25,7 @@ from pathlib import Path
 
 FATAL_EXIT = 78  # EX_CONFIG: a child that can never start; supervisors must not restart it
 _FATAL_PREFIX = "llmux: cannot start: "
+_START_MARK = "----- llmux: child started "
 
 
 class ChildError(Exception):
@@ -38,13 +39,15 @@ def fatal(reason: str) -> int:
 
 
 def fatal_reason(log: Path) -> str | None:
-    """The last reason a child gave in its log for not starting: a line of `fatal`, or
-    the error of an Envoy `[critical]` line (`cannot bind '127.0.0.1:9901': ...`)."""
+    """The reason a child gave in its log, since its start, for not starting: a line of
+    `fatal`, or the error of an Envoy `[critical]` line (`cannot bind '...': ...`)."""
     try:
         lines = log.read_text(errors="replace").splitlines()
     except OSError:
         return None
     for line in reversed(lines):
+        if line.startswith(_START_MARK):
+            return None
         if line.startswith(_FATAL_PREFIX):
             return line.removeprefix(_FATAL_PREFIX)
         if "][critical][" in line:
@@ -150,6 +153,7 @@ def _wait_until(
     log: Path | None,
     late: str,
 ) -> None:
+    """Poll `ready`; raise (and stop the child) when it exits first or `timeout` passes."""
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
@@ -291,6 +295,9 @@ def _spawn(
     args: list[str], log: Path, env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
     with log.open("ab") as handle:  # the child keeps its own copy of the descriptor
+        # Logs are appended to: this line tells this start's output from earlier ones'.
+        handle.write(f"{_START_MARK}{time.strftime('%Y-%m-%d %H:%M:%S')} -----\n".encode())
+        handle.flush()
         return subprocess.Popen(
             args, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
