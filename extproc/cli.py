@@ -7,13 +7,13 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import cast
 
 from extproc import children, cli_keys, config, envoy_config
 from extproc.xds import XdsPublisher
@@ -46,7 +46,13 @@ def main(argv: list[str] | None = None) -> int:
                 "rewritten on reload",
             )
         if name == "up":
-            sub.add_argument("--log-dir", help="where child logs go (default: a temp dir)")
+            sub.add_argument(
+                "--log-dir",
+                help="where child logs go, kept (default: a temp dir, removed on a clean exit)",
+            )
+            sub.add_argument(
+                "--keep-logs", action="store_true", help="keep the temp log dir on a clean exit"
+            )
     cli_keys.add_parser(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -98,24 +104,84 @@ def _serve(args: argparse.Namespace, cfg: config.Config) -> int:
     from extproc import reload, server, telemetry, workers
 
     count = args.workers or len(cfg.extproc.ports)
+    port = args.port or cfg.extproc.port
     reloading = reload.Reloading(args.config, args.xds_dir, args.watch_interval)
     telemetry.configure_logging()
+    problem = _serve_problem(cfg, port, count)
+    if problem is not None:
+        return children.fatal(problem)
     if count > 1:
-        return workers.run(cfg, args.port or cfg.extproc.port, count, reloading)
+        return workers.run(cfg, port, count, reloading)
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(server.serve(cfg, port=args.port, reloading=reloading))
+    try:
+        asyncio.run(server.serve(cfg, port=port, reloading=reloading))
+    except OSError as exc:  # a port taken since the check: the supervisor must not retry
+        children.fatal(f"ext_proc: {exc.strerror or exc}")
+        # Now, not at interpreter exit: the half-started gRPC server's finalizer needs
+        # the event loop asyncio.run closed, and would print a traceback after the reason.
+        os._exit(children.FATAL_EXIT)
     return 0
 
 
+def _serve_problem(cfg: config.Config, port: int, count: int) -> str | None:
+    """Why this ext_proc can never start: a port it binds is taken, or the store is unusable.
+
+    Workers share the admin port (SO_REUSEPORT), so only their supervisor checks it.
+    grpcio binds a taken port silently (with SO_REUSEPORT it even shares another
+    server's), hence the check before serving.
+    """
+    wanted = _extproc_ports(cfg, port, count)
+    problems = children.port_problems(wanted if count > 1 else wanted[:1])
+    if problems:
+        return "; ".join(problems)
+    if cfg.store.url is None:
+        return None
+    from extproc import store
+
+    return asyncio.run(store.unusable(cfg.store.url, cfg.store.timeout_ms / 1000))
+
+
+def _extproc_ports(cfg: config.Config, port: int, count: int) -> list[tuple[str, int, str]]:
+    """(address, port, name) of the ext_proc's gRPC ports, then of its admin port."""
+    address = cfg.extproc.address
+    wanted = [(address, p, _worker_port_name(cfg, p)) for p in range(port, port + count)]
+    return [*wanted, (address, cfg.extproc.admin_port, "extproc.admin_port")]
+
+
+def _worker_port_name(cfg: config.Config, port: int) -> str:
+    offset = port - cfg.extproc.port
+    if offset == 0:
+        return "extproc.port"
+    return f"extproc.port + {offset}" if 0 < offset < len(cfg.extproc.ports) else "--port"
+
+
 def _up(args: argparse.Namespace, cfg: config.Config) -> int:
+    """Check every port first, run until a signal or a child's exit; tidy the logs."""
+    wanted = [
+        (cfg.listen.address, cfg.listen.port, "listen.port"),
+        ("127.0.0.1", cfg.admin.port, "admin.port"),
+        *_extproc_ports(cfg, cfg.extproc.port, len(cfg.extproc.ports)),
+    ]
+    problems = children.port_problems(wanted)
+    for problem in problems:
+        print(f"llmux: {problem}", file=sys.stderr)
+    if problems:
+        return 1
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="llmux-"))
     log_dir.mkdir(parents=True, exist_ok=True)
-    procs: list[subprocess.Popen[bytes]] = []
+    code = _run(args, cfg, log_dir)
+    if code == 0 and not (args.log_dir or args.keep_logs):
+        shutil.rmtree(log_dir, ignore_errors=True)
+    return code
+
+
+def _run(args: argparse.Namespace, cfg: config.Config, log_dir: Path) -> int:
+    procs: dict[str, subprocess.Popen[bytes]] = {}  # by name, as their logs are named
     stopping = False
 
     def request_stop(signum: int, frame: object) -> None:
@@ -128,7 +194,7 @@ def _up(args: argparse.Namespace, cfg: config.Config) -> int:
         env = dict(os.environ)
         if cfg.store.url is None:
             port = children.free_port()
-            procs.append(children.start_valkey(port, log_dir / "valkey.log"))
+            procs["valkey"] = children.start_valkey(port, log_dir / "valkey.log")
             env["LLMUX_STORE_URL"] = f"redis://127.0.0.1:{port}/0"
         # The ext_proc watches the config file and republishes Envoy's model clusters
         # and routes here on a change; `llmux up` passes its SIGHUP on.
@@ -137,20 +203,24 @@ def _up(args: argparse.Namespace, cfg: config.Config) -> int:
         extproc = children.start_extproc(
             args.config, cfg.extproc.ports, log_dir / "extproc.log", env, xds_dir=xds_dir
         )
-        procs.append(extproc)
+        procs["extproc"] = extproc
         signal.signal(signal.SIGHUP, lambda signum, frame: extproc.send_signal(signal.SIGHUP))
         bootstrap = log_dir / "envoy.json"
         bootstrap.write_text(json.dumps(envoy_config.bootstrap(cfg, xds_dir=xds_dir)))
-        procs.append(children.start_envoy(bootstrap, cfg.listen.port, log_dir / "envoy.log"))
+        procs["envoy"] = children.start_envoy(
+            bootstrap, cfg.listen.port, log_dir / "envoy.log", admin_port=cfg.admin.port
+        )
         print(
             f"llmux listening on http://{cfg.listen.address}:{cfg.listen.port} (logs: {log_dir})",
             flush=True,
         )
         while not stopping:
-            for proc in procs:
+            for name, proc in procs.items():
                 if proc.poll() is not None:
+                    reason = children.fatal_reason(log_dir / f"{name}.log")
+                    because = f" ({reason})" if reason else ""
                     print(
-                        f"llmux: {cast('list[str]', proc.args)[0]} exited with code {proc.returncode}; see {log_dir}",
+                        f"llmux: {name} exited with code {proc.returncode}{because}; see {log_dir}",
                         file=sys.stderr,
                     )
                     return 1
@@ -160,8 +230,10 @@ def _up(args: argparse.Namespace, cfg: config.Config) -> int:
         print(f"llmux: {exc}; see {log_dir}", file=sys.stderr)
         return 1
     finally:
-        # Drain: Envoy stops accepting, in-flight streams finish (their ext_proc is still
-        # up), then Envoy, the ext_proc and Valkey stop, in that order.
-        if any(p.poll() is None for p in procs):
+        # Drain: our Envoy (only ours: never what else answers on its admin port) stops
+        # accepting, in-flight streams finish (their ext_proc is still up), then Envoy,
+        # the ext_proc and Valkey stop, in that order.
+        envoy = procs.get("envoy")
+        if envoy is not None and envoy.poll() is None:
             children.drain_envoy(cfg.admin.port, timeout=30)
-        children.stop_all(procs)
+        children.stop_all(list(procs.values()))

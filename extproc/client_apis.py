@@ -75,11 +75,18 @@ def classify(method: str, path: str) -> Endpoint | None:
     return Endpoint("gemini", operation, match.group("model"), stream, batch)
 
 
+def allowed_methods(path: str) -> list[str]:
+    """The methods a known endpoint path takes (empty when the path is not ours)."""
+    bare = path.split("?", 1)[0]
+    methods = sorted(method for method, known in _EXACT if known == bare)
+    return methods or (["POST"] if _GEMINI.match(bare) else [])
+
+
 def dialect_for_path(path: str) -> Dialect:
     """Best guess of the client's dialect for an unknown path, for the error shape."""
     if path.startswith("/api/"):
         return "ollama"
-    if path.startswith("/v1beta/") or ":generateContent" in path:
+    if path.startswith("/v1beta/") or ":generateContent" in path or _GEMINI.match(path):
         return "gemini"
     if path.startswith("/v1/messages"):
         return "anthropic"

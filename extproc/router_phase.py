@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from extproc import cache, envelope, ir, keys, providers, routing
-from extproc.client_apis import Endpoint, classify, dialect_for_path
+from extproc.client_apis import Endpoint, allowed_methods, classify, dialect_for_path
 from extproc.envoy_config import CLUSTER_HEADER
 from extproc.formats import json_nesting, ollama_chat, smart_api
 from extproc.processor import (
@@ -71,7 +71,7 @@ class RouterStream:
         self.endpoint = endpoint = classify(method, path)
         if endpoint is None:
             self.dialect = dialect_for_path(path)
-            return self.fail("not_found", f"no such endpoint: {method} {path.split('?')[0]}")
+            return self.unknown_endpoint(method, path.split("?")[0])
         self.dialect = endpoint.dialect
         if self.context.config.auth.required:
             refused = await self.authenticate(headers, path)
@@ -400,6 +400,16 @@ class RouterStream:
             duration_ms=round((time.perf_counter() - self.started) * 1000, 3),
             key_id=self.key.id if self.key is not None else None,
         )
+
+    def unknown_endpoint(self, method: str, path: str) -> Respond:
+        """404 for a path that is not ours; 405 with `allow` for a known path's wrong method."""
+        allowed = ", ".join(allowed_methods(path))
+        if not allowed:
+            return self.fail("not_found", f"no such endpoint: {method} {path}")
+        message = f"{method} is not allowed on {path}; use {allowed}"
+        info = ir.ErrorInfo(kind="invalid_request", message=message, status=405)
+        reply = error_response(self.dialect, info)
+        return reply._replace(headers=[*reply.headers, ("allow", allowed)])
 
     def fail(self, kind: ir.ErrorKind, message: str) -> Respond:
         return error_response(self.dialect, ir.ErrorInfo(kind=kind, message=message))

@@ -40,7 +40,7 @@ class ModelPlan(NamedTuple):
 
 class Decision(NamedTuple):
     mask: int  # bit i set: target i may serve
-    retry_after_s: int  # when mask == 0
+    retry_after_s: int | None  # when rate limited: seconds until quota or cooldown frees one
     rate_limited: bool  # when mask == 0: quota/429 (-> 429) rather than failures (-> 503)
     preferred: dict[str, str]  # provider -> credential name to try first
 
@@ -88,8 +88,7 @@ def decide(
     rate_limited = False
     for index, positions in enumerate(plan.target_credentials):
         if open_ms[index] > 0:
-            retry_ms.append(open_ms[index])
-            continue
+            continue  # our own breaker, not a provider's word: no retry-after for it
         if any(room[p] > 0 for p in positions):
             mask |= 1 << index
             continue
@@ -98,7 +97,7 @@ def decide(
             cooling = states[p].cooldown_ms
             retry_ms.append(cooling if cooling > 0 else window_left_s * 1000)
     preferred = prefer_credentials(plan, room, rng)
-    retry_after = max(1, -(-min(retry_ms) // 1000)) if retry_ms and not mask else 0
+    retry_after = max(1, -(-min(retry_ms) // 1000)) if retry_ms and not mask else None
     return Decision(mask, retry_after, rate_limited, preferred)
 
 

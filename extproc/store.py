@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple, cast
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
 PREFIX = "llmux"
 WINDOW_S = 60  # quota windows are fixed calendar minutes
@@ -22,6 +22,31 @@ WINDOW_S = 60  # quota windows are fixed calendar minutes
 
 class StoreError(Exception):
     """Redis could not be reached or answered with an error."""
+
+
+async def unusable(url: str, timeout_s: float) -> str | None:
+    """Why the store at `url` can never be used, or None when it works or may work later.
+
+    Never: a URL redis-py does not take, a refused password, a database the server
+    does not have. A refused connection or a timeout may heal (Redis starting after
+    us): `store.on_error` handles those per request. The reason never shows the URL,
+    which may carry a password.
+    """
+    try:
+        client = aioredis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
+    except ValueError as exc:
+        return f"store.url is not a Redis URL redis-py takes ({exc})"
+    try:
+        await client.ping()
+    except (AuthenticationError, ResponseError) as exc:
+        return f"the store refused the connection of store.url: {exc}"
+    except RedisError:
+        return None
+    finally:
+        await client.aclose()
+    return None
 
 
 def credential_tag(provider: str, credential: str) -> str:

@@ -5,8 +5,10 @@ Envoy spreads ext_proc streams over the workers' ports (one endpoint each in the
 streams of one request may land on different workers — and share their Prometheus
 metrics through a multiprocess directory, so any worker's /metrics (the admin port
 is shared with SO_REUSEPORT) shows the sum. A worker that dies is restarted; the
-requests it was serving are the only ones lost. The supervisor also watches the
-config file and tells the workers (SIGHUP) when a new one is in force.
+requests it was serving are the only ones lost. A worker that can never start (it
+exits with FATAL_EXIT, having said why) stops them all: a restart cannot help. The
+supervisor also watches the config file and tells the workers (SIGHUP) when a new
+one is in force.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import tempfile
 import time
 
 from extproc import reload
-from extproc.children import serve_args
+from extproc.children import FATAL_EXIT, serve_args
 from extproc.config import Config
 
 
@@ -50,9 +52,15 @@ def run(config: Config, base_port: int, count: int, reloading: reload.Reloading)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    code = 0
     while not stopping:
         for port, proc in list(procs.items()):
-            if proc.poll() is not None and not stopping:
+            if proc.poll() is None or stopping:
+                continue
+            if proc.returncode == FATAL_EXIT:  # it said why on stderr
+                stop(signal.SIGTERM, None)
+                code = FATAL_EXIT
+            else:
                 print(
                     f"llmux: worker on port {port} exited ({proc.returncode}); restarting",
                     file=sys.stderr,
@@ -65,7 +73,7 @@ def run(config: Config, base_port: int, count: int, reloading: reload.Reloading)
     for proc in procs.values():
         proc.wait()
     shutil.rmtree(metrics_dir, ignore_errors=True)
-    return 0
+    return code
 
 
 def _start(config_path: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:

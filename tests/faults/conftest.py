@@ -7,12 +7,13 @@ Valkey) on loopback ports and stops them itself.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.faults.kit import base_config
+from tests.faults.kit import Up, base_config, up_config
 from tests.harness import Gateway, Valkey
 from tests.simulated import SimulatedProviders
 
@@ -40,3 +41,14 @@ def faults_gateway(
         return gateway_factory(config, store_url=valkey.url, envoy_log_level=envoy_log_level)
 
     return start
+
+
+@pytest.fixture
+def up(tmp_path: Path, sim: SimulatedProviders, transport: str) -> Iterator[Up]:
+    """`llmux up` on a one-model config (kit.up_config), listening; killed afterwards."""
+    server = Up(tmp_path, up_config(sim, transport=transport), "--log-dir", str(tmp_path / "logs"))
+    try:
+        server.wait_listening()
+        yield server
+    finally:
+        server.kill_everything()

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import select
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -12,14 +17,18 @@ from typing import Any, NamedTuple
 
 import httpx
 import redis
+import yaml
 
+from extproc.children import free_port, free_port_range
 from tests.harness import Gateway, provider_config
+from tests.simulated import SimulatedProviders
 
 HUGE = 10**12  # a tpm limit no test reaches: charges are written only for limited credentials
 DIALECTS = ("openai", "anthropic")
 TERMINATOR = {"openai": b"data: [DONE]", "anthropic": b"event: message_stop"}
 IN_BAND_ERROR = {"openai": b'data: {"error"', "anthropic": b"event: error"}
 REQUEST_BOUND_S = 5.0  # under load with faults, no request may take longer than this
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
@@ -259,3 +268,101 @@ def child_processes() -> dict[int, list[int]]:
         fields = stat[stat.rindex(b")") + 2 :].split()
         children.setdefault(int(fields[1]), []).append(int(entry.name))
     return children
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`."""
+    parents = child_processes()
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    return stat[stat.rindex(b")") + 2 :].split()[0] != b"Z"
+
+
+def up_config(
+    sim: SimulatedProviders, workers: int = 1, transport: str = "lean", **sections: Any
+) -> dict[str, Any]:
+    """A one-model config for `llmux up`, on free ports, with sections replaced."""
+    extproc = {
+        "port": free_port_range(workers),
+        "admin_port": free_port(),
+        "workers": workers,
+        "transport": transport,
+    }
+    config: dict[str, Any] = {
+        "listen": {"address": "127.0.0.1", "port": free_port()},
+        "admin": {"port": free_port()},
+        "extproc": extproc,
+        "providers": [
+            {"name": "oa", "type": "openai", "base_url": sim.base_url, "api_key": "sk-oa"}
+        ],
+        "models": [{"name": "gpt", "targets": [{"provider": "oa", "model": "gpt-up"}]}],
+        "timeouts": {"idle_s": 10, "attempt_s": 5},
+    }
+    return {**config, **sections}
+
+
+class Up:
+    """`python -m extproc up ARGS` on `config` (written to workdir), output to read."""
+
+    def __init__(
+        self, workdir: Path, config: dict[str, Any], *args: str, env: dict[str, str] | None = None
+    ) -> None:
+        self.config = config
+        self.port = config["listen"]["port"]
+        path = self.config_path = workdir / "llmux.yaml"
+        path.write_text(yaml.safe_dump(config))
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "extproc", "up", "--config", str(path), *args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
+        self.children: list[int] = []
+        self.output = ""
+
+    def wait_listening(self, timeout: float = 40) -> None:
+        if b"llmux listening on" not in self.read_until(b"llmux listening on", timeout):
+            raise AssertionError(f"llmux up did not start: {self.output}")
+        self.children = descendants(self.proc.pid)
+
+    def read_until(self, needle: bytes, timeout: float) -> bytes:
+        """Output lines up to the one holding `needle` (or up to exit or the timeout)."""
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        output = b""
+        while time.monotonic() < deadline and needle not in output:
+            ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
+            if ready:
+                line = self.proc.stdout.readline()
+                output += line
+                if not line and self.proc.poll() is not None:
+                    break
+            elif self.proc.poll() is not None:
+                output += self.proc.stdout.read()
+                break
+        self.output += output.decode(errors="replace")
+        return output
+
+    def kill_everything(self) -> None:
+        for pid in [*descendants(self.proc.pid), *self.children]:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()

@@ -5,114 +5,22 @@ the ext_proc, the embedded Valkey) exits. SIGHUP: the config is reloaded, nothin
 
 from __future__ import annotations
 
-import os
-import select
 import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import yaml
 
-from extproc.children import free_port
-from tests.faults.kit import chat_request, child_processes, is_complete_stream
+from tests.faults.kit import Up, alive, chat_request, is_complete_stream
 from tests.harness import BOTH_TRANSPORTS
 from tests.simulated import SimulatedProviders
 
 TRANSPORTS = BOTH_TRANSPORTS  # the lean transport and the grpcio reference
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
-ROOT = Path(__file__).resolve().parents[2]
 DRAIN_BOUND_S = 20.0  # `llmux up` must have exited this long after SIGTERM
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid`."""
-    parents = child_processes()
-    found, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return False
-    return stat[stat.rindex(b")") + 2 :].split()[0] != b"Z"
-
-
-class Up:
-    """`python -m extproc up` on ports picked here, with its stdout to read."""
-
-    def __init__(self, workdir: Path, sim: SimulatedProviders) -> None:
-        self.port = free_port()
-        config: dict[str, Any] = {
-            "listen": {"address": "127.0.0.1", "port": self.port},
-            "admin": {"port": free_port()},
-            "extproc": {"port": free_port(), "admin_port": free_port(), "workers": 1},
-            "providers": [
-                {"name": "oa", "type": "openai", "base_url": sim.base_url, "api_key": "sk-oa"}
-            ],
-            "models": [{"name": "gpt", "targets": [{"provider": "oa", "model": "gpt-up"}]}],
-            "timeouts": {"idle_s": 10, "attempt_s": 5},
-        }
-        path = self.config_path = workdir / "llmux.yaml"
-        path.write_text(yaml.safe_dump(config))
-        self.url = f"http://127.0.0.1:{self.port}"
-        args = ["up", "--config", str(path), "--log-dir", str(workdir / "logs")]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "extproc", *args],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.children: list[int] = []
-
-    def wait_listening(self, timeout: float = 40) -> None:
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        output = b""
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
-            if ready:
-                line = self.proc.stdout.readline()
-                output += line
-                if b"llmux listening on" in line:
-                    self.children = descendants(self.proc.pid)
-                    return
-            if self.proc.poll() is not None:
-                break
-        raise AssertionError(f"llmux up did not start: {output.decode(errors='replace')}")
-
-    def kill_everything(self) -> None:
-        for pid in [*descendants(self.proc.pid), *self.children]:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-
-@pytest.fixture
-def up(tmp_path: Path, sim: SimulatedProviders) -> Iterator[Up]:
-    server = Up(tmp_path, sim)
-    try:
-        server.wait_listening()
-        yield server
-    finally:
-        server.kill_everything()
 
 
 @pytest.mark.timeout(60)

@@ -199,3 +199,27 @@ def test_unknown_endpoint_is_404(gateway: Gateway) -> None:
     response = httpx.get(f"{gateway.url}/v1/nothing-here")
     assert response.status_code == 404
     assert response.json()["error"]["type"] == "not_found_error"
+
+
+# The method is wrong, the path is known: each client's own error shape, with `allow`.
+WRONG_METHOD = [
+    ("GET", "/v1/chat/completions", "POST", ["error", "type"], "invalid_request_error"),
+    ("GET", "/v1/embeddings?x=1", "POST", ["error", "type"], "invalid_request_error"),
+    ("POST", "/v1/models", "GET", ["error", "type"], "invalid_request_error"),
+    ("GET", "/v1/messages", "POST", ["error", "type"], "invalid_request_error"),
+    ("GET", "/v1beta/models/m:generateContent", "POST", ["error", "status"], "INVALID_ARGUMENT"),
+    ("GET", "/api/chat", "POST", [], None),  # Ollama: {"error": "<message>"}
+]
+
+
+@pytest.mark.parametrize(("method", "path", "allow", "field", "expected"), WRONG_METHOD)
+def test_a_known_endpoint_with_the_wrong_method_is_405_in_the_clients_format(
+    gateway: Gateway, method: str, path: str, allow: str, field: list[str], expected: str | None
+) -> None:
+    response = httpx.request(method, f"{gateway.url}{path}")
+    assert response.status_code == 405, response.text
+    assert response.headers["allow"] == allow
+    body = response.json()
+    for name in field:
+        body = body[name]
+    assert body == expected if expected else "not allowed" in body["error"]

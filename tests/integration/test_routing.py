@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import openai
 import pytest
 import redis
 
@@ -102,6 +103,7 @@ def routing_config(sim: SimulatedProviders) -> dict[str, Any]:
                 ],
             },
             {"name": "pooled", "targets": [{"provider": "pool", "model": "gpt-pool"}]},
+            {"name": "dead-single", "targets": [{"provider": "dead", "model": "gpt-dead"}]},
             {"name": "limited", "targets": [{"provider": "solo", "model": "gpt-solo"}]},
         ],
         "timeouts": {"connect_ms": 1000, "attempt_s": 1, "idle_s": 5},
@@ -166,6 +168,25 @@ def test_retry_after_of_a_429_sets_the_cooldown(
     (key,) = db.keys("llmux:*:cool")
     assert b"primary:default" in key
     assert 15_000 < db.pttl(key) <= 20_000
+
+
+def test_a_dead_single_target_fails_fast_in_the_openai_sdk(
+    gateway: Gateway, db: redis.Redis
+) -> None:
+    """The open breaker is the gateway's own guess, not a provider's Retry-After: the
+    SDK's retries (which honour retry-after up to 60 s) must not sleep on it."""
+    started = time.monotonic()
+    with (
+        openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=2) as sdk,
+        pytest.raises(openai.APIStatusError) as caught,
+    ):
+        sdk.chat.completions.create(model="dead-single", messages=HELLO)
+    assert caught.value.status_code == 503
+    assert time.monotonic() - started < 10
+    wait_until(lambda: bool(db.keys("llmux:*:open")))
+    refused = chat(gateway, "dead-single")
+    assert refused.status_code == 503 and "failing" in refused.text
+    assert "retry-after" not in refused.headers
 
 
 def test_rpm_limit_moves_to_the_second_credential_then_429s(

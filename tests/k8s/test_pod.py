@@ -11,7 +11,6 @@ import inspect
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -42,14 +41,6 @@ def wait_until(check: Any, timeout: float, what: str) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 def envoy_version() -> str:
@@ -208,13 +199,13 @@ def test_envoy_probes_and_prestop_work_against_a_real_envoy(
     try:
         wait_until(lambda: probe("startupProbe") == 0, 20, "Envoy's startup probe")
         assert probe("readinessProbe") == 0 and probe("livenessProbe") == 0
-        assert port_open(listen)
+        assert children.accepts(listen)
         assert run(["bash", str(script), "GET", "/no-such-page"], env=env).returncode != 0
 
         pre_stop = local(envoy["lifecycle"]["preStop"]["exec"]["command"])
         pre_stop[-1] = re.sub(r"sleep \d+", "sleep 0", pre_stop[-1])
         assert run(pre_stop, env=env).returncode == 0
-        wait_until(lambda: not port_open(listen), 10, "the drained listener to close")
+        wait_until(lambda: not children.accepts(listen), 10, "the drained listener to close")
         assert probe("livenessProbe") == 0, "a draining Envoy must not be restarted"
     except BaseException:
         print(log.read_text(errors="replace")[-5000:])
