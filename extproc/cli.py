@@ -122,7 +122,7 @@ def _serve(args: argparse.Namespace, cfg: config.Config) -> int:
         asyncio.run(server.serve(cfg, port=port, reloading=reloading))
     except OSError as exc:  # a port taken since the check: the supervisor must not retry
         children.fatal(f"ext_proc: {exc.strerror or exc}")
-        # Now, not at interpreter exit: the half-started gRPC server's finalizer needs
+        # Now, not at interpreter exit: a half-started grpcio server's finalizer needs
         # the event loop asyncio.run closed, and would print a traceback after the reason.
         os._exit(children.FATAL_EXIT)
     return 0
@@ -132,8 +132,8 @@ def _serve_problem(cfg: config.Config, port: int, count: int) -> str | None:
     """Why this ext_proc can never start: a port it binds is taken, or the store is unusable.
 
     Workers share the admin port (SO_REUSEPORT), so only their supervisor checks it.
-    grpcio binds a taken port silently (with SO_REUSEPORT it even shares another
-    server's), hence the check before serving.
+    Both transports also raise OSError on a taken port; checking first gives the
+    reason before anything starts.
     """
     wanted = _extproc_ports(cfg, port, count)
     problems = children.port_problems(wanted if count > 1 else wanted[:1])
