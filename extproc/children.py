@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -83,9 +84,34 @@ def port_problems(wanted: list[tuple[str, int, str]]) -> list[str]:
 
 
 def free_port() -> int:
+    """A free loopback port below the kernel's ephemeral range.
+
+    A port the kernel hands out for port 0 comes from the range it also gives to
+    outgoing connections: between this check and the child's bind, any connection
+    (Envoy's to an upstream, a test client's) may take it. Below that range only
+    another listener can.
+    """
+    first_ephemeral = _first_ephemeral_port()
+    for _ in range(100):
+        port = random.randrange(20_000, first_ephemeral)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _first_ephemeral_port() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as handle:
+            first = int(handle.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        first = 32_768  # Linux's default
+    return max(first, 20_001)
 
 
 def free_port_range(count: int) -> int:
