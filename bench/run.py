@@ -6,7 +6,8 @@ Starts, all on 127.0.0.1:
   * upstream: an Envoy with `direct_response` routes (fixed chat.completion JSON,
     fixed 20-chunk SSE) and/or the aiohttp simulated providers (--stream-upstream);
   * plain Envoy: listener -> router -> cluster, no ext_proc (the baseline);
-  * llmux: real Envoy + the ext_proc, from tests/harness.py's Gateway.
+  * llmux: real Envoy + the ext_proc, from tests/harness.py's Gateway;
+  * with --peers: other gateways on the same upstreams (bench/peers.py, installed beforehand).
 Then measures every row of `default_rows()` the same way and prints markdown
 tables with the ratio of each row to the plain-Envoy row of its group.
 
@@ -38,7 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench import loadgen, payloads, procstat, servers  # noqa: E402
+from bench import loadgen, payloads, peers, procstat, servers  # noqa: E402
 from extproc import children  # noqa: E402
 
 CHAT_PATH = "/v1/chat/completions"
@@ -86,6 +87,8 @@ class Target:
 
     urls: dict[str, str]  # upstream kind -> base URL
     procs: dict[str, int]  # label ("ext_proc", "envoy", "upstream") -> pid
+    # upstream kind -> headers the target needs to reach it (a peer's provider and base URL)
+    headers: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -104,7 +107,11 @@ class Result:
         return self.cpu_s[label] / self.m.requests * 1e6
 
 
-def default_rows(stream_upstream: str = "sse") -> list[Row]:
+def default_rows(
+    stream_upstream: str = "sse", peer_rows: tuple[tuple[str, str], ...] = ()
+) -> list[Row]:
+    """`peer_rows`: (row name, target) of comparison gateways, e.g. ("Portkey 1.15.2",
+    "portkey"), measured in the non-streaming and TTFT groups."""
     rows: list[Row] = []
     trio = (
         ("upstream direct", "upstream"),
@@ -112,10 +119,11 @@ def default_rows(stream_upstream: str = "sse") -> list[Row]:
         ("llmux", "llmux"),
         ("llmux (grpcio transport)", "llmux-grpcio"),  # the reference transport, same config
     )
+    with_peers = trio + peer_rows
     for group, upstream in (("non-streaming", "json"), ("streaming", stream_upstream)):
         body = payloads.chat_request(UPSTREAM_MODELS[upstream], stream=upstream != "json")
         for conns in (1, 32):
-            for name, target in trio:
+            for name, target in with_peers if upstream == "json" else trio:
                 rows.append(
                     Row(
                         group,
@@ -129,7 +137,7 @@ def default_rows(stream_upstream: str = "sse") -> list[Row]:
                 )
     # TTFT needs an upstream that sends events one by one: the simulator.
     body = payloads.chat_request(UPSTREAM_MODELS["sim"], stream=True)
-    for name, target in trio:
+    for name, target in with_peers:
         rows.append(
             Row(
                 "streaming TTFT",
@@ -251,7 +259,7 @@ def measure(
     """`own`: every process this run started (label -> pid), this one included."""
     url = target.urls[row.upstream] + row.path
     body = json.dumps(row.body, separators=(",", ":")).encode()
-    headers = {**HEADERS, **row.headers}
+    headers = {**HEADERS, **target.headers.get(row.upstream, {}), **row.headers}
     threads = min(row.conns, 2)
     if row.tool == "wrk":
         # Warm-up: open connections, fill pools, let the ext_proc settle. Not measured.
@@ -422,7 +430,7 @@ def table(results: list[Result], columns: list[Column]) -> str:
     return "\n".join(lines)
 
 
-def header(args: argparse.Namespace) -> str:
+def header(args: argparse.Namespace, peer_notes: tuple[str, ...] = ()) -> str:
     mach = procstat.machine()
     stream = (
         "the aiohttp simulator" if args.stream_upstream == "sim" else "Envoy direct_response SSE"
@@ -460,6 +468,7 @@ def header(args: argparse.Namespace) -> str:
             "after the row; `host CPU` = busy share of all CPUs during the row (/proc/stat); `other CPU` "
             "= the part of it used by processes this run did not start (rows with a high value were "
             "measured on a busy machine and are unreliable)",
+            *peer_notes,
         ]
     )
 
@@ -501,6 +510,31 @@ def llmux_config(
         data["cache"] = {"enabled": True}
     data["extproc"] = {"transport": transport}
     return data
+
+
+def portkey_target(
+    install: peers.Install, upstream_urls: dict[str, str], workdir: Path, procs: list[Any]
+) -> Target:
+    """Portkey in front of the JSON and simulator upstreams (the same ones as plain Envoy),
+    checked with one request. It has no Envoy: its node process goes in the ext_proc columns."""
+    port = children.free_port()
+    proc = peers.start_portkey(install, port, workdir)
+    procs.append(proc)
+    url = f"http://127.0.0.1:{port}"
+    kinds = ("json", "sim")
+    target = Target(
+        {kind: url for kind in kinds},
+        {"ext_proc": proc.pid},
+        {kind: peers.portkey_headers(upstream_urls[kind]) for kind in kinds},
+    )
+    body = json.dumps(payloads.chat_request(UPSTREAM_MODELS["json"])).encode()
+    headers = {**HEADERS, **target.headers["json"]}
+    try:
+        peers.check_passthrough(url + CHAT_PATH, body, headers, payloads.chat_completion_json())
+    except peers.PeerError as exc:
+        tail = peers.log_tail(workdir, install.name)
+        raise SystemExit(f"--peers {install.name}: {exc}\n{tail}") from None
+    return target
 
 
 def connection_counts(admin_url: str) -> dict[str, int]:
@@ -570,12 +604,28 @@ def main(argv: list[str] | None = None) -> int:
         "< 15%% of the CPUs (this machine may be shared); the share seen is reported",
     )
     parser.add_argument("--workdir", help="logs and configs (default: a temp dir)")
+    parser.add_argument(
+        "--peers",
+        nargs="+",
+        choices=peers.NAMES,
+        default=[],
+        help="other gateways to measure in the non-streaming and TTFT groups "
+        "(installed beforehand, see bench/README.md)",
+    )
+    parser.add_argument(
+        "--portkey-dir",
+        type=Path,
+        default=peers.PORTKEY_DIR,
+        help=f"npm prefix holding @portkey-ai/gateway (default {peers.PORTKEY_DIR})",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.duration = 2.0
     loadgen.wrk_binary()  # fail early with the install hint
+    portkey = peers.find_portkey(args.portkey_dir) if "portkey" in args.peers else None
 
-    rows = default_rows("sim" if args.stream_upstream == "sim" else "sse")
+    peer_rows = ((portkey.label, portkey.name),) if portkey else ()
+    rows = default_rows("sim" if args.stream_upstream == "sim" else "sse", peer_rows)
     if args.only:
         wanted = [r for r in rows if re.search(args.only, r.label)]
         keep = {id(r) for r in wanted}
@@ -693,6 +743,9 @@ def main(argv: list[str] | None = None) -> int:
                 {"cache": cache_gateway.url},
                 {"ext_proc": cache_gateway.procs[0].pid, "envoy": cache_gateway.procs[1].pid},
             )
+        if portkey is not None and any(r.target == portkey.name for r in rows):
+            targets[portkey.name] = portkey_target(portkey, upstream_urls, workdir, procs)
+            own[f"{portkey.name} node"] = targets[portkey.name].procs["ext_proc"]
         for row in rows:
             t0 = time.monotonic()
             other = wait_quiet(own, args.quiet_wait)
@@ -736,7 +789,7 @@ def main(argv: list[str] | None = None) -> int:
 
     wrk_results = [r for r in results if r.row.tool == "wrk"]
     ttft_results = [r for r in results if r.row.tool == "ttft"]
-    parts = [header(args), ""]
+    parts = [header(args, (peers.describe(portkey),) if portkey else ()), ""]
     if wrk_results:
         parts += [
             "## Throughput and latency (wrk, closed loop)",
@@ -772,6 +825,9 @@ def main(argv: list[str] | None = None) -> int:
             ]
         if logs:
             parts += ["### llmux logs", "", "```", logs, "```", ""]
+        if portkey is not None and any(r.row.target == portkey.name for r in failed):
+            tail = peers.log_tail(workdir, portkey.name)
+            parts += [f"### {portkey.label} log (tail)", "", "```", tail, "```", ""]
     report = "\n".join(parts)
     print(report)
     out = Path(args.out)
