@@ -231,7 +231,9 @@ def _own_cpu(own: dict[str, int]) -> dict[str, float]:
     out = {}
     for label, pid in own.items():
         try:
-            out[label] = procstat.cpu_seconds(pid)
+            # an ext_proc with several workers is a supervisor and its children
+            count = procstat.tree_cpu_seconds if "ext_proc" in label else procstat.cpu_seconds
+            out[label] = count(pid)
         except OSError:
             out[label] = 0.0
     return out
@@ -293,7 +295,7 @@ def measure(
     by_pid = {pid: label for label, pid in own.items()}
     for column, pid in target.procs.items():
         result.cpu_s[column] = result.own_cpu_s[by_pid[pid]]
-        result.rss_kb[column] = procstat.memory_kb(pid)
+        result.rss_kb[column] = _largest_rss(pid)
     wrk_s = (
         m.client_cpu_s if row.tool == "wrk" else 0.0
     )  # the TTFT client is this process, already in `own`
@@ -302,6 +304,17 @@ def measure(
         result.host_busy = (host1[0] - host0[0]) / total
     result.other_busy = _share(host0, host1, sum(result.own_cpu_s.values()) + wrk_s)
     return result
+
+
+def _largest_rss(pid: int) -> dict[str, int]:
+    """Memory of the largest process of `pid`'s tree (per worker, not their sum)."""
+    sizes = []
+    for member in procstat.with_descendants(pid):
+        try:
+            sizes.append(procstat.memory_kb(member))
+        except OSError:
+            pass
+    return max(sizes, key=lambda kb: kb.get("VmRSS", 0), default={})
 
 
 def check_cache(url: str, body: bytes, headers: dict[str, str], allowed: tuple[str, ...]) -> str:
@@ -454,7 +467,9 @@ def header(args: argparse.Namespace, peer_notes: tuple[str, ...] = ()) -> str:
             f"  * streaming TTFT: aiohttp simulated provider (`python -m tests.simulated --chunks "
             f"{payloads.STREAM_CHUNKS}`, no delay, one process, one write per SSE event, chunked)",
             "* plain Envoy: listener → router → cluster (HTTP/1.1 upstream), no ext_proc; "
-            "llmux: tests/harness.py Gateway (Envoy + router and upstream ext_proc, one Python process), "
+            f"llmux: tests/harness.py Gateway (Envoy + router and upstream ext_proc, "
+            f"`extproc.workers: {args.workers}` (0: one process per core); ext_proc CPU sums "
+            "the workers, RSS is the largest), "
             "on the lean transport; `llmux (grpcio transport)`: a second Gateway, same config, "
             "`extproc.transport: grpcio`",
             "* translated rows: an OpenAI client body to llmux models whose provider is the simulator "
@@ -482,6 +497,7 @@ def llmux_config(
     kinds: dict[str, str] | None = None,
     cache: bool = False,
     transport: str = "lean",
+    workers: int = 0,
 ) -> dict[str, Any]:
     """One provider + client model per upstream kind. `kinds`: provider type by kind
     (default openai); an anthropic provider is sent a Claude model name."""
@@ -508,7 +524,7 @@ def llmux_config(
     }
     if cache:
         data["cache"] = {"enabled": True}
-    data["extproc"] = {"transport": transport}
+    data["extproc"] = {"transport": transport, "workers": workers}  # 0: one per core
     return data
 
 
@@ -603,6 +619,13 @@ def main(argv: list[str] | None = None) -> int:
         help="before each row, wait up to this many seconds for other processes to use "
         "< 15%% of the CPUs (this machine may be shared); the share seen is reported",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="ext_proc worker processes of every llmux (default 0: the config default, one "
+        "per core)",
+    )
     parser.add_argument("--workdir", help="logs and configs (default: a temp dir)")
     parser.add_argument(
         "--peers",
@@ -686,6 +709,7 @@ def main(argv: list[str] | None = None) -> int:
             llmux_config(
                 {**upstream_urls, "sim-anthropic": upstream_urls["sim"]},
                 kinds={"sim-anthropic": "anthropic"},
+                workers=args.workers,
             ),
             envoy_log_level="warning",
         )
@@ -704,7 +728,7 @@ def main(argv: list[str] | None = None) -> int:
             valkey = Valkey(workdir)
             cache_gateway = Gateway(
                 workdir / "llmux-cache",
-                llmux_config({"cache": upstream_urls["json"]}, cache=True),
+                llmux_config({"cache": upstream_urls["json"]}, cache=True, workers=args.workers),
                 envoy_log_level="warning",
                 store_url=valkey.url,
             )
@@ -716,7 +740,7 @@ def main(argv: list[str] | None = None) -> int:
         if any(r.target == "llmux-grpcio" for r in rows):
             grpcio_gateway = Gateway(
                 workdir / "llmux-grpcio",
-                llmux_config(upstream_urls, transport="grpcio"),
+                llmux_config(upstream_urls, transport="grpcio", workers=args.workers),
                 envoy_log_level="warning",
             )
             own |= {
