@@ -31,7 +31,7 @@ from extproc.transport import header_blocks
 log = logging.getLogger("llmux.transport")
 
 # gRPC status codes (grpc/doc/statuscodes.md)
-OK, CANCELLED, UNKNOWN, NOT_FOUND, UNIMPLEMENTED, INTERNAL, UNAVAILABLE = 0, 1, 2, 5, 12, 13, 14
+OK, NOT_FOUND, UNIMPLEMENTED, INTERNAL = 0, 5, 12, 13
 
 RECEIVE_WINDOW = 16 * 1024 * 1024  # per stream and per connection; refilled at half
 MAX_FRAME = 1024 * 1024  # what we accept; peers may send up to this
