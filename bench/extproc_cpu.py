@@ -41,8 +41,9 @@ from extproc.pb import ext_proc_pb2  # noqa: E402
 from extproc.processor import Context  # noqa: E402
 from extproc.session import Session  # noqa: E402
 from extproc.transport import frames  # noqa: E402
+from extproc.transport.connection import Connection  # noqa: E402
 from extproc.transport.ext_proc_service import PROCESS, Health, services  # noqa: E402
-from extproc.transport.lean_server import LeanServer, _Connection  # noqa: E402
+from extproc.transport.lean_server import LeanServer  # noqa: E402
 
 
 def _headers(pairs: list[tuple[str, str]], end_of_stream: bool = False) -> Any:
@@ -165,8 +166,8 @@ async def lean_requests(context: Context, messages: list[bytes], count: int) -> 
     return time.process_time() - started
 
 
-def _connection(context: Context) -> _Connection:
-    connection = _Connection(LeanServer(services(context, Health())))
+def _connection(context: Context) -> Connection:
+    connection = Connection(LeanServer(services(context, Health())))
     connection.connection_made(_CountingTransport())  # type: ignore[arg-type]
     connection.data_received(frames.PREFACE + frames.frame(frames.SETTINGS, 0, 0))
     return connection

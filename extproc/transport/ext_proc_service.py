@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2  # type: ignore[import-untyped]
 from extproc.pb import ext_proc_pb2
 from extproc.processor import Context
 from extproc.session import Session
-from extproc.transport.lean_server import NOT_FOUND, GrpcError, Services
+from extproc.transport.grpc_api import NOT_FOUND, GrpcError, Services
 
 PROCESS = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"

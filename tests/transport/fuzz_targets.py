@@ -2,7 +2,7 @@
 
 Each target takes arbitrary bytes and returns normally unless it found a bug: the
 parsers may only raise their own errors (`ProtocolError`, `CompressedMessageError`),
-and a whole `_Connection` fed garbage may only close itself — never log a crash,
+and a whole `Connection` fed garbage may only close itself — never log a crash,
 leave a task's exception unretrieved, or raise out of `data_received`.
 """
 
@@ -15,7 +15,9 @@ from collections.abc import Callable
 import hpack
 
 from extproc.transport import frames as f
-from extproc.transport.lean_server import LeanServer, Services, _Connection
+from extproc.transport.connection import Connection
+from extproc.transport.grpc_api import Services
+from extproc.transport.lean_server import LeanServer
 
 ECHO = "/fuzz.Echo/Echo"
 UNARY = "/fuzz.Echo/Unary"
@@ -101,7 +103,7 @@ class _Problems(logging.Handler):
 
 
 class ConnectionFuzzer:
-    """Feeds bytes to a `_Connection` over a fake transport on a private event loop."""
+    """Feeds bytes to a `Connection` over a fake transport on a private event loop."""
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
@@ -131,7 +133,7 @@ class ConnectionFuzzer:
     async def _feed(self, chunks: list[bytes]) -> bytes:
         # Protocol callbacks run from the loop, outside any task, as a real transport's do.
         loop = asyncio.get_running_loop()
-        connection = _Connection(LeanServer(self.services))
+        connection = Connection(LeanServer(self.services))
         transport = _Transport()
         loop.call_soon(connection.connection_made, transport)
 

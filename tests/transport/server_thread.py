@@ -15,7 +15,8 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from extproc.transport.lean_server import LeanServer, Services
+from extproc.transport.grpc_api import Services
+from extproc.transport.lean_server import LeanServer
 
 T = TypeVar("T")
 TIMEOUT_S = 30.0

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from extproc.transport.lean_server import INTERNAL, GrpcError, Services
+from extproc.transport.grpc_api import INTERNAL, GrpcError, Services
 
 ECHO = "/test.Echo/Echo"
 SCRIPT = "/test.Echo/Script"

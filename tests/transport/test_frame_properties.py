@@ -1,6 +1,6 @@
 """Properties of the frame layer: however the bytes are split, the same frames and messages.
 
-The parsers (`FrameReader`, `MessageReader`) and a whole `_Connection` get the same
+The parsers (`FrameReader`, `MessageReader`) and a whole `Connection` get the same
 input whole, split at every byte offset, and split at random; hostile bytes may only
 raise the transport's own errors. The header blocks we encode must decode with an
 independent HPACK decoder.

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from extproc.transport import frames as f
-from extproc.transport.lean_server import MAX_FRAME
+from extproc.transport.connection import MAX_FRAME
 from tests.transport import stub_methods as stub
 from tests.transport.raw_peer import ClosedError, RawPeer, goaway_code
 from tests.transport.server_thread import ServerThread
