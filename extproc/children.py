@@ -24,6 +24,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from extproc.cpus import usable_cpus
+
 FATAL_EXIT = 78  # EX_CONFIG: a child that can never start; supervisors must not restart it
 _FATAL_PREFIX = "llmux: cannot start: "
 _START_MARK = "----- llmux: child started "
@@ -294,7 +296,7 @@ def start_envoy(
         "--base-id",
         str(os.getpid() % 60000 + 1),
         "--concurrency",
-        str(os.cpu_count() or 2),
+        str(usable_cpus()),
         "--disable-hot-restart",
         "--service-node",
         node,

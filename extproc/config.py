@@ -17,6 +17,7 @@ import msgspec
 import yaml  # type: ignore[import-untyped]
 
 from extproc.config_schema import did_you_mean, problems
+from extproc.cpus import usable_cpus
 
 ProviderType = Literal["openai", "azure_openai", "anthropic", "gemini", "ollama"]
 
@@ -44,12 +45,12 @@ class ExtProc(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     port: int = 50051  # gRPC port Envoy calls
     admin_port: int = 9090  # HTTP admin/metrics of the ext_proc, loopback only
     message_timeout_ms: int = 5000  # Envoy waits this long for each ext_proc answer
-    workers: int = 0  # processes, on ports port..port+workers-1; 0: one per CPU core
+    workers: int = 0  # processes, on ports port..port+workers-1; 0: one per usable CPU
     transport: Literal["lean", "grpcio"] = "lean"  # grpcio: the reference gRPC server
 
     @property
     def ports(self) -> list[int]:
-        count = self.workers or os.cpu_count() or 1
+        count = self.workers or usable_cpus()
         return [self.port + i for i in range(count)]
 
 
