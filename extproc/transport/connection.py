@@ -120,36 +120,37 @@ def _carry_on(waiting: _Waiting) -> Generator[Any, Any, bytes | None]:
     except GeneratorExit:
         raise
     except BaseException as exc:  # cancelled before the task's first step
-        coro = waiting.coro
-        if coro is None:
+        if waiting.coro is None:
             raise
-        try:
-            awaited = coro.throw(exc)
-        except StopIteration as done:
-            thrown_answer: bytes | None = done.value
-            return thrown_answer
+        finished, awaited = _advance(waiting.coro, None, exc)
     else:
-        coro, awaited = waiting.coro, waiting.awaited
-        if coro is None:
+        if waiting.coro is None:
             return None
-    while True:
+        finished, awaited = False, waiting.awaited
+    coro = waiting.coro
+    while not finished:
+        error: BaseException | None = None
+        value = None
         try:
             value = yield awaited
         except GeneratorExit:
             coro.close()
             raise
         except BaseException as exc:
-            try:
-                awaited = coro.throw(exc)
-            except StopIteration as done:
-                answer: bytes | None = done.value
-                return answer
-        else:
-            try:
-                awaited = coro.send(value)
-            except StopIteration as done:
-                answer = done.value
-                return answer
+            error = exc
+        finished, awaited = _advance(coro, value, error)
+    answer: bytes | None = awaited
+    return answer
+
+
+def _advance(
+    coro: Coroutine[Any, Any, bytes | None], value: Any, error: BaseException | None
+) -> tuple[bool, Any]:
+    """One step of `coro`: (False, what it awaits next) or (True, its answer)."""
+    try:
+        return False, coro.throw(error) if error is not None else coro.send(value)
+    except StopIteration as done:
+        return True, done.value
 
 
 class Connection(asyncio.Protocol):
