@@ -36,14 +36,14 @@ import yaml  # noqa: E402
 
 from bench import payloads  # noqa: E402
 from bench.run import llmux_config  # noqa: E402
-from extproc import config  # noqa: E402
-from extproc.pb import ext_proc_pb2  # noqa: E402
-from extproc.processor import Context  # noqa: E402
-from extproc.session import Session  # noqa: E402
+from extproc.config import settings as config  # noqa: E402
+from extproc.phases.context import Context  # noqa: E402
 from extproc.transport import frames  # noqa: E402
 from extproc.transport.connection import Connection  # noqa: E402
 from extproc.transport.ext_proc_service import PROCESS, Health, services  # noqa: E402
 from extproc.transport.lean_server import LeanServer  # noqa: E402
+from extproc.transport.pb import ext_proc_pb2  # noqa: E402
+from extproc.transport.session import Session  # noqa: E402
 
 
 def _headers(pairs: list[tuple[str, str]], end_of_stream: bool = False) -> Any:

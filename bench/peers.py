@@ -28,7 +28,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from extproc import children
+from extproc.run import children
 
 NAMES = ("portkey",)
 PORTKEY_VERSION = "1.15.2"  # the version the benchmark was tested with

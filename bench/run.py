@@ -40,7 +40,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench import loadgen, payloads, peers, procstat, servers  # noqa: E402
-from extproc import children  # noqa: E402
+from extproc.run import children  # noqa: E402
 
 CHAT_PATH = "/v1/chat/completions"
 HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer sk-bench-client"}
@@ -468,7 +468,7 @@ def header(args: argparse.Namespace, peer_notes: tuple[str, ...] = ()) -> str:
             f"{payloads.STREAM_CHUNKS}`, no delay, one process, one write per SSE event, chunked)",
             "* plain Envoy: listener → router → cluster (HTTP/1.1 upstream), no ext_proc; "
             f"llmux: tests/harness.py Gateway (Envoy + router and upstream ext_proc, "
-            f"`extproc.workers: {args.workers}` (0: one process per core); ext_proc CPU sums "
+            f"`extproc.run.workers: {args.workers}` (0: one process per core); ext_proc CPU sums "
             "the workers, RSS is the largest), "
             "on the lean transport; `llmux (grpcio transport)`: a second Gateway, same config, "
             "`extproc.transport: grpcio`",

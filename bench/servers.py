@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from extproc import children
+from extproc.run import children
 
 _T = "type.googleapis.com/"
 _HCM = _T + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"

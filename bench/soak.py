@@ -49,7 +49,7 @@ import openai  # noqa: E402
 import redis  # noqa: E402
 
 from bench import procstat, servers  # noqa: E402
-from extproc import children  # noqa: E402
+from extproc.run import children  # noqa: E402
 from tests.faults.kit import base_config  # noqa: E402
 from tests.harness import Gateway, Valkey  # noqa: E402
 from tests.simulated import ControlClient, Fault  # noqa: E402

@@ -17,8 +17,10 @@ from typing import Any
 
 import yaml
 
-from extproc import children, config, envoy_config
-from extproc.xds import XdsPublisher
+from extproc.config import settings as config
+from extproc.envoy import bootstrap as envoy_config
+from extproc.envoy.xds import XdsPublisher
+from extproc.run import children
 
 BOTH_TRANSPORTS = ("lean", "grpcio")  # ext_proc transports a module can run on (conftest.py)
 

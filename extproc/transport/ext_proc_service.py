@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from grpc_health.v1 import health_pb2  # type: ignore[import-untyped]
 
-from extproc.pb import ext_proc_pb2
-from extproc.processor import Context
-from extproc.session import Session
+from extproc.phases.context import Context
 from extproc.transport.grpc_api import NOT_FOUND, GrpcError, Services
+from extproc.transport.pb import ext_proc_pb2
+from extproc.transport.session import Session
 
 PROCESS = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"

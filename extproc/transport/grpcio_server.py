@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator
 import grpc  # type: ignore[import-untyped]
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
 
-from extproc.pb import ext_proc_grpc, ext_proc_pb2
-from extproc.processor import Context
-from extproc.session import Session
+from extproc.phases.context import Context
+from extproc.transport.pb import ext_proc_grpc, ext_proc_pb2
+from extproc.transport.session import Session
 
 _UNLIMITED = [
     ("grpc.max_receive_message_length", -1),

@@ -19,7 +19,7 @@ import httpx
 import redis
 import yaml
 
-from extproc.children import free_port, free_port_range
+from extproc.run.children import free_port, free_port_range
 from tests.harness import Gateway, provider_config
 from tests.simulated import SimulatedProviders
 

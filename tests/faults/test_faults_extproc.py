@@ -3,7 +3,7 @@
 Envoy fails closed (`failure_mode_allow: false`, `status_on_error: 502`): while the
 ext_proc is down every request gets a prompt 5xx, none hangs; once it is back Envoy
 reconnects by itself and requests succeed again, with no restart of Envoy.
-With several workers (`extproc.workers`), one worker killed loses only the requests it
+With several workers (`extproc.run.workers`), one worker killed loses only the requests it
 was serving: its supervisor starts it again and Envoy spreads new streams over the others.
 """
 
@@ -17,7 +17,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from extproc import children
+from extproc.run import children
 from tests.faults.kit import (
     DIALECTS,
     REQUEST_BOUND_S,

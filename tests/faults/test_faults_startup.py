@@ -23,7 +23,8 @@ import httpx
 import pytest
 import yaml
 
-from extproc import children, envoy_config
+from extproc.envoy import bootstrap as envoy_config
+from extproc.run import children
 from tests.faults.kit import ROOT, Up, alive, descendants, up_config, wait_until
 from tests.harness import Gateway, Valkey
 from tests.simulated import SimulatedProviders

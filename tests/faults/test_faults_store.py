@@ -17,7 +17,7 @@ import httpx
 import pytest
 import redis
 
-from extproc import children
+from extproc.run import children
 from tests.faults.kit import (
     DIALECTS,
     HUGE,

@@ -14,7 +14,7 @@ import pytest
 import redis
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from extproc.children import free_port
+from extproc.run.children import free_port
 from tests.harness import Gateway, Valkey, provider_config
 from tests.simulated import Fault, SimulatedProviders
 

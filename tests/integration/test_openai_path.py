@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def gateway(sim: SimulatedProviders, gateway_factory: Callable[..., Gateway]) -> Gateway:
-    from extproc.children import free_port
+    from extproc.run.children import free_port
 
     closed_port = free_port()  # nothing listens here
     return gateway_factory(

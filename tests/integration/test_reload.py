@@ -18,8 +18,8 @@ import openai
 import pytest
 import yaml
 
-from extproc import config as llmux_config
-from extproc import envoy_config
+from extproc.config import settings as llmux_config
+from extproc.envoy import bootstrap as envoy_config
 from tests.harness import Gateway, cluster_of, provider_config
 from tests.simulated import SimulatedProviders
 

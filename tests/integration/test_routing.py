@@ -13,7 +13,7 @@ import openai
 import pytest
 import redis
 
-from extproc.children import free_port
+from extproc.run.children import free_port
 from tests.harness import Gateway, Valkey, provider_config
 from tests.simulated import Fault, SimulatedProviders
 

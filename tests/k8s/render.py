@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from extproc import config
+from extproc.config import settings as config
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"

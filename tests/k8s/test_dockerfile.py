@@ -15,7 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from extproc import children, config
+from extproc.config import settings as config
+from extproc.run import children
 from tests.k8s.render import ROOT
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()

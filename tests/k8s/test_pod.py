@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from extproc import children, server
+from extproc.run import children, server
 from tests.k8s.render import ROOT, Rendered, container, llmux_config, llmux_pod
 
 # --- helpers --------------------------------------------------------------------------

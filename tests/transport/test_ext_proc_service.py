@@ -9,11 +9,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from extproc import config
-from extproc.pb import ext_proc_pb2
-from extproc.processor import Context
+from extproc.config import settings as config
+from extproc.phases.context import Context
 from extproc.transport import ext_proc_service
 from extproc.transport.ext_proc_service import Health
+from extproc.transport.pb import ext_proc_pb2
 from tests.transport.server_thread import ServerThread
 
 WAIT_S = 10

@@ -11,12 +11,12 @@ import orjson
 import pytest
 import redis
 
-from extproc import activity
-from extproc.activity import RECENT, Activity, minute_sums
-from extproc.children import free_port
-from extproc.config import Telemetry as TelemetryConfig
-from extproc.store import Store
-from extproc.telemetry import Telemetry
+from extproc.config.settings import Telemetry as TelemetryConfig
+from extproc.run.children import free_port
+from extproc.store.redis_store import Store
+from extproc.telemetry import activity
+from extproc.telemetry.activity import RECENT, Activity, minute_sums
+from extproc.telemetry.core import Telemetry
 from tests.harness import Valkey
 
 T = TypeVar("T")

@@ -19,7 +19,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from extproc import ir
-from extproc.client_apis import classify
 from extproc.formats import (
     anthropic_messages,
     gemini_generate,
@@ -28,7 +27,8 @@ from extproc.formats import (
     openai_chat,
     smart_api,
 )
-from extproc.router_phase import decode_client_body
+from extproc.formats.endpoints import classify
+from extproc.phases.router import decode_client_body
 
 VECTORS = Path(__file__).parent.parent / "vectors"
 CODECS = {

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from extproc import config
+from extproc.config import settings as config
 
 VALID = """
 providers:

@@ -25,12 +25,12 @@ if str(_REPO_ROOT) not in sys.path:  # allow plain `pytest tests/unit/...`
     sys.path.insert(0, str(_REPO_ROOT))
 
 try:
-    from extproc import pb
+    from extproc.transport import pb
 except ImportError:  # stubs not generated yet: generate them (takes ~0.3 s)
     from extproc._build_proto import build
 
     build()
-    from extproc import pb
+    from extproc.transport import pb
 
 import warnings
 

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from extproc import children, config
-from extproc.reload import ConfigWatcher, Reloader, Reloading, ReloadThread
-from extproc.xds import XdsPublisher
+from extproc.config import settings as config
+from extproc.envoy.xds import XdsPublisher
+from extproc.run import children
+from extproc.run.reload import ConfigWatcher, Reloader, Reloading, ReloadThread
 
 CONFIG = """
 providers:

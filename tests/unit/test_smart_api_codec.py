@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from extproc import client_apis, ir
+from extproc import ir
+from extproc.formats import endpoints as client_apis
 from extproc.formats import smart_api as sa
 
 

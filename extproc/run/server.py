@@ -10,10 +10,11 @@ import asyncio
 import logging
 import signal
 
-from extproc import admin, reload
-from extproc.config import Config
-from extproc.processor import Context
-from extproc.store import Store
+from extproc.admin import api as admin
+from extproc.config.settings import Config
+from extproc.phases.context import Context
+from extproc.run import reload
+from extproc.store.redis_store import Store
 from extproc.transport.ext_proc_service import Health, services
 from extproc.transport.grpcio_server import GrpcioServer
 from extproc.transport.lean_server import LeanServer

@@ -21,8 +21,8 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from extproc.config import Config, Model, Provider, UpstreamURL
-from extproc.envoy_local_replies import (
+from extproc.config.settings import Config, Model, Provider, UpstreamURL
+from extproc.envoy.local_replies import (
     DIALECT_NAMESPACE,
     EXTPROC_FAILURE_STATUS,
     local_reply_config,

@@ -24,7 +24,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from extproc.cpus import usable_cpus
+from extproc.config.cpus import usable_cpus
 
 FATAL_EXIT = 78  # EX_CONFIG: a child that can never start; supervisors must not restart it
 _FATAL_PREFIX = "llmux: cannot start: "

@@ -18,10 +18,10 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from extproc import keys
-from extproc.config_schema import did_you_mean
-from extproc.processor import Context
-from extproc.store import StoreError, credential_tag
+from extproc.config.schema import did_you_mean
+from extproc.decisions import keys
+from extproc.phases.context import Context
+from extproc.store.redis_store import StoreError, credential_tag
 
 
 def add_key_routes(app: web.Application, context_key: web.AppKey[Context]) -> None:

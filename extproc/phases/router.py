@@ -12,11 +12,13 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from extproc import cache, envelope, ir, keys, providers, routing
-from extproc.client_apis import Endpoint, allowed_methods, classify, dialect_for_path
-from extproc.envoy_config import CLUSTER_HEADER
+from extproc import ir
+from extproc.decisions import cache, keys, providers, routing
+from extproc.envoy.bootstrap import CLUSTER_HEADER
 from extproc.formats import json_nesting, ollama_chat, smart_api
-from extproc.processor import (
+from extproc.formats.endpoints import Endpoint, allowed_methods, classify, dialect_for_path
+from extproc.phases import envelope
+from extproc.phases.context import (
     CACHE_HEADER,
     CONTINUE,
     INTERNAL_PREFIX,
@@ -32,9 +34,9 @@ from extproc.processor import (
     new_request_id,
     store_unavailable,
 )
-from extproc.store import RequestState, StoreError, key_tag
-from extproc.telemetry import end_span, trace_id_of
-from extproc.upstream_phase import UpstreamStream, chat_stream_encoder, encode_chat_response
+from extproc.phases.upstream import UpstreamStream, chat_stream_encoder, encode_chat_response
+from extproc.store.redis_store import RequestState, StoreError, key_tag
+from extproc.telemetry.core import end_span, trace_id_of
 
 
 class CacheLookup(NamedTuple):

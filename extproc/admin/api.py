@@ -21,11 +21,12 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from extproc import activity, health
-from extproc.admin_keys import add_key_routes
-from extproc.processor import Context
-from extproc.store import StoreError
-from extproc.telemetry import exposition_registry
+from extproc.admin import provider_health as health
+from extproc.admin.keys_api import add_key_routes
+from extproc.phases.context import Context
+from extproc.store.redis_store import StoreError
+from extproc.telemetry import activity
+from extproc.telemetry.core import exposition_registry
 
 CONTEXT = web.AppKey("context", Context)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

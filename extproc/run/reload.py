@@ -21,10 +21,10 @@ from typing import NamedTuple
 
 import msgspec
 
-from extproc import config
-from extproc.config import Config
-from extproc.envoy_config import model_resources
-from extproc.xds import XdsError, XdsPublisher
+from extproc.config import settings as config
+from extproc.config.settings import Config
+from extproc.envoy.bootstrap import model_resources
+from extproc.envoy.xds import XdsError, XdsPublisher
 
 log = logging.getLogger("llmux.reload")
 

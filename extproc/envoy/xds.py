@@ -23,9 +23,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from extproc import envoy_config
-from extproc.config import Config
-from extproc.envoy_config import CDS_FILE, RDS_FILE, ROUTE_CONFIG, ModelResources
+from extproc.config.settings import Config
+from extproc.envoy import bootstrap as envoy_config
+from extproc.envoy.bootstrap import CDS_FILE, RDS_FILE, ROUTE_CONFIG, ModelResources
 
 log = logging.getLogger("llmux.xds")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import NamedTuple
 
-from extproc.config import Credential, Provider
+from extproc.config.settings import Credential, Provider
 from extproc.formats import anthropic_messages, gemini_generate, ollama_chat, openai_chat
 
 CODECS: dict[str, ModuleType] = {

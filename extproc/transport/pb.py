@@ -1,6 +1,6 @@
 """Single import point for the generated Envoy ext_proc v3 protobuf/gRPC stubs.
 
-    from extproc.pb import ext_proc_pb2, ext_proc_grpc, base_pb2, http_status_pb2, processing_mode_pb2
+    from extproc.transport.pb import ext_proc_pb2, ext_proc_grpc, base_pb2, http_status_pb2, processing_mode_pb2
 
 The stubs live in the gitignored package ``extproc/_proto`` and are generated from
 ``proto/`` by ``python -m extproc._build_proto``.

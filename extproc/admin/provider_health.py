@@ -12,8 +12,8 @@ from typing import Any
 
 import httpx
 
-from extproc import providers
-from extproc.config import Config, Provider
+from extproc.config.settings import Config, Provider
+from extproc.decisions import providers
 
 PROBE_PATHS = {
     "openai": "/v1/models",

@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 import time
 
-from extproc import envoy_msgs, ir
-from extproc.envoy_config import PHASE_METADATA
-from extproc.pb import ext_proc_pb2
-from extproc.processor import Action, Context, error_response
-from extproc.router_phase import RouterStream
-from extproc.upstream_phase import UpstreamStream
+from extproc import ir
+from extproc.envoy.bootstrap import PHASE_METADATA
+from extproc.phases.context import Action, Context, error_response
+from extproc.phases.router import RouterStream
+from extproc.phases.upstream import UpstreamStream
+from extproc.transport import envoy_msgs
+from extproc.transport.pb import ext_proc_pb2
 
 log = logging.getLogger("llmux.server")
 

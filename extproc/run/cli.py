@@ -15,8 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from extproc import children, cli_keys, config, envoy_config
-from extproc.xds import XdsPublisher
+from extproc.config import settings as config
+from extproc.envoy import bootstrap as envoy_config
+from extproc.envoy.xds import XdsPublisher
+from extproc.run import children, cli_keys
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--config", "-c", required=True, help="llmux YAML config")
         if name == "serve":
             sub.add_argument("--port", type=int, help="first gRPC port (default: extproc.port)")
-            sub.add_argument("--workers", type=int, help="processes (default: extproc.workers)")
+            sub.add_argument("--workers", type=int, help="processes (default: extproc.run.workers)")
             sub.add_argument(
                 "--watch-interval",
                 type=float,
@@ -101,7 +103,8 @@ def _check(args: argparse.Namespace, cfg: config.Config) -> int:
 
 
 def _serve(args: argparse.Namespace, cfg: config.Config) -> int:
-    from extproc import reload, server, telemetry, workers
+    from extproc.run import reload, server, workers
+    from extproc.telemetry import core as telemetry
 
     count = args.workers or len(cfg.extproc.ports)
     port = args.port or cfg.extproc.port
@@ -141,7 +144,7 @@ def _serve_problem(cfg: config.Config, port: int, count: int) -> str | None:
         return "; ".join(problems)
     if cfg.store.url is None:
         return None
-    from extproc import store
+    from extproc.store import redis_store as store
 
     return asyncio.run(store.unusable(cfg.store.url, cfg.store.timeout_ms / 1000))
 

@@ -16,8 +16,8 @@ from urllib.parse import parse_qs, urlsplit
 import msgspec
 import yaml  # type: ignore[import-untyped]
 
-from extproc.config_schema import did_you_mean, problems
-from extproc.cpus import usable_cpus
+from extproc.config.cpus import usable_cpus
+from extproc.config.schema import did_you_mean, problems
 
 ProviderType = Literal["openai", "azure_openai", "anthropic", "gemini", "ollama"]
 

@@ -19,8 +19,8 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from extproc.activity import Activity
-from extproc.config import Telemetry as TelemetryConfig
+from extproc.config.settings import Telemetry as TelemetryConfig
+from extproc.telemetry.activity import Activity
 
 log = logging.getLogger("llmux.request")
 

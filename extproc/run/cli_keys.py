@@ -9,7 +9,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from extproc.config import Config
+from extproc.config.settings import Config
 
 
 def add_parser(commands: Any) -> None:

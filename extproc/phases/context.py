@@ -17,13 +17,14 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Literal, NamedTuple
 
-from extproc import ir, routing
-from extproc.client_apis import CODECS as CLIENT_CODECS
-from extproc.config import Config, Model, Provider
-from extproc.envoy_config import model_cluster_name
+from extproc import ir
+from extproc.config.settings import Config, Model, Provider
+from extproc.decisions import routing
+from extproc.envoy.bootstrap import model_cluster_name
 from extproc.formats import ollama_chat, openai_chat
-from extproc.store import Store, StoreError
-from extproc.telemetry import Telemetry
+from extproc.formats.endpoints import CODECS as CLIENT_CODECS
+from extproc.store.redis_store import Store, StoreError
+from extproc.telemetry.core import Telemetry
 
 log = logging.getLogger("llmux.processor")
 

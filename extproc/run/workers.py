@@ -21,9 +21,9 @@ import sys
 import tempfile
 import time
 
-from extproc import reload
-from extproc.children import FATAL_EXIT, serve_args
-from extproc.config import Config
+from extproc.config.settings import Config
+from extproc.run import reload
+from extproc.run.children import FATAL_EXIT, serve_args
 
 
 def run(config: Config, base_port: int, count: int, reloading: reload.Reloading) -> int:

@@ -14,11 +14,14 @@ from typing import Any
 
 import msgspec
 
-from extproc import cache, envelope, ir, providers, routing
-from extproc.client_apis import CODECS as CLIENT_CODECS
-from extproc.config import Credential, Provider
+from extproc import ir
+from extproc.config.settings import Credential, Provider
+from extproc.decisions import cache, providers, routing
+from extproc.decisions.usage import UsageMeter
 from extproc.formats import ollama_chat, smart_api
-from extproc.processor import (
+from extproc.formats.endpoints import CODECS as CLIENT_CODECS
+from extproc.phases import envelope
+from extproc.phases.context import (
     ATTEMPTS_HEADER,
     CACHE_HEADER,
     CONTINUE,
@@ -35,9 +38,8 @@ from extproc.processor import (
     error_response,
     store_unavailable,
 )
-from extproc.store import StoreError, credential_tag, target_tag
-from extproc.telemetry import GENAI_PROVIDER, end_span, trace_id_of
-from extproc.usage import UsageMeter
+from extproc.store.redis_store import StoreError, credential_tag, target_tag
+from extproc.telemetry.core import GENAI_PROVIDER, end_span, trace_id_of
 
 
 class UpstreamStream:

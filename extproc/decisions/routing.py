@@ -13,8 +13,8 @@ import random
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from extproc.config import Config, Credential, Model
-from extproc.store import CredentialState, credential_tag, target_tag
+from extproc.config.settings import Config, Credential, Model
+from extproc.store.redis_store import CredentialState, credential_tag, target_tag
 
 
 class CredentialRef(NamedTuple):
