@@ -10,12 +10,10 @@ from __future__ import annotations
 import time
 from typing import Any, NamedTuple
 
-import msgspec
-
 from extproc import ir
 from extproc.decisions import cache, keys, providers, routing
 from extproc.envoy.bootstrap import CLUSTER_HEADER
-from extproc.formats import json_nesting, ollama_chat, smart_api
+from extproc.formats import smart_api
 from extproc.formats.endpoints import Endpoint, allowed_methods, classify, dialect_for_path
 from extproc.phases import envelope
 from extproc.phases.context import (
@@ -34,7 +32,8 @@ from extproc.phases.context import (
     new_request_id,
     store_unavailable,
 )
-from extproc.phases.upstream import UpstreamStream, chat_stream_encoder, encode_chat_response
+from extproc.phases.translation import decode_client_body, embedding_format, replay_body
+from extproc.phases.upstream import UpstreamStream
 from extproc.store.redis_store import RequestState, StoreError, key_tag
 from extproc.telemetry.core import end_span, trace_id_of
 
@@ -415,71 +414,3 @@ class RouterStream:
 
     def fail(self, kind: ir.ErrorKind, message: str) -> Respond:
         return error_response(self.dialect, ir.ErrorInfo(kind=kind, message=message))
-
-
-def replay_body(
-    endpoint: Endpoint, chat: ir.ChatRequest, response: ir.ChatResponse, provider: str
-) -> bytes:
-    """A cached response in the client's dialect: one body, or a replayed stream."""
-    if not chat.stream:
-        return encode_chat_response(
-            endpoint.dialect, endpoint.operation, response, provider=provider, cached=True
-        )
-    encoder = chat_stream_encoder(endpoint.dialect, endpoint.operation, chat.stream_include_usage)
-    out: bytes = encoder.feed(cache.replay_events(response)) + encoder.finish()
-    return out
-
-
-def embedding_format(endpoint: Endpoint, body: bytes) -> str:
-    """OpenAI's `encoding_format` (the IR keeps vectors as floats; the answer may not)."""
-    if endpoint.operation != "embeddings" or b"base64" not in body:
-        return "float"
-    try:
-        requested = msgspec.json.decode(body, type=_EncodingFormat).encoding_format
-    except (msgspec.DecodeError, UnicodeDecodeError):
-        return "float"
-    return "base64" if requested == "base64" else "float"
-
-
-class _EncodingFormat(msgspec.Struct):
-    encoding_format: str | None = None
-
-
-def decode_client_body(
-    endpoint: Endpoint, body: bytes, default_model: str | None = None
-) -> tuple[ir.ChatRequest | None, ir.EmbeddingRequest | None]:
-    """Validate the client body in its dialect: a chat or an embeddings request.
-
-    `default_model` is the config's model for /api/smart requests that name none.
-    Every client body passes the nesting guard first: decoders recurse.
-    """
-    json_nesting.check(body)
-    if endpoint.operation == "embeddings":
-        return None, decode_embedding_request(endpoint, body)
-    return decode_chat_request(endpoint, body, default_model), None
-
-
-def decode_chat_request(
-    endpoint: Endpoint, body: bytes, default_model: str | None = None
-) -> ir.ChatRequest:
-    if endpoint.operation == "generate":
-        return ollama_chat.decode_generate_request(body)
-    if endpoint.dialect == "smart":
-        return smart_api.decode_request(body, default_model=default_model)
-    request: ir.ChatRequest = endpoint.codec.decode_request(
-        body, path_model=endpoint.path_model, path_stream=endpoint.path_stream
-    )
-    return request
-
-
-def decode_embedding_request(endpoint: Endpoint, body: bytes) -> ir.EmbeddingRequest:
-    codec = endpoint.codec
-    if not hasattr(codec, "decode_embedding_request"):
-        raise ir.invalid_request(f"embeddings are not offered in the {endpoint.dialect} API")
-    if endpoint.path_model is not None:
-        request: ir.EmbeddingRequest = codec.decode_embedding_request(
-            body, path_model=endpoint.path_model
-        )
-    else:
-        request = codec.decode_embedding_request(body)
-    return request

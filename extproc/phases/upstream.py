@@ -18,7 +18,6 @@ from extproc import ir
 from extproc.config.settings import Credential, Provider
 from extproc.decisions import cache, providers, routing
 from extproc.decisions.usage import UsageMeter
-from extproc.formats import ollama_chat, smart_api
 from extproc.formats.endpoints import CODECS as CLIENT_CODECS
 from extproc.phases import envelope
 from extproc.phases.context import (
@@ -37,6 +36,12 @@ from extproc.phases.context import (
     Respond,
     error_response,
     store_unavailable,
+)
+from extproc.phases.translation import (
+    chat_stream_encoder,
+    encode_chat_response,
+    encode_embedding_response,
+    encode_upstream_body,
 )
 from extproc.store.redis_store import StoreError, credential_tag, target_tag
 from extproc.telemetry.core import GENAI_PROVIDER, end_span, trace_id_of
@@ -193,16 +198,12 @@ class UpstreamStream:
 
     def upstream_continue(self, internal: envelope.Envelope) -> Continue:
         assert self.provider is not None and self.credential is not None
-        codec = self.provider_codec
+        body = encode_upstream_body(self.provider, internal, self.upstream_model)
         if internal.embedding is not None:
-            if not hasattr(codec, "encode_embedding_request"):
-                raise ir.invalid_request(f"the {self.provider.type} provider offers no embeddings")
-            body = codec.encode_embedding_request(internal.embedding, model=self.upstream_model)
             upstream = providers.embeddings_request(
                 self.provider, self.credential, self.upstream_model
             )
         else:
-            body = codec.encode_request(internal.chat, model=self.upstream_model)
             upstream = providers.chat_request(
                 self.provider, self.credential, self.upstream_model, self.stream
             )
@@ -282,21 +283,14 @@ class UpstreamStream:
                 info = msgspec.structs.replace(info, retry_after=seconds)
         return info
 
-    def embedding_body(self, response: ir.EmbeddingResponse) -> bytes:
-        """The embeddings in the shape the client asked for."""
-        codec = self.client_codec
-        if self.dialect == "openai":
-            return codec.encode_embedding_response(response, encoding_format=self.embedding_format)  # type: ignore[no-any-return]
-        if self.dialect == "gemini":
-            return codec.encode_embedding_response(response, batch=self.embedding_batch)  # type: ignore[no-any-return]
-        return codec.encode_embedding_response(response)  # type: ignore[no-any-return]
-
     def translate_response(self, body: bytes) -> bytes:
         if self.operation == "embeddings":
             response = self.provider_codec.decode_embedding_response(body)
             self.meter.observe_usage(response.usage)
             self.response_model = response.model
-            return self.embedding_body(response)
+            return encode_embedding_response(
+                self.dialect, response, self.embedding_format, self.embedding_batch
+            )
         assert self.provider is not None
         chat = self.provider_codec.decode_response(body)
         self.meter.observe_usage(chat.usage)
@@ -510,22 +504,3 @@ def parse_retry_after(value: str | None, default: float) -> float:
         return max(0.001, float(value)) if value else default
     except ValueError:
         return default  # an HTTP date: rare from LLM providers
-
-
-def encode_chat_response(
-    dialect: str, operation: str, response: ir.ChatResponse, *, provider: str, cached: bool
-) -> bytes:
-    """A complete chat answer in the client's shape (the client-only shapes need more)."""
-    if operation == "generate":
-        return ollama_chat.encode_generate_response(response)
-    if dialect == "smart":
-        return smart_api.encode_response(response, provider=provider, cached=cached)
-    body: bytes = CLIENT_CODECS[dialect].encode_response(response)
-    return body
-
-
-def chat_stream_encoder(dialect: str, operation: str, include_usage: bool) -> Any:
-    """The client's stream encoder (Ollama's /api/generate has its own)."""
-    if operation == "generate":
-        return ollama_chat.GenerateStreamEncoder(include_usage=include_usage)
-    return CLIENT_CODECS[dialect].StreamEncoder(include_usage=include_usage)

@@ -28,7 +28,7 @@ from extproc.formats import (
     smart_api,
 )
 from extproc.formats.endpoints import classify
-from extproc.phases.router import decode_client_body
+from extproc.phases.translation import decode_client_body
 
 VECTORS = Path(__file__).parent.parent / "vectors"
 CODECS = {
