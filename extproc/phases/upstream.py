@@ -17,7 +17,8 @@ import msgspec
 from extproc import ir
 from extproc.config.settings import Credential, Provider
 from extproc.decisions import cache, providers, routing
-from extproc.decisions.usage import UsageMeter
+from extproc.decisions.routing import credential_tag, target_tag
+from extproc.decisions.usage import UsageMeter, estimate_tokens
 from extproc.formats.endpoints import CODECS as CLIENT_CODECS
 from extproc.phases import envelope
 from extproc.phases.context import (
@@ -43,7 +44,7 @@ from extproc.phases.translation import (
     encode_embedding_response,
     encode_upstream_body,
 )
-from extproc.store.redis_store import StoreError, credential_tag, target_tag
+from extproc.store import StoreError
 from extproc.telemetry.core import GENAI_PROVIDER, end_span, trace_id_of
 
 
@@ -153,7 +154,7 @@ class UpstreamStream:
             self.budget = (internal.budget_key, internal.budget_ttl)
         try:
             refusal = await self.choose_credential(
-                routing.estimate_tokens(internal.client_bytes), internal.preferred
+                estimate_tokens(internal.client_bytes), internal.preferred
             )
             if refusal is not None:
                 return refusal
