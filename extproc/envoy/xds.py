@@ -2,7 +2,7 @@
 
 Envoy reloads a file when an entry is moved into its watched directory, so every
 write is a rename. Model clusters are named by their targets (see
-`envoy_config.model_cluster_name`): a reload that changes a model adds a new
+`contract.model_cluster_name`): a reload that changes a model adds a new
 cluster beside the old one. Publishing a config therefore only adds: clusters
 first (Envoy warms them), then the routes that name them, so no request meets a
 route without its cluster. The clusters the new config no longer uses are

@@ -12,16 +12,13 @@ from typing import Any, NamedTuple
 
 from extproc import ir
 from extproc.decisions import cache, keys, providers, routing
-from extproc.envoy.bootstrap import CLUSTER_HEADER
+from extproc.envoy.contract import CACHE_HEADER, CLUSTER_HEADER, INTERNAL_PREFIX, MODEL_HEADER
 from extproc.formats import smart_api
 from extproc.formats.endpoints import Endpoint, allowed_methods, classify, dialect_for_path
 from extproc.phases import envelope
 from extproc.phases.context import (
-    CACHE_HEADER,
     CONTINUE,
-    INTERNAL_PREFIX,
     JSON,
-    MODEL_HEADER,
     STREAM_TYPES,
     Action,
     Context,

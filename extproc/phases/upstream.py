@@ -18,16 +18,18 @@ from extproc import ir
 from extproc.config.settings import Credential, Provider
 from extproc.decisions import cache, providers, routing
 from extproc.decisions.usage import UsageMeter
+from extproc.envoy.contract import (
+    ATTEMPTS_HEADER,
+    CACHE_HEADER,
+    INTERNAL_PREFIX,
+    MODEL_HEADER,
+    PROVIDER_HEADER,
+)
 from extproc.formats.endpoints import CODECS as CLIENT_CODECS
 from extproc.phases import envelope
 from extproc.phases.context import (
-    ATTEMPTS_HEADER,
-    CACHE_HEADER,
     CONTINUE,
-    INTERNAL_PREFIX,
     JSON,
-    MODEL_HEADER,
-    PROVIDER_HEADER,
     STREAM_TYPES,
     Action,
     Context,

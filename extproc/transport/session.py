@@ -12,7 +12,7 @@ import logging
 import time
 
 from extproc import ir
-from extproc.envoy.bootstrap import PHASE_METADATA
+from extproc.envoy.contract import PHASE_METADATA, ROUTER_PHASE, UPSTREAM_PHASE
 from extproc.phases.context import Action, Context, error_response
 from extproc.phases.router import RouterStream
 from extproc.phases.upstream import UpstreamStream
@@ -31,9 +31,10 @@ class Session:
 
     def __init__(self, context: Context, metadata: dict[str, str]) -> None:
         """`metadata`: the stream's gRPC metadata (the calling filter, trace context)."""
-        self.filter_name = "upstream" if metadata.get(PHASE_METADATA) == "upstream" else "router"
+        upstream = metadata.get(PHASE_METADATA) == UPSTREAM_PHASE
+        self.filter_name = UPSTREAM_PHASE if upstream else ROUTER_PHASE
         self.stream: RouterStream | UpstreamStream = (
-            UpstreamStream(context) if self.filter_name == "upstream" else RouterStream(context)
+            UpstreamStream(context) if upstream else RouterStream(context)
         )
         self.stream.trace_carrier = {k: metadata[k] for k in TRACE_KEYS if k in metadata}
         metrics = context.telemetry.metrics
