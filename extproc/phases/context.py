@@ -114,7 +114,7 @@ class Context:
     def store_failed(self, error: StoreError) -> bool:
         """Count a Redis error; True when the request may go on without the store."""
         self.store_errors += 1
-        self.telemetry.metrics.store_errors.inc()
+        self.telemetry.metrics.store_error()
         log.warning("store error (%s): %s", self.config.store.on_error, error)
         return self.config.store.on_error == "open"
 

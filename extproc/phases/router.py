@@ -365,7 +365,7 @@ class RouterStream:
         telemetry = self.context.telemetry
         metrics = telemetry.metrics
         if self.cache_outcome is not None and phase == "request_body":
-            metrics.child(metrics.cache, self.cache_outcome).inc()
+            metrics.cache_lookup(self.cache_outcome)
         if not isinstance(action, Respond):
             if phase == "request_body":
                 end_span(
@@ -374,11 +374,11 @@ class RouterStream:
             return
         status = str(action.status)
         if action.status == 401:
-            metrics.child(metrics.auth_failures, "invalid").inc()
+            metrics.auth_failure("invalid")
         if action.status == 429 and self.refused_by is not None:
-            metrics.child(metrics.rejections, self.refused_by).inc()
+            metrics.rejection(self.refused_by)
         answered_by = "cache" if self.cache_outcome == "hit" else "gateway"
-        metrics.child(metrics.requests, self.dialect, answered_by, self.model or "-", status).inc()
+        metrics.request(self.dialect, answered_by, self.model or "-", status)
         end_span(
             self.span,
             {

@@ -333,11 +333,11 @@ class UpstreamStream:
         if self.status == 429 and self.credential is not None:
             seconds = parse_retry_after(retry_after, self.context.config.routing.cooldown_s)
             self.schedule(self.cool_down(int(seconds * 1000)))
-            metrics.child(metrics.cooldowns, self.provider.name).inc()
-            metrics.child(metrics.upstream_errors, self.provider.name, "rate_limit").inc()
+            metrics.cooldown(self.provider.name)
+            metrics.upstream_error(self.provider.name, "rate_limit")
         elif self.status >= 500:
             self.schedule(self.record_failure())
-            metrics.child(metrics.upstream_errors, self.provider.name, "server_error").inc()
+            metrics.upstream_error(self.provider.name, "server_error")
 
     def finish(self) -> None:
         """End of the attempt's response: charge what it used, count, log, end the span."""
@@ -414,27 +414,24 @@ class UpstreamStream:
         status = str(self.status or 502)
         now = time.perf_counter()
         usage = self.meter.usage()
-        metrics.child(metrics.attempts, provider, model, status).inc()
+        metrics.attempt(provider, model, status)
         if 200 <= self.status < 300:
-            for kind, count in (("input", usage.input_tokens), ("output", usage.output_tokens)):
-                metrics.child(metrics.tokens, provider, model, kind).inc(count)
-                genai = GENAI_PROVIDER[self.provider.type]
-                metrics.child(metrics.token_usage, genai, model, kind).observe(count)
-            metrics.child(metrics.duration, provider, model).observe(now - self.started)
+            genai = GENAI_PROVIDER[self.provider.type]
+            metrics.tokens(provider, genai, model, "input", usage.input_tokens)
+            metrics.tokens(provider, genai, model, "output", usage.output_tokens)
+            metrics.duration(provider, model, now - self.started)
             if self.first_token:
-                metrics.child(metrics.ttft, provider, model).observe(
-                    self.first_token - self.started
-                )
+                metrics.time_to_first_token(provider, model, self.first_token - self.started)
                 if usage.output_tokens:
                     per_token = (now - self.first_token) / usage.output_tokens
-                    metrics.child(metrics.tpot, provider, model).observe(per_token)
+                    metrics.time_per_output_token(provider, model, per_token)
             if int(self.attempt) > 1:
-                metrics.child(metrics.fallbacks, self.client_model).inc()
+                metrics.fallback(self.client_model)
         elif self.status == 0:
-            metrics.child(metrics.upstream_errors, provider, "no_response").inc()
+            metrics.upstream_error(provider, "no_response")
         final = self.final()
         if final:
-            metrics.child(metrics.requests, self.dialect, provider, self.client_model, status).inc()
+            metrics.request(self.dialect, provider, self.client_model, status)
         self.end_span(usage, now)
         if final:
             self.context.telemetry.request_log(

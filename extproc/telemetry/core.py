@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Generic, Literal, TypeVar
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -37,94 +37,193 @@ _PHASE = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05)
 _TOKENS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576)
 
 
+UpstreamErrorKind = Literal["rate_limit", "server_error", "no_response"]
+TokenType = Literal["input", "output"]
+_M = TypeVar("_M", Counter, Gauge, Histogram)
+
+
+class _Family(Generic[_M]):
+    """One metric and its label children, cached: `labels()` costs microseconds."""
+
+    __slots__ = ("_children", "metric")
+
+    def __init__(self, metric: _M) -> None:
+        self.metric: _M = metric
+        self._children: dict[tuple[str, ...], _M] = {}
+
+    def labels(self, *values: str) -> _M:
+        found = self._children.get(values)
+        if found is None:
+            found = self._children[values] = self.metric.labels(*values)
+        return found
+
+
 class Metrics:
-    """The Prometheus side. Label children are cached: `labels()` costs microseconds."""
+    """The Prometheus side: one method per metric, its labels as named parameters.
+
+    Metric and label names are read by tests, dashboards and alerts: never rename them.
+    """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.requests = Counter(
-            "llmux_requests",
-            "Client requests by outcome",
-            ["client_api", "provider", "model", "status"],
-            registry=r,
+        self._requests = _Family(
+            Counter(
+                "llmux_requests",
+                "Client requests by outcome",
+                ["client_api", "provider", "model", "status"],
+                registry=r,
+            )
         )
-        self.attempts = Counter(
-            "llmux_upstream_attempts",
-            "Upstream attempts",
-            ["provider", "model", "status"],
-            registry=r,
+        self._attempts = _Family(
+            Counter(
+                "llmux_upstream_attempts",
+                "Upstream attempts",
+                ["provider", "model", "status"],
+                registry=r,
+            )
         )
-        self.tokens = Counter(
-            "llmux_tokens", "Tokens used upstream", ["provider", "model", "type"], registry=r
+        self._tokens = _Family(
+            Counter(
+                "llmux_tokens", "Tokens used upstream", ["provider", "model", "type"], registry=r
+            )
         )
-        self.token_usage = Histogram(
-            "gen_ai_client_token_usage",
-            "Tokens per request",
-            ["gen_ai_provider_name", "gen_ai_request_model", "gen_ai_token_type"],
-            buckets=_TOKENS,
-            registry=r,
+        self._token_usage = _Family(
+            Histogram(
+                "gen_ai_client_token_usage",
+                "Tokens per request",
+                ["gen_ai_provider_name", "gen_ai_request_model", "gen_ai_token_type"],
+                buckets=_TOKENS,
+                registry=r,
+            )
         )
-        self.duration = Histogram(
-            "llmux_request_duration_seconds",
-            "Upstream request time",
-            ["provider", "model"],
-            buckets=_LATENCY,
-            registry=r,
+        self._duration = _Family(
+            Histogram(
+                "llmux_request_duration_seconds",
+                "Upstream request time",
+                ["provider", "model"],
+                buckets=_LATENCY,
+                registry=r,
+            )
         )
-        self.ttft = Histogram(
-            "llmux_time_to_first_token_seconds",
-            "Time to first token",
-            ["provider", "model"],
-            buckets=_LATENCY,
-            registry=r,
+        self._ttft = _Family(
+            Histogram(
+                "llmux_time_to_first_token_seconds",
+                "Time to first token",
+                ["provider", "model"],
+                buckets=_LATENCY,
+                registry=r,
+            )
         )
-        self.tpot = Histogram(
-            "llmux_time_per_output_token_seconds",
-            "Time per output token",
-            ["provider", "model"],
-            buckets=_LATENCY,
-            registry=r,
+        self._tpot = _Family(
+            Histogram(
+                "llmux_time_per_output_token_seconds",
+                "Time per output token",
+                ["provider", "model"],
+                buckets=_LATENCY,
+                registry=r,
+            )
         )
-        self.phase = Histogram(
-            "llmux_extproc_phase_seconds",
-            "ext_proc processing per phase",
-            ["filter", "phase"],
-            buckets=_PHASE,
-            registry=r,
+        self._phase = _Family(
+            Histogram(
+                "llmux_extproc_phase_seconds",
+                "ext_proc processing per phase",
+                ["filter", "phase"],
+                buckets=_PHASE,
+                registry=r,
+            )
         )
-        self.cache = Counter("llmux_cache_lookups", "Cache lookups", ["outcome"], registry=r)
-        self.rejections = Counter(
-            "llmux_quota_rejections", "Requests refused by a limit", ["scope"], registry=r
+        self._cache = _Family(
+            Counter("llmux_cache_lookups", "Cache lookups", ["outcome"], registry=r)
         )
-        self.fallbacks = Counter(
-            "llmux_fallbacks", "Requests served after a failed attempt", ["model"], registry=r
+        self._rejections = _Family(
+            Counter("llmux_quota_rejections", "Requests refused by a limit", ["scope"], registry=r)
         )
-        self.cooldowns = Counter(
-            "llmux_cooldowns", "Credentials put in cooldown after a 429", ["provider"], registry=r
+        self._fallbacks = _Family(
+            Counter(
+                "llmux_fallbacks", "Requests served after a failed attempt", ["model"], registry=r
+            )
         )
-        self.upstream_errors = Counter(
-            "llmux_upstream_errors", "Failed upstream attempts", ["provider", "kind"], registry=r
+        self._cooldowns = _Family(
+            Counter(
+                "llmux_cooldowns",
+                "Credentials put in cooldown after a 429",
+                ["provider"],
+                registry=r,
+            )
         )
-        self.active = Gauge(
-            "llmux_active_streams",
-            "Open ext_proc streams",
-            ["filter"],
-            registry=r,
-            multiprocess_mode="livesum",
+        self._upstream_errors = _Family(
+            Counter(
+                "llmux_upstream_errors",
+                "Failed upstream attempts",
+                ["provider", "kind"],
+                registry=r,
+            )
         )
-        self.store_errors = Counter("llmux_store_errors", "Redis errors", registry=r)
-        self.auth_failures = Counter(
-            "llmux_auth_failures", "Refused client keys", ["reason"], registry=r
+        self._active = _Family(
+            Gauge(
+                "llmux_active_streams",
+                "Open ext_proc streams",
+                ["filter"],
+                registry=r,
+                multiprocess_mode="livesum",
+            )
         )
-        self._children: dict[tuple[Any, ...], Any] = {}
+        self._store_errors = Counter("llmux_store_errors", "Redis errors", registry=r)
+        self._auth_failures = _Family(
+            Counter("llmux_auth_failures", "Refused client keys", ["reason"], registry=r)
+        )
 
-    def child(self, metric: Any, *labels: str) -> Any:
-        key = (id(metric), *labels)
-        found = self._children.get(key)
-        if found is None:
-            found = self._children[key] = metric.labels(*labels)
-        return found
+    def request(self, client_api: str, provider: str, model: str, status: str) -> None:
+        """A client request answered (`provider` is "cache" or "gateway" when no upstream)."""
+        self._requests.labels(client_api, provider, model, status).inc()
+
+    def attempt(self, provider: str, model: str, status: str) -> None:
+        self._attempts.labels(provider, model, status).inc()
+
+    def tokens(
+        self, provider: str, genai_provider: str, model: str, kind: TokenType, count: int
+    ) -> None:
+        """Tokens one attempt used: the llmux counter and the GenAI-convention histogram."""
+        self._tokens.labels(provider, model, kind).inc(count)
+        self._token_usage.labels(genai_provider, model, kind).observe(count)
+
+    def duration(self, provider: str, model: str, seconds: float) -> None:
+        self._duration.labels(provider, model).observe(seconds)
+
+    def time_to_first_token(self, provider: str, model: str, seconds: float) -> None:
+        self._ttft.labels(provider, model).observe(seconds)
+
+    def time_per_output_token(self, provider: str, model: str, seconds: float) -> None:
+        self._tpot.labels(provider, model).observe(seconds)
+
+    def phase(self, filter_name: str, phase: str, seconds: float) -> None:
+        self._phase.labels(filter_name, phase).observe(seconds)
+
+    def cache_lookup(self, outcome: str) -> None:
+        self._cache.labels(outcome).inc()
+
+    def rejection(self, scope: str) -> None:
+        self._rejections.labels(scope).inc()
+
+    def fallback(self, model: str) -> None:
+        self._fallbacks.labels(model).inc()
+
+    def cooldown(self, provider: str) -> None:
+        self._cooldowns.labels(provider).inc()
+
+    def upstream_error(self, provider: str, kind: UpstreamErrorKind) -> None:
+        self._upstream_errors.labels(provider, kind).inc()
+
+    def active_streams(self, filter_name: str) -> Gauge:
+        """The open-streams gauge of one filter: a stream increments it once, then decrements."""
+        return self._active.labels(filter_name)
+
+    def store_error(self) -> None:
+        self._store_errors.inc()
+
+    def auth_failure(self, reason: str) -> None:
+        self._auth_failures.labels(reason).inc()
 
 
 def exposition_registry(metrics: Metrics) -> CollectorRegistry:

@@ -39,7 +39,7 @@ class Session:
         self.stream.trace_carrier = {k: metadata[k] for k in TRACE_KEYS if k in metadata}
         metrics = context.telemetry.metrics
         self._metrics = metrics
-        self._active = metrics.child(metrics.active, self.filter_name)
+        self._active = metrics.active_streams(self.filter_name)
         self._active.inc()
         self._closed = False
 
@@ -53,8 +53,7 @@ class Session:
         started = time.perf_counter()
         action = await self._guarded(phase, request)
         response = envoy_msgs.response_for(phase, action)
-        metrics = self._metrics
-        metrics.child(metrics.phase, self.filter_name, phase).observe(time.perf_counter() - started)
+        self._metrics.phase(self.filter_name, phase, time.perf_counter() - started)
         if isinstance(self.stream, RouterStream):
             # Before answering: after an immediate response Envoy may close the
             # stream at once, and code after the answer would never run.
