@@ -33,6 +33,7 @@ from extproc.phases.translation import decode_client_body, embedding_format, rep
 from extproc.phases.upstream import UpstreamStream
 from extproc.store.redis_store import RequestState, StoreError, key_tag
 from extproc.telemetry.core import end_span, trace_id_of
+from extproc.telemetry.record import RequestRecord
 
 
 class CacheLookup(NamedTuple):
@@ -388,7 +389,7 @@ class RouterStream:
             },
             error=None if action.status < 400 else status,
         )
-        telemetry.request_log(
+        record = RequestRecord(
             trace_id=trace_id_of(self.span),
             client_api=self.dialect,
             provider=answered_by,
@@ -398,6 +399,7 @@ class RouterStream:
             duration_ms=round((time.perf_counter() - self.started) * 1000, 3),
             key_id=self.key.id if self.key is not None else None,
         )
+        telemetry.request_log(record)
 
     def unknown_endpoint(self, method: str, path: str) -> Respond:
         """404 for a path that is not ours; 405 with `allow` for a known path's wrong method."""

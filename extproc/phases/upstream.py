@@ -47,6 +47,7 @@ from extproc.phases.translation import (
 )
 from extproc.store.redis_store import StoreError, credential_tag, target_tag
 from extproc.telemetry.core import GENAI_PROVIDER, end_span, trace_id_of
+from extproc.telemetry.record import RequestRecord
 
 
 class UpstreamStream:
@@ -434,7 +435,7 @@ class UpstreamStream:
             metrics.request(self.dialect, provider, self.client_model, status)
         self.end_span(usage, now)
         if final:
-            self.context.telemetry.request_log(
+            record = RequestRecord(
                 request_id=self.request_id,
                 trace_id=trace_id_of(self.span),
                 client_api=self.dialect,
@@ -450,6 +451,7 @@ class UpstreamStream:
                 key_id=self.key_id,
                 stream=self.stream,
             )
+            self.context.telemetry.request_log(record)
 
     def end_span(self, usage: ir.Usage, now: float) -> None:
         end_span(

@@ -5,7 +5,7 @@ OpenTelemetry SDK with the GenAI semantic conventions and join Envoy's spans
 through the W3C `traceparent` Envoy sends with each ext_proc call; without an
 OTLP endpoint no tracer is built and span calls cost nothing. Request logs are
 one JSON line per request, never with bodies unless asked, never with secrets; the
-same record feeds the admin dashboard's activity (activity.py).
+same record (record.py) feeds the admin dashboard's activity (activity.py).
 Label values come from the config (provider, model names) or small fixed sets.
 """
 
@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from extproc.config.settings import Telemetry as TelemetryConfig
 from extproc.telemetry.activity import Activity
+from extproc.telemetry.record import RequestRecord
 
 log = logging.getLogger("llmux.request")
 
@@ -301,14 +302,14 @@ class Telemetry:
         self.tracing = Tracing(settings)
         self.activity = Activity()
 
-    def request_log(self, **fields: Any) -> None:
+    def request_log(self, record: RequestRecord) -> None:
         """One JSON line per client request at info (see JsonFormatter).
 
         The record also goes to the dashboard's activity, whatever the log level.
         """
         if log.isEnabledFor(logging.INFO):
-            log.info({k: v for k, v in fields.items() if v is not None})
-        self.activity.record(fields)
+            log.info(record.fields())
+        self.activity.record(record)
 
 
 class JsonFormatter(logging.Formatter):
