@@ -343,7 +343,7 @@ def _router_ext_proc(config: Config) -> dict[str, Any]:
         "failure_mode_allow": False,
         "message_timeout": f"{config.extproc.message_timeout_ms / 1000:g}s",
         "processing_mode": _processing_mode(),
-        # Single-target models handle their response in this filter (see router_phase).
+        # Single-target models handle their response in this filter (see phases/router.py).
         "allow_mode_override": True,
         "status_on_error": {"code": EXTPROC_FAILURE_STATUS},
         "metadata_options": {"receiving_namespaces": {"untyped": ["envoy.lb", DIALECT_NAMESPACE]}},

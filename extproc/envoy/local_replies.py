@@ -64,7 +64,7 @@ def _status_filter(code: int) -> dict[str, Any]:
     }
 
 
-# The ext_proc filter's own failure (processor down or too slow) answers with this
+# The ext_proc filter's own failure (the ext_proc down or too slow) answers with this
 # status; no other local reply uses it, so the mappers below can shape it too.
 EXTPROC_FAILURE_STATUS = 502
 
