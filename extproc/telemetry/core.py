@@ -59,6 +59,24 @@ class _Family(Generic[_M]):
         return found
 
 
+def _counter(
+    registry: CollectorRegistry, name: str, documentation: str, labels: str
+) -> _Family[Counter]:
+    return _Family(Counter(name, documentation, labels.split(), registry=registry))
+
+
+def _histogram(
+    registry: CollectorRegistry,
+    name: str,
+    documentation: str,
+    labels: str,
+    buckets: tuple[float, ...],
+) -> _Family[Histogram]:
+    return _Family(
+        Histogram(name, documentation, labels.split(), buckets=buckets, registry=registry)
+    )
+
+
 class Metrics:
     """The Prometheus side: one method per metric, its labels as named parameters.
 
@@ -66,100 +84,57 @@ class Metrics:
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry()
-        r = self.registry
-        self._requests = _Family(
-            Counter(
-                "llmux_requests",
-                "Client requests by outcome",
-                ["client_api", "provider", "model", "status"],
-                registry=r,
-            )
+        self.registry = r = registry or CollectorRegistry()
+        self._requests = _counter(
+            r, "llmux_requests", "Client requests by outcome", "client_api provider model status"
         )
-        self._attempts = _Family(
-            Counter(
-                "llmux_upstream_attempts",
-                "Upstream attempts",
-                ["provider", "model", "status"],
-                registry=r,
-            )
+        self._attempts = _counter(
+            r, "llmux_upstream_attempts", "Upstream attempts", "provider model status"
         )
-        self._tokens = _Family(
-            Counter(
-                "llmux_tokens", "Tokens used upstream", ["provider", "model", "type"], registry=r
-            )
+        self._tokens = _counter(r, "llmux_tokens", "Tokens used upstream", "provider model type")
+        self._token_usage = _histogram(
+            r,
+            "gen_ai_client_token_usage",
+            "Tokens per request",
+            "gen_ai_provider_name gen_ai_request_model gen_ai_token_type",
+            _TOKENS,
         )
-        self._token_usage = _Family(
-            Histogram(
-                "gen_ai_client_token_usage",
-                "Tokens per request",
-                ["gen_ai_provider_name", "gen_ai_request_model", "gen_ai_token_type"],
-                buckets=_TOKENS,
-                registry=r,
-            )
+        self._duration = _histogram(
+            r, "llmux_request_duration_seconds", "Upstream request time", "provider model", _LATENCY
         )
-        self._duration = _Family(
-            Histogram(
-                "llmux_request_duration_seconds",
-                "Upstream request time",
-                ["provider", "model"],
-                buckets=_LATENCY,
-                registry=r,
-            )
+        self._ttft = _histogram(
+            r,
+            "llmux_time_to_first_token_seconds",
+            "Time to first token",
+            "provider model",
+            _LATENCY,
         )
-        self._ttft = _Family(
-            Histogram(
-                "llmux_time_to_first_token_seconds",
-                "Time to first token",
-                ["provider", "model"],
-                buckets=_LATENCY,
-                registry=r,
-            )
+        self._tpot = _histogram(
+            r,
+            "llmux_time_per_output_token_seconds",
+            "Time per output token",
+            "provider model",
+            _LATENCY,
         )
-        self._tpot = _Family(
-            Histogram(
-                "llmux_time_per_output_token_seconds",
-                "Time per output token",
-                ["provider", "model"],
-                buckets=_LATENCY,
-                registry=r,
-            )
+        self._phase = _histogram(
+            r,
+            "llmux_extproc_phase_seconds",
+            "ext_proc processing per phase",
+            "filter phase",
+            _PHASE,
         )
-        self._phase = _Family(
-            Histogram(
-                "llmux_extproc_phase_seconds",
-                "ext_proc processing per phase",
-                ["filter", "phase"],
-                buckets=_PHASE,
-                registry=r,
-            )
+        self._cache = _counter(r, "llmux_cache_lookups", "Cache lookups", "outcome")
+        self._rejections = _counter(
+            r, "llmux_quota_rejections", "Requests refused by a limit", "scope"
         )
-        self._cache = _Family(
-            Counter("llmux_cache_lookups", "Cache lookups", ["outcome"], registry=r)
+        self._fallbacks = _counter(
+            r, "llmux_fallbacks", "Requests served after a failed attempt", "model"
         )
-        self._rejections = _Family(
-            Counter("llmux_quota_rejections", "Requests refused by a limit", ["scope"], registry=r)
+        self._cooldowns = _counter(
+            r, "llmux_cooldowns", "Credentials put in cooldown after a 429", "provider"
         )
-        self._fallbacks = _Family(
-            Counter(
-                "llmux_fallbacks", "Requests served after a failed attempt", ["model"], registry=r
-            )
-        )
-        self._cooldowns = _Family(
-            Counter(
-                "llmux_cooldowns",
-                "Credentials put in cooldown after a 429",
-                ["provider"],
-                registry=r,
-            )
-        )
-        self._upstream_errors = _Family(
-            Counter(
-                "llmux_upstream_errors",
-                "Failed upstream attempts",
-                ["provider", "kind"],
-                registry=r,
-            )
+        self._upstream_errors = _counter(
+            r, "llmux_upstream_errors", "Failed upstream attempts", "provider kind"
         )
         self._active = _Family(
             Gauge(
@@ -171,9 +146,7 @@ class Metrics:
             )
         )
         self._store_errors = Counter("llmux_store_errors", "Redis errors", registry=r)
-        self._auth_failures = _Family(
-            Counter("llmux_auth_failures", "Refused client keys", ["reason"], registry=r)
-        )
+        self._auth_failures = _counter(r, "llmux_auth_failures", "Refused client keys", "reason")
 
     def request(self, client_api: str, provider: str, model: str, status: str) -> None:
         """A client request answered (`provider` is "cache" or "gateway" when no upstream)."""
