@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from typing import Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -22,6 +22,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from extproc.config.settings import Telemetry as TelemetryConfig
 from extproc.telemetry.activity import Activity
 from extproc.telemetry.record import RequestRecord
+
+if TYPE_CHECKING:  # the SDK is imported only when tracing is on
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.trace import Span, Tracer
 
 log = logging.getLogger("llmux.request")
 
@@ -221,8 +225,8 @@ class Tracing:
 
     def __init__(self, settings: TelemetryConfig) -> None:
         self.settings = settings
-        self.tracer: Any = None
-        self.provider: Any = None
+        self.tracer: Tracer | None = None
+        self.provider: TracerProvider | None = None
         if settings.otlp_endpoint:
             self._build(settings)
 
@@ -235,14 +239,14 @@ class Tracing:
 
         resource = Resource.create({"service.name": settings.service_name})
         sampler = ParentBased(TraceIdRatioBased(settings.sample_ratio))
-        self.provider = TracerProvider(resource=resource, sampler=sampler)
+        self.provider = provider = TracerProvider(resource=resource, sampler=sampler)
         exporter = OTLPSpanExporter(
             endpoint=settings.otlp_endpoint,
             insecure=settings.insecure,
             headers=dict(settings.otlp_headers) or None,
         )
-        self.provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
-        self.tracer = self.provider.get_tracer("llmux")
+        provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
+        self.tracer = provider.get_tracer("llmux")
 
     def start(
         self,
@@ -250,7 +254,7 @@ class Tracing:
         carrier: Mapping[str, str],
         attributes: dict[str, Any],
         client: bool = False,
-    ) -> Any:
+    ) -> Span | None:
         """A span whose parent is the `traceparent` in `carrier`; None when tracing is off."""
         if self.tracer is None:
             return None
@@ -311,14 +315,14 @@ def configure_logging(level: str = "INFO") -> None:
     root.setLevel(level)
 
 
-def trace_id_of(span: Any) -> str | None:
+def trace_id_of(span: Span | None) -> str | None:
     if span is None:
         return None
     context = span.get_span_context()
     return f"{context.trace_id:032x}" if context.trace_id else None
 
 
-def end_span(span: Any, attributes: dict[str, Any], error: str | None = None) -> None:
+def end_span(span: Span | None, attributes: dict[str, Any], error: str | None = None) -> None:
     if span is None:
         return
     from opentelemetry.trace import Status, StatusCode
