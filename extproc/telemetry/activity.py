@@ -105,7 +105,7 @@ def minute_sums(records: Iterable[RequestRecord]) -> dict[int, dict[str, int]]:
     """Requests, errors (status >= 400), tokens and cache hits per calendar minute."""
     sums: dict[int, dict[str, int]] = {}
     for record in records:
-        minute = minute_of(record.ts)
+        minute = minute_of(record.ts or 0.0)  # Activity.record stamps every record
         total = sums.get(minute)
         if total is None:
             total = sums[minute] = dict.fromkeys(SERIES_FIELDS, 0)

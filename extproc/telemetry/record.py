@@ -31,7 +31,7 @@ class RequestRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     cache: str | None = None
     key_id: str | None = None
     stream: bool | None = None
-    ts: float = 0.0  # unix seconds, set when the dashboard's activity takes the record
+    ts: float | None = None  # unix seconds, set when the dashboard's activity takes it
 
     def fields(self) -> dict[str, Any]:
         """The set fields by name (what the log line carries)."""

@@ -36,7 +36,7 @@ def with_store(url: str, work: Callable[[Store], Awaitable[T]]) -> T:
     return asyncio.run(run())
 
 
-def request(ts: float = 0.0, **fields: Any) -> RequestRecord:
+def request(ts: float | None = None, **fields: Any) -> RequestRecord:
     defaults = {"client_api": "openai", "model": "gpt-4o-mini", "provider": "openai"}
     return RequestRecord(**{**defaults, "status": 200, "duration_ms": 1.0, "ts": ts, **fields})
 
@@ -150,3 +150,43 @@ def test_request_log_feeds_the_activity_at_any_log_level() -> None:
     [record] = telemetry.activity.pending
     assert record.model == "gpt-4o-mini" and record.key_id == "key_1"
     assert isinstance(record.ts, float) and record.ts > 0
+
+
+def test_a_record_keeps_the_request_log_field_names_and_leaves_out_unset_ones() -> None:
+    full = request(
+        MINUTE,
+        request_id="req_1",
+        trace_id="0af7651916cd43dd8448eb211c80319c",
+        upstream_model="gpt-4o-mini-2024-07-18",
+        input_tokens=0,
+        output_tokens=7,
+        attempt=2,
+        cache="miss",
+        key_id="key_1",
+        stream=False,
+    )
+    assert set(msgspec.json.decode(msgspec.json.encode(full))) == {
+        "request_id",
+        "trace_id",
+        "client_api",
+        "provider",
+        "model",
+        "upstream_model",
+        "status",
+        "input_tokens",
+        "output_tokens",
+        "attempt",
+        "duration_ms",
+        "cache",
+        "key_id",
+        "stream",
+        "ts",
+    }
+    # Zero and False are values; None is "not known" and is left out, as is an unset ts.
+    assert full.fields()["input_tokens"] == 0 and full.fields()["stream"] is False
+    assert request(model=None).fields() == {
+        "client_api": "openai",
+        "provider": "openai",
+        "status": 200,
+        "duration_ms": 1.0,
+    }
