@@ -3,7 +3,7 @@
 msgspec stops at the first error, and `llmux check` must show them all: this walks the
 YAML tree against the config Structs field by field and item by item, suggests the
 closest field for an unknown one ("did you mean") and lists an enum's allowed values.
-Pure: no I/O, no environment; the Structs themselves stay in config.py.
+Pure: no I/O, no environment; the Structs themselves stay in settings.py.
 """
 
 from __future__ import annotations

@@ -1,7 +1,10 @@
 """Typed, frozen llmux configuration: YAML file -> validated structs.
 
-The only module that reads os.environ (for `${VAR}` expansion). Errors name the
-file, the field path and why, so `llmux check` can print them as they are.
+`${VAR}` in the file expands from the environment mapping passed in (os.environ
+unless told otherwise); everything a request depends on comes from here. Other modules
+read os.environ only for process plumbing (the workers' metrics directory, the
+children's environment, the reloader's expansion). Errors name the file, the field
+path and why, so `llmux check` can print them as they are.
 """
 
 from __future__ import annotations

@@ -15,31 +15,27 @@ This module builds plain dicts and does no I/O.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import msgspec
-
 from extproc.config.settings import Config, Model, Provider, UpstreamURL
-from extproc.envoy.local_replies import (
+from extproc.envoy.contract import (
+    CLUSTER_HEADER,
     DIALECT_NAMESPACE,
-    EXTPROC_FAILURE_STATUS,
-    local_reply_config,
+    METADATA_NAMESPACE,
+    PHASE_METADATA,
+    ROUTER_PHASE,
+    SUBSET_KEY,
+    TARGET_KEY,
+    UPSTREAM_PHASE,
+    model_cluster_name,
 )
+from extproc.envoy.local_replies import EXTPROC_FAILURE_STATUS, local_reply_config
 
 EXTPROC_CLUSTER = "llmux_extproc"
-CLUSTER_HEADER = "x-llmux-cluster"
-METADATA_NAMESPACE = "llmux"
-TARGET_KEY = "llmux_target"  # endpoint metadata naming the target index of the model
-# The router phase tells Envoy which targets may serve a request (healthy, in quota)
-# as a bitmask in dynamic metadata `envoy.lb`; each endpoint lists every mask that
-# contains it, and the subset load balancer (list_as_any) keeps only those endpoints.
-SUBSET_KEY = "llmux_set"
 MAX_SUBSET_TARGETS = 8  # 2^(n-1) list entries per endpoint; larger models skip subsetting
 ROUTER_FILTER = "llmux.router"
 UPSTREAM_FILTER = "llmux.upstream"
-PHASE_METADATA = "x-llmux-phase"  # gRPC metadata telling the ext_proc which filter calls
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 _T = "type.googleapis.com/"
@@ -59,20 +55,6 @@ RDS_FILE = "rds.json"
 ROUTE_CONFIG = "llmux"
 _CLUSTER_TYPE = _T + "envoy.config.cluster.v3.Cluster"
 _ROUTE_TYPE = _T + "envoy.config.route.v3.RouteConfiguration"
-
-
-def model_cluster_name(config: Config, model: Model) -> str:
-    """Named by what gives its endpoints their meaning: the targets and their providers.
-
-    A reload that changes them makes a new cluster beside the old one, so attempts in
-    flight keep the targets they were routed to (endpoints name targets by index).
-    Cluster names never carry user strings.
-    """
-    spec: list[Any] = [model.name]
-    for target in model.targets:
-        provider = config.provider(target.provider)
-        spec.append([*msgspec.structs.astuple(target), provider.type, provider.base_url])
-    return "llmux_model_" + hashlib.sha256(msgspec.json.encode(spec)).hexdigest()[:16]
 
 
 class ModelResources(NamedTuple):
@@ -357,11 +339,11 @@ def _grpc_service(phase: str) -> dict[str, Any]:
 def _router_ext_proc(config: Config) -> dict[str, Any]:
     return {
         "@type": _EXT_PROC,
-        "grpc_service": _grpc_service("router"),
+        "grpc_service": _grpc_service(ROUTER_PHASE),
         "failure_mode_allow": False,
         "message_timeout": f"{config.extproc.message_timeout_ms / 1000:g}s",
         "processing_mode": _processing_mode(),
-        # Single-target models handle their response in this filter (see router_phase).
+        # Single-target models handle their response in this filter (see phases/router.py).
         "allow_mode_override": True,
         "status_on_error": {"code": EXTPROC_FAILURE_STATUS},
         "metadata_options": {"receiving_namespaces": {"untyped": ["envoy.lb", DIALECT_NAMESPACE]}},
@@ -371,7 +353,7 @@ def _router_ext_proc(config: Config) -> dict[str, Any]:
 def _upstream_ext_proc(config: Config) -> dict[str, Any]:
     return {
         "@type": _EXT_PROC,
-        "grpc_service": _grpc_service("upstream"),
+        "grpc_service": _grpc_service(UPSTREAM_PHASE),
         "failure_mode_allow": False,
         "message_timeout": f"{config.extproc.message_timeout_ms / 1000:g}s",
         # Response body mode is chosen per response (stream or not) by mode_override.

@@ -10,11 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-# The router phase names the client's dialect in dynamic metadata (llmux.dialect), so
-# Envoy's own error replies take the client's shape without a header reaching providers.
-DIALECT_NAMESPACE = "llmux"
-DIALECT_KEY = "dialect"
-
+from extproc.envoy.contract import DIALECT_KEY, DIALECT_NAMESPACE
 
 # Envoy's own local replies (upstream connect failure, timeout, no healthy host)
 # are reshaped into the client's error format. Replies the ext_proc sends itself
@@ -68,7 +64,7 @@ def _status_filter(code: int) -> dict[str, Any]:
     }
 
 
-# The ext_proc filter's own failure (processor down or too slow) answers with this
+# The ext_proc filter's own failure (the ext_proc down or too slow) answers with this
 # status; no other local reply uses it, so the mappers below can shape it too.
 EXTPROC_FAILURE_STATUS = 502
 

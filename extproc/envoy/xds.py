@@ -2,7 +2,7 @@
 
 Envoy reloads a file when an entry is moved into its watched directory, so every
 write is a rename. Model clusters are named by their targets (see
-`envoy_config.model_cluster_name`): a reload that changes a model adds a new
+`contract.model_cluster_name`): a reload that changes a model adds a new
 cluster beside the old one. Publishing a config therefore only adds: clusters
 first (Envoy warms them), then the routes that name them, so no request meets a
 route without its cluster. The clusters the new config no longer uses are
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from extproc.config.settings import Config
-from extproc.envoy import bootstrap as envoy_config
+from extproc.envoy import bootstrap
 from extproc.envoy.bootstrap import CDS_FILE, RDS_FILE, ROUTE_CONFIG, ModelResources
 
 log = logging.getLogger("llmux.xds")
@@ -64,7 +64,7 @@ class XdsPublisher:
 
     def publish(self, config: Config, *, wait: bool = True) -> None:
         """Make Envoy serve the new models' clusters and routes beside the old ones."""
-        resources = envoy_config.model_resources(config)
+        resources = bootstrap.model_resources(config)
         previous, previously_retired = self.current, dict(self.retired)
         now = self.clock()
         for name, old in self.current.items():
@@ -104,7 +104,7 @@ class XdsPublisher:
         self.version += 1
         version = f"{os.getpid()}-{self.version}"
         resources = {**{n: r for n, (r, _, _) in self.retired.items()}, **self.current}
-        documents = envoy_config.xds_documents(resources, version)
+        documents = bootstrap.xds_documents(resources, version)
         self.directory.mkdir(parents=True, exist_ok=True)
         for name in order:
             _replace(self.directory / name, documents[name])

@@ -53,7 +53,8 @@ _EXACT: dict[tuple[str, str], Endpoint] = {
     ("POST", "/api/smart"): Endpoint("smart", "chat"),
 }
 
-# google-genai 3.x calls /v1/models/..., older clients /v1beta/models/... (DESIGN.md).
+# google-genai 3.x calls /v1/models/..., older clients /v1beta/models/...
+# (README's endpoint table lists both).
 _GEMINI = re.compile(
     r"^/v1(?:beta|alpha)?/models/(?P<model>[^/:]+):(?P<method>generateContent|streamGenerateContent|embedContent|batchEmbedContents)$"
 )

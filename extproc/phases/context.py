@@ -20,7 +20,7 @@ from typing import Any, Literal, NamedTuple
 from extproc import ir
 from extproc.config.settings import Config, Model, Provider
 from extproc.decisions import routing
-from extproc.envoy.bootstrap import model_cluster_name
+from extproc.envoy.contract import model_cluster_name
 from extproc.formats import ollama_chat, openai_chat
 from extproc.formats.endpoints import CODECS as CLIENT_CODECS
 from extproc.store import Store, StoreError
@@ -28,11 +28,6 @@ from extproc.telemetry.core import Telemetry
 
 log = logging.getLogger("llmux.processor")
 
-MODEL_HEADER = "x-llmux-model"  # response: the upstream model that answered
-PROVIDER_HEADER = "x-llmux-provider"
-CACHE_HEADER = "x-llmux-cache"
-ATTEMPTS_HEADER = "x-llmux-attempts"
-INTERNAL_PREFIX = "x-llmux-"
 JSON = "application/json"
 STREAM_TYPES = {
     "openai": "text/event-stream",
@@ -119,7 +114,7 @@ class Context:
     def store_failed(self, error: StoreError) -> bool:
         """Count a Redis error; True when the request may go on without the store."""
         self.store_errors += 1
-        self.telemetry.metrics.store_errors.inc()
+        self.telemetry.metrics.store_error()
         log.warning("store error (%s): %s", self.config.store.on_error, error)
         return self.config.store.on_error == "open"
 

@@ -14,16 +14,13 @@ from extproc import ir
 from extproc.decisions import cache, keys, providers, routing
 from extproc.decisions.keys import key_tag
 from extproc.decisions.usage import estimate_tokens
-from extproc.envoy.bootstrap import CLUSTER_HEADER
+from extproc.envoy.contract import CACHE_HEADER, CLUSTER_HEADER, INTERNAL_PREFIX, MODEL_HEADER
 from extproc.formats import smart_api
 from extproc.formats.endpoints import Endpoint, allowed_methods, classify, dialect_for_path
 from extproc.phases import envelope
 from extproc.phases.context import (
-    CACHE_HEADER,
     CONTINUE,
-    INTERNAL_PREFIX,
     JSON,
-    MODEL_HEADER,
     STREAM_TYPES,
     Action,
     Context,
@@ -38,6 +35,7 @@ from extproc.phases.translation import decode_client_body, embedding_format, rep
 from extproc.phases.upstream import UpstreamStream
 from extproc.store import RequestState, StoreError
 from extproc.telemetry.core import end_span, trace_id_of
+from extproc.telemetry.record import RequestRecord
 
 
 class CacheLookup(NamedTuple):
@@ -370,7 +368,7 @@ class RouterStream:
         telemetry = self.context.telemetry
         metrics = telemetry.metrics
         if self.cache_outcome is not None and phase == "request_body":
-            metrics.child(metrics.cache, self.cache_outcome).inc()
+            metrics.cache_lookup(self.cache_outcome)
         if not isinstance(action, Respond):
             if phase == "request_body":
                 end_span(
@@ -379,11 +377,11 @@ class RouterStream:
             return
         status = str(action.status)
         if action.status == 401:
-            metrics.child(metrics.auth_failures, "invalid").inc()
+            metrics.auth_failure("invalid")
         if action.status == 429 and self.refused_by is not None:
-            metrics.child(metrics.rejections, self.refused_by).inc()
+            metrics.rejection(self.refused_by)
         answered_by = "cache" if self.cache_outcome == "hit" else "gateway"
-        metrics.child(metrics.requests, self.dialect, answered_by, self.model or "-", status).inc()
+        metrics.request(self.dialect, answered_by, self.model or "-", status)
         end_span(
             self.span,
             {
@@ -393,7 +391,7 @@ class RouterStream:
             },
             error=None if action.status < 400 else status,
         )
-        telemetry.request_log(
+        record = RequestRecord(
             trace_id=trace_id_of(self.span),
             client_api=self.dialect,
             provider=answered_by,
@@ -403,6 +401,7 @@ class RouterStream:
             duration_ms=round((time.perf_counter() - self.started) * 1000, 3),
             key_id=self.key.id if self.key is not None else None,
         )
+        telemetry.request_log(record)
 
     def unknown_endpoint(self, method: str, path: str) -> Respond:
         """404 for a path that is not ours; 405 with `allow` for a known path's wrong method."""

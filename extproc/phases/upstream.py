@@ -19,16 +19,18 @@ from extproc.config.settings import Credential, Provider
 from extproc.decisions import cache, providers, routing
 from extproc.decisions.routing import credential_tag, target_tag
 from extproc.decisions.usage import UsageMeter, estimate_tokens
+from extproc.envoy.contract import (
+    ATTEMPTS_HEADER,
+    CACHE_HEADER,
+    INTERNAL_PREFIX,
+    MODEL_HEADER,
+    PROVIDER_HEADER,
+)
 from extproc.formats.endpoints import CODECS as CLIENT_CODECS
 from extproc.phases import envelope
 from extproc.phases.context import (
-    ATTEMPTS_HEADER,
-    CACHE_HEADER,
     CONTINUE,
-    INTERNAL_PREFIX,
     JSON,
-    MODEL_HEADER,
-    PROVIDER_HEADER,
     STREAM_TYPES,
     Action,
     Context,
@@ -46,6 +48,7 @@ from extproc.phases.translation import (
 )
 from extproc.store import StoreError
 from extproc.telemetry.core import GENAI_PROVIDER, end_span, trace_id_of
+from extproc.telemetry.record import RequestRecord
 
 
 class UpstreamStream:
@@ -332,11 +335,11 @@ class UpstreamStream:
         if self.status == 429 and self.credential is not None:
             seconds = parse_retry_after(retry_after, self.context.config.routing.cooldown_s)
             self.schedule(self.cool_down(int(seconds * 1000)))
-            metrics.child(metrics.cooldowns, self.provider.name).inc()
-            metrics.child(metrics.upstream_errors, self.provider.name, "rate_limit").inc()
+            metrics.cooldown(self.provider.name)
+            metrics.upstream_error(self.provider.name, "rate_limit")
         elif self.status >= 500:
             self.schedule(self.record_failure())
-            metrics.child(metrics.upstream_errors, self.provider.name, "server_error").inc()
+            metrics.upstream_error(self.provider.name, "server_error")
 
     def finish(self) -> None:
         """End of the attempt's response: charge what it used, count, log, end the span."""
@@ -413,30 +416,27 @@ class UpstreamStream:
         status = str(self.status or 502)
         now = time.perf_counter()
         usage = self.meter.usage()
-        metrics.child(metrics.attempts, provider, model, status).inc()
+        metrics.attempt(provider, model, status)
         if 200 <= self.status < 300:
-            for kind, count in (("input", usage.input_tokens), ("output", usage.output_tokens)):
-                metrics.child(metrics.tokens, provider, model, kind).inc(count)
-                genai = GENAI_PROVIDER[self.provider.type]
-                metrics.child(metrics.token_usage, genai, model, kind).observe(count)
-            metrics.child(metrics.duration, provider, model).observe(now - self.started)
+            genai = GENAI_PROVIDER[self.provider.type]
+            metrics.tokens(provider, genai, model, "input", usage.input_tokens)
+            metrics.tokens(provider, genai, model, "output", usage.output_tokens)
+            metrics.duration(provider, model, now - self.started)
             if self.first_token:
-                metrics.child(metrics.ttft, provider, model).observe(
-                    self.first_token - self.started
-                )
+                metrics.time_to_first_token(provider, model, self.first_token - self.started)
                 if usage.output_tokens:
                     per_token = (now - self.first_token) / usage.output_tokens
-                    metrics.child(metrics.tpot, provider, model).observe(per_token)
+                    metrics.time_per_output_token(provider, model, per_token)
             if int(self.attempt) > 1:
-                metrics.child(metrics.fallbacks, self.client_model).inc()
+                metrics.fallback(self.client_model)
         elif self.status == 0:
-            metrics.child(metrics.upstream_errors, provider, "no_response").inc()
+            metrics.upstream_error(provider, "no_response")
         final = self.final()
         if final:
-            metrics.child(metrics.requests, self.dialect, provider, self.client_model, status).inc()
+            metrics.request(self.dialect, provider, self.client_model, status)
         self.end_span(usage, now)
         if final:
-            self.context.telemetry.request_log(
+            record = RequestRecord(
                 request_id=self.request_id,
                 trace_id=trace_id_of(self.span),
                 client_api=self.dialect,
@@ -452,6 +452,7 @@ class UpstreamStream:
                 key_id=self.key_id,
                 stream=self.stream,
             )
+            self.context.telemetry.request_log(record)
 
     def end_span(self, usage: ir.Usage, now: float) -> None:
         end_span(

@@ -22,6 +22,24 @@ from extproc.run import children, cli_keys
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        cfg = config.load(args.config)
+    except config.ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    handlers = {
+        "up": _up,
+        "check": _check,
+        "envoy-config": _envoy_config,
+        "serve": _serve,
+        "keys": cli_keys.run,
+    }
+    return handlers[args.command](args, cfg)
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmux", description="LLM gateway on Envoy ext_proc")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (
@@ -56,21 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--keep-logs", action="store_true", help="keep the temp log dir on a clean exit"
             )
     cli_keys.add_parser(commands)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    try:
-        cfg = config.load(args.config)
-    except config.ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    handlers = {
-        "up": _up,
-        "check": _check,
-        "envoy-config": _envoy_config,
-        "serve": _serve,
-        "keys": cli_keys.run,
-    }
-    return handlers[args.command](args, cfg)
+    return parser
 
 
 def _envoy_config(args: argparse.Namespace, cfg: config.Config) -> int:
@@ -194,39 +198,16 @@ def _run(args: argparse.Namespace, cfg: config.Config, log_dir: Path) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     try:
-        env = dict(os.environ)
-        if cfg.store.url is None:
-            port = children.free_port()
-            procs["valkey"] = children.start_valkey(port, log_dir / "valkey.log")
-            env["LLMUX_STORE_URL"] = f"redis://127.0.0.1:{port}/0"
-        # The ext_proc watches the config file and republishes Envoy's model clusters
-        # and routes here on a change; `llmux up` passes its SIGHUP on.
-        xds_dir = str(log_dir / "xds")
-        XdsPublisher(xds_dir, cfg.admin.port).publish(cfg, wait=False)
-        extproc = children.start_extproc(
-            args.config, cfg.extproc.ports, log_dir / "extproc.log", env, xds_dir=xds_dir
-        )
-        procs["extproc"] = extproc
-        signal.signal(signal.SIGHUP, lambda signum, frame: extproc.send_signal(signal.SIGHUP))
-        bootstrap = log_dir / "envoy.json"
-        bootstrap.write_text(json.dumps(envoy_config.bootstrap(cfg, xds_dir=xds_dir)))
-        procs["envoy"] = children.start_envoy(
-            bootstrap, cfg.listen.port, log_dir / "envoy.log", admin_port=cfg.admin.port
-        )
+        _start_children(args, cfg, log_dir, procs)
         print(
             f"llmux listening on http://{cfg.listen.address}:{cfg.listen.port} (logs: {log_dir})",
             flush=True,
         )
         while not stopping:
-            for name, proc in procs.items():
-                if proc.poll() is not None:
-                    reason = children.fatal_reason(log_dir / f"{name}.log")
-                    because = f" ({reason})" if reason else ""
-                    print(
-                        f"llmux: {name} exited with code {proc.returncode}{because}; see {log_dir}",
-                        file=sys.stderr,
-                    )
-                    return 1
+            exited = _exited(procs, log_dir)
+            if exited is not None:
+                print(f"llmux: {exited}; see {log_dir}", file=sys.stderr)
+                return 1
             time.sleep(0.2)
         return 0
     except children.ChildError as exc:
@@ -240,3 +221,41 @@ def _run(args: argparse.Namespace, cfg: config.Config, log_dir: Path) -> int:
         if envoy is not None and envoy.poll() is None:
             children.drain_envoy(cfg.admin.port, timeout=30)
         children.stop_all(list(procs.values()))
+
+
+def _start_children(
+    args: argparse.Namespace,
+    cfg: config.Config,
+    log_dir: Path,
+    procs: dict[str, subprocess.Popen[bytes]],
+) -> None:
+    """Valkey (unless the config names a store), the ext_proc, then Envoy, into `procs`."""
+    env = dict(os.environ)
+    if cfg.store.url is None:
+        port = children.free_port()
+        procs["valkey"] = children.start_valkey(port, log_dir / "valkey.log")
+        env["LLMUX_STORE_URL"] = f"redis://127.0.0.1:{port}/0"
+    # The ext_proc watches the config file and republishes Envoy's model clusters
+    # and routes here on a change; `llmux up` passes its SIGHUP on.
+    xds_dir = str(log_dir / "xds")
+    XdsPublisher(xds_dir, cfg.admin.port).publish(cfg, wait=False)
+    extproc = children.start_extproc(
+        args.config, cfg.extproc.ports, log_dir / "extproc.log", env, xds_dir=xds_dir
+    )
+    procs["extproc"] = extproc
+    signal.signal(signal.SIGHUP, lambda signum, frame: extproc.send_signal(signal.SIGHUP))
+    bootstrap = log_dir / "envoy.json"
+    bootstrap.write_text(json.dumps(envoy_config.bootstrap(cfg, xds_dir=xds_dir)))
+    procs["envoy"] = children.start_envoy(
+        bootstrap, cfg.listen.port, log_dir / "envoy.log", admin_port=cfg.admin.port
+    )
+
+
+def _exited(procs: dict[str, subprocess.Popen[bytes]], log_dir: Path) -> str | None:
+    """The first child that has exited, with its code and the reason its log gives."""
+    for name, proc in procs.items():
+        if proc.poll() is not None:
+            reason = children.fatal_reason(log_dir / f"{name}.log")
+            because = f" ({reason})" if reason else ""
+            return f"{name} exited with code {proc.returncode}{because}"
+    return None

@@ -1,4 +1,10 @@
-"""The shared state store: the `Store` Protocol and its Redis implementation."""
+"""The only Redis client: key names, Lua scripts, and the errors mapped to StoreError.
+The `Store` Protocol (protocol.py) is what the phases depend on; RedisStore implements it.
+
+Owns the shared state every replica agrees on: quota windows, cooldowns, circuit
+breakers, virtual keys, usage, cache entries, dashboard activity. Decides nothing;
+callers choose fail-open or fail-closed on a StoreError.
+"""
 
 from extproc.store.protocol import RequestState, Reservation, Store, StoreError
 from extproc.store.redis_store import RedisStore

@@ -19,9 +19,11 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import msgspec
 import orjson
 
 from extproc.store import Store, StoreError
+from extproc.telemetry.record import RequestRecord
 
 log = logging.getLogger("llmux.activity")
 
@@ -38,17 +40,17 @@ class Activity:
     def __init__(self, clock: Callable[[], float] = time.time, interval_s: float = 1.0) -> None:
         self.clock = clock
         self.interval_s = interval_s
-        self.pending: list[dict[str, Any]] = []
+        self.pending: list[RequestRecord] = []
         self.dropped = 0  # records lost: too many between flushes, or the store failed
         self.flush_errors = 0
         self._task: asyncio.Task[None] | None = None
         self._store: Store | None = None
 
-    def record(self, fields: dict[str, Any]) -> None:
+    def record(self, record: RequestRecord) -> None:
         """A finished request (the request path: keep this an append)."""
         if len(self.pending) < MAX_PENDING:
-            fields["ts"] = self.clock()
-            self.pending.append(fields)
+            record.ts = self.clock()
+            self.pending.append(record)
         else:
             self.dropped += 1
 
@@ -79,7 +81,7 @@ class Activity:
         batch, self.pending = self.pending, []
         if not batch:
             return True
-        records = [orjson.dumps(_public(r), default=str) for r in batch[-RECENT:]]
+        records = [_encode(r) for r in batch[-RECENT:]]
         try:
             await store.activity_push(records, minute_sums(batch), keep=RECENT, ttl_s=SERIES_TTL_S)
         except StoreError as exc:
@@ -91,8 +93,7 @@ class Activity:
         return True
 
 
-def _public(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in record.items() if v is not None}
+_encode = msgspec.json.Encoder().encode
 
 
 def minute_of(ts: float) -> int:
@@ -100,19 +101,19 @@ def minute_of(ts: float) -> int:
     return int(ts // 60) * 60
 
 
-def minute_sums(records: Iterable[dict[str, Any]]) -> dict[int, dict[str, int]]:
+def minute_sums(records: Iterable[RequestRecord]) -> dict[int, dict[str, int]]:
     """Requests, errors (status >= 400), tokens and cache hits per calendar minute."""
     sums: dict[int, dict[str, int]] = {}
     for record in records:
-        minute = minute_of(record["ts"])
+        minute = minute_of(record.ts or 0.0)  # Activity.record stamps every record
         total = sums.get(minute)
         if total is None:
             total = sums[minute] = dict.fromkeys(SERIES_FIELDS, 0)
         total["requests"] += 1
-        total["errors"] += int((record.get("status") or 0) >= 400)
-        total["input_tokens"] += record.get("input_tokens") or 0
-        total["output_tokens"] += record.get("output_tokens") or 0
-        total["cache_hits"] += int(record.get("cache") == "hit")
+        total["errors"] += int(record.status >= 400)
+        total["input_tokens"] += record.input_tokens or 0
+        total["output_tokens"] += record.output_tokens or 0
+        total["cache_hits"] += int(record.cache == "hit")
     return {m: {k: v for k, v in total.items() if v} for m, total in sums.items()}
 
 

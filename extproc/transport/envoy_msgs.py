@@ -10,8 +10,7 @@ import functools
 import re
 from typing import Any
 
-from extproc.envoy.bootstrap import SUBSET_KEY, TARGET_KEY
-from extproc.envoy.local_replies import DIALECT_KEY, DIALECT_NAMESPACE
+from extproc.envoy.contract import DIALECT_KEY, DIALECT_NAMESPACE, SUBSET_KEY, TARGET_KEY
 from extproc.phases.context import Action, Continue, Respond
 from extproc.transport.pb import base_pb2, ext_proc_pb2, processing_mode_pb2
 
@@ -27,7 +26,7 @@ _HEADER_MODES = {
     "SKIP": processing_mode_pb2.ProcessingMode.SKIP,
 }
 _PM = processing_mode_pb2.ProcessingMode
-_BASE_MODE = _PM(  # envoy_config._processing_mode, as both filters are configured
+_BASE_MODE = _PM(  # bootstrap._processing_mode, as both filters are configured
     request_header_mode=_PM.SEND,
     response_header_mode=_PM.SEND,
     request_body_mode=_PM.BUFFERED,

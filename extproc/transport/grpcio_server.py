@@ -46,7 +46,7 @@ class _ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):  # type: igno
 
 
 class GrpcioServer:
-    """Same surface as the lean server's use in server.py: start, active_calls, drain."""
+    """Same surface as the lean server's use in run/server.py: start, active_calls, drain."""
 
     def __init__(self, context: Context) -> None:
         self._server = grpc.aio.server(options=_UNLIMITED)

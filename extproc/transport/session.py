@@ -12,7 +12,7 @@ import logging
 import time
 
 from extproc import ir
-from extproc.envoy.bootstrap import PHASE_METADATA
+from extproc.envoy.contract import PHASE_METADATA, ROUTER_PHASE, UPSTREAM_PHASE
 from extproc.phases.context import Action, Context, error_response
 from extproc.phases.router import RouterStream
 from extproc.phases.upstream import UpstreamStream
@@ -31,14 +31,15 @@ class Session:
 
     def __init__(self, context: Context, metadata: dict[str, str]) -> None:
         """`metadata`: the stream's gRPC metadata (the calling filter, trace context)."""
-        self.filter_name = "upstream" if metadata.get(PHASE_METADATA) == "upstream" else "router"
+        upstream = metadata.get(PHASE_METADATA) == UPSTREAM_PHASE
+        self.filter_name = UPSTREAM_PHASE if upstream else ROUTER_PHASE
         self.stream: RouterStream | UpstreamStream = (
-            UpstreamStream(context) if self.filter_name == "upstream" else RouterStream(context)
+            UpstreamStream(context) if upstream else RouterStream(context)
         )
         self.stream.trace_carrier = {k: metadata[k] for k in TRACE_KEYS if k in metadata}
         metrics = context.telemetry.metrics
         self._metrics = metrics
-        self._active = metrics.child(metrics.active, self.filter_name)
+        self._active = metrics.active_streams(self.filter_name)
         self._active.inc()
         self._closed = False
 
@@ -52,8 +53,7 @@ class Session:
         started = time.perf_counter()
         action = await self._guarded(phase, request)
         response = envoy_msgs.response_for(phase, action)
-        metrics = self._metrics
-        metrics.child(metrics.phase, self.filter_name, phase).observe(time.perf_counter() - started)
+        self._metrics.phase(self.filter_name, phase, time.perf_counter() - started)
         if isinstance(self.stream, RouterStream):
             # Before answering: after an immediate response Envoy may close the
             # stream at once, and code after the answer would never run.

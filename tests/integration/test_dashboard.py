@@ -3,8 +3,9 @@
 Requests go through the gateway with the official OpenAI SDK; the page must then show
 them (recent rows, totals, the chart, the cache hit ratio, credential quotas), and a key
 created and revoked from the page must work and then stop working through Envoy.
-Debian's chromium and chromedriver drive it (installed with apt when missing); Selenium
-Manager is never used. The screenshot lands in $LLMUX_TEST_OUTPUT (default: test-output/).
+Debian's chromium and chromedriver drive it (`.ci/run` installs them with apt; the test
+only finds them and fails, never skips, when they are missing); Selenium Manager is never
+used. The screenshot lands in $LLMUX_TEST_OUTPUT (default: test-output/).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import base64
 import itertools
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -105,23 +105,17 @@ def client(gateway: Gateway, key: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0, timeout=20)
 
 
-def install_chromium() -> None:
-    """Debian's chromium and its driver, installed with apt when missing (root only)."""
-    if os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER):
-        return
-    if os.geteuid() != 0:
-        pytest.fail("as root, or first: apt-get install -y chromium chromium-driver")
-    for command in (["apt-get", "update"], ["apt-get", "install", "-y", *DEBIAN_PACKAGES]):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        result = subprocess.run(command, capture_output=True, text=True, timeout=1200, env=env)
-        assert result.returncode == 0, (
-            f"{' '.join(command)}:\n{result.stdout[-2000:]}{result.stderr}"
-        )
+def find_chromium() -> None:
+    """Debian's chromium and its driver must be installed: a test never installs packages."""
+    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.path.exists(path)]
+    if missing:
+        packages = " ".join(DEBIAN_PACKAGES)
+        pytest.fail(f"{', '.join(missing)} missing: apt-get install -y {packages} (.ci/run does)")
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[webdriver.Chrome]:
-    install_chromium()
+    find_chromium()
     profile = Path(tempfile.mkdtemp(prefix="llmux-chromium-"))
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM

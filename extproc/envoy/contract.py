@@ -1,0 +1,58 @@
+"""The names Envoy's configuration and the ext_proc must agree on, in one place.
+
+The bootstrap generator writes these names into Envoy's config; the phases and the
+transport read or set them on every request. A name changed on one side only breaks
+requests at run time, so both sides import it from here. This module holds constants
+and one pure naming function; it imports nothing of ours at run time (the config
+types are for the type checker only), so any layer may depend on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+if TYPE_CHECKING:
+    from extproc.config.settings import Config, Model
+
+# Request headers between the router phase and Envoy's route table.
+CLUSTER_HEADER = "x-llmux-cluster"  # the model cluster the router phase chose
+INTERNAL_PREFIX = "x-llmux-"  # ours: stripped from what clients send and providers see
+# Response headers the client sees.
+MODEL_HEADER = "x-llmux-model"  # the upstream model that answered
+PROVIDER_HEADER = "x-llmux-provider"
+CACHE_HEADER = "x-llmux-cache"
+ATTEMPTS_HEADER = "x-llmux-attempts"
+
+# gRPC metadata on each ext_proc stream naming the filter that calls, and its values.
+PHASE_METADATA = "x-llmux-phase"
+ROUTER_PHASE = "router"
+UPSTREAM_PHASE = "upstream"
+
+# Endpoint metadata: which target of the model an endpoint is.
+METADATA_NAMESPACE = "llmux"
+TARGET_KEY = "llmux_target"
+# The router phase tells Envoy which targets may serve a request (healthy, in quota)
+# as a bitmask in dynamic metadata `envoy.lb`; each endpoint lists every mask that
+# contains it, and the subset load balancer (list_as_any) keeps only those endpoints.
+SUBSET_KEY = "llmux_set"
+# The router phase names the client's dialect in dynamic metadata (llmux.dialect), so
+# Envoy's own error replies take the client's shape without a header reaching providers.
+DIALECT_NAMESPACE = "llmux"
+DIALECT_KEY = "dialect"
+
+
+def model_cluster_name(config: Config, model: Model) -> str:
+    """Named by what gives its endpoints their meaning: the targets and their providers.
+
+    A reload that changes them makes a new cluster beside the old one, so attempts in
+    flight keep the targets they were routed to (endpoints name targets by index).
+    Cluster names never carry user strings.
+    """
+    spec: list[Any] = [model.name]
+    for target in model.targets:
+        provider = config.provider(target.provider)
+        spec.append([*msgspec.structs.astuple(target), provider.type, provider.base_url])
+    return "llmux_model_" + hashlib.sha256(msgspec.json.encode(spec)).hexdigest()[:16]
