@@ -3,8 +3,8 @@
 Requests go through the gateway with the official OpenAI SDK; the page must then show
 them (recent rows, totals, the chart, the cache hit ratio, credential quotas), and a key
 created and revoked from the page must work and then stop working through Envoy.
-Debian's chromium and chromedriver drive it (`.ci/run` installs them with apt; the test
-only finds them and fails, never skips, when they are missing); Selenium Manager is never
+Debian's chromium and chromedriver drive it (`python -m tests.install_browser`, part of
+README's test command, installs them with apt; the test only finds them and fails, never skips, when they are missing); Selenium Manager is never
 used. The screenshot lands in $LLMUX_TEST_OUTPUT (default: test-output/).
 """
 
@@ -33,12 +33,11 @@ from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.harness import Gateway, Valkey, provider_config
+from tests.install_browser import CHROMEDRIVER, CHROMIUM, missing
 from tests.simulated import SimulatedProviders
 
 pytestmark = pytest.mark.integration
 ADMIN = "admin-secret-for-dashboard-tests"
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-DEBIAN_PACKAGES = ("chromium", "chromium-driver")
 OUTPUT = Path(
     os.environ.get("LLMUX_TEST_OUTPUT") or Path(__file__).resolve().parents[2] / "test-output"
 )
@@ -107,10 +106,9 @@ def client(gateway: Gateway, key: str) -> openai.OpenAI:
 
 def find_chromium() -> None:
     """Debian's chromium and its driver must be installed: a test never installs packages."""
-    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.path.exists(path)]
-    if missing:
-        packages = " ".join(DEBIAN_PACKAGES)
-        pytest.fail(f"{', '.join(missing)} missing: apt-get install -y {packages} (.ci/run does)")
+    absent = missing()
+    if absent:
+        pytest.fail(f"{', '.join(absent)} missing: run python -m tests.install_browser")
 
 
 @pytest.fixture(scope="module")
