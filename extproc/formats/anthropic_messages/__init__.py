@@ -33,12 +33,7 @@ module names the public functions and the codec objects the registry holds.
 from __future__ import annotations
 
 from extproc import ir
-from extproc.formats.anthropic_messages.client import (
-    StreamEncoder,
-    decode_request,
-    encode_error,
-    encode_response,
-)
+from extproc.formats.anthropic_messages.client import StreamEncoder, encode_error, encode_response
 from extproc.formats.anthropic_messages.provider import (
     DEFAULT_MAX_TOKENS,
     StreamDecoder,
@@ -47,6 +42,7 @@ from extproc.formats.anthropic_messages.provider import (
     encode_request,
     upstream_path,
 )
+from extproc.formats.anthropic_messages.request import decode_request
 from extproc.formats.anthropic_messages.wire import SOURCE_FORMAT, STREAM_CONTENT_TYPE
 from extproc.formats.base import Header, RequestLine
 
