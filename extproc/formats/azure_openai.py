@@ -10,34 +10,33 @@ differences; the bodies, streams and errors are the OpenAI codec's. No I/O.
 from __future__ import annotations
 
 from extproc.formats import openai_chat
-from extproc.formats.base import Header
+from extproc.formats.base import FormatEmbeddings, FormatProvider, Header
 
 
-class _Embeddings:
-    encode_embedding_request = staticmethod(openai_chat.encode_embedding_request)
-    decode_embedding_response = staticmethod(openai_chat.decode_embedding_response)
-
-    def __init__(self, api_version: str | None) -> None:
-        self.api_version = api_version
-
-    def embedding_path(self, model: str) -> str:
-        return f"/openai/deployments/{model}/embeddings?api-version={self.api_version}"
-
-
-class AzureOpenAI:
+def provider(api_version: str | None) -> FormatProvider:
     """One Azure OpenAI resource speaking `api_version` (the config requires one)."""
 
-    encode_request = staticmethod(openai_chat.encode_request)
-    decode_response = staticmethod(openai_chat.decode_response)
-    StreamDecoder = openai_chat.StreamDecoder
-    decode_error = staticmethod(openai_chat.decode_error)
+    def chat_path(*, model: str, stream: bool) -> str:
+        return f"/openai/deployments/{model}/chat/completions?api-version={api_version}"
 
-    def __init__(self, api_version: str | None) -> None:
-        self.api_version = api_version
-        self.embeddings = _Embeddings(api_version)
+    def embedding_path(model: str) -> str:
+        return f"/openai/deployments/{model}/embeddings?api-version={api_version}"
 
-    def upstream_path(self, *, model: str, stream: bool) -> str:
-        return f"/openai/deployments/{model}/chat/completions?api-version={self.api_version}"
+    embeddings = FormatEmbeddings(
+        embedding_path,
+        openai_chat.encode_embedding_request,
+        openai_chat.decode_embedding_response,
+    )
+    return FormatProvider(
+        _auth_headers,
+        chat_path,
+        openai_chat.encode_request,
+        openai_chat.decode_response,
+        openai_chat.StreamDecoder,
+        openai_chat.decode_error,
+        embeddings,
+    )
 
-    def auth_headers(self, api_key: str) -> list[Header]:
-        return [("api-key", api_key)]
+
+def _auth_headers(api_key: str) -> list[Header]:
+    return [("api-key", api_key)]

@@ -6,11 +6,15 @@ provider codec writes what the gateway sends upstream and reads the answer.
 Embeddings are an optional capability (`embeddings` is None when a format has
 none), so callers look it up instead of probing with `hasattr`.
 
-Types only: no codec is imported here and nothing here does I/O.
+FormatClient, FormatProvider and FormatEmbeddings assemble a codec object from a
+format module's functions, so a format states its codec as one value. No codec is
+imported here and nothing here does I/O.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from extproc import ir
@@ -115,3 +119,74 @@ class ProviderCodec(Protocol):
     def StreamDecoder(self) -> StreamDecoder: ...  # noqa: N802
 
     def decode_error(self, status: int, body: bytes) -> ir.ErrorInfo: ...
+
+
+# ---------------------------------------------------------------- assembling codecs
+
+
+class _DecodeRequest(Protocol):
+    def __call__(
+        self, body: bytes, *, path_model: str | None = ..., path_stream: bool = ...
+    ) -> ir.ChatRequest: ...
+
+
+class _StreamEncoderFactory(Protocol):
+    def __call__(self, *, include_usage: bool = ...) -> StreamEncoder: ...
+
+
+class _PathFor(Protocol):
+    def __call__(self, *, model: str, stream: bool) -> str: ...
+
+
+class _EncodeFor(Protocol):
+    def __call__(self, req: ir.ChatRequest, *, model: str) -> bytes: ...
+
+
+class _EncodeEmbeddingFor(Protocol):
+    def __call__(self, req: ir.EmbeddingRequest, *, model: str) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class FormatClient:
+    """A ClientCodec from a format's functions: its decode_request reads the path's
+    model and stream flag, and its answer needs nothing beyond the IR response."""
+
+    STREAM_CONTENT_TYPE: str
+    decode: _DecodeRequest
+    encode: Callable[[ir.ChatResponse], bytes]
+    StreamEncoder: _StreamEncoderFactory
+    encode_error: Callable[[ir.ErrorInfo], bytes]
+    embeddings: ClientEmbeddings | None = None
+
+    def decode_request(self, body: bytes, line: RequestLine) -> ir.ChatRequest:
+        return self.decode(body, path_model=line.path_model, path_stream=line.path_stream)
+
+    def encode_response(self, resp: ir.ChatResponse, *, provider: str, cached: bool) -> bytes:
+        return self.encode(resp)
+
+
+@dataclass(frozen=True, slots=True)
+class FormatEmbeddings:
+    """A ProviderEmbeddings from a format's functions."""
+
+    embedding_path: Callable[[str], str]
+    encode_embedding_request: _EncodeEmbeddingFor
+    decode_embedding_response: Callable[[bytes], ir.EmbeddingResponse]
+
+
+@dataclass(frozen=True, slots=True)
+class FormatProvider:
+    """A ProviderCodec from a format's functions and the provider's auth headers."""
+
+    auth_headers: Callable[[str], list[Header]]
+    upstream_path: _PathFor
+    encode_request: _EncodeFor
+    decode_response: Callable[[bytes], ir.ChatResponse]
+    StreamDecoder: Callable[[], StreamDecoder]
+    decode_error: Callable[[int, bytes], ir.ErrorInfo]
+    embeddings: ProviderEmbeddings | None = None
+
+
+def bearer(api_key: str) -> list[Header]:
+    """`Authorization: Bearer <key>`: OpenAI's scheme, and most compatible servers'."""
+    return [("authorization", f"Bearer {api_key}")]

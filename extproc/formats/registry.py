@@ -34,8 +34,8 @@ _OPERATION_CODECS: dict[tuple[str, str], ClientCodec] = {
 
 PROVIDER_CODECS: dict[str, Callable[[UpstreamOptions], ProviderCodec]] = {
     "openai": lambda _options: openai_chat.PROVIDER,
-    "azure_openai": lambda options: azure_openai.AzureOpenAI(options.api_version),
-    "anthropic": lambda options: anthropic_messages.Provider(options.anthropic_version),
+    "azure_openai": lambda options: azure_openai.provider(options.api_version),
+    "anthropic": lambda options: anthropic_messages.provider(options.anthropic_version),
     "gemini": lambda _options: gemini_generate.PROVIDER,
     "ollama": lambda _options: ollama_chat.PROVIDER,
 }

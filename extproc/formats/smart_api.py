@@ -119,7 +119,7 @@ class StreamEncoder:
         return _event({"error": {"message": message}}) + _DONE
 
 
-class Client:
+class _Client:
     """The /api/smart dialect: client side only, and it has no embeddings."""
 
     STREAM_CONTENT_TYPE = STREAM_CONTENT_TYPE
@@ -132,4 +132,4 @@ class Client:
         return decode_request(body, default_model=line.default_model)
 
 
-CLIENT = Client()
+CLIENT = _Client()

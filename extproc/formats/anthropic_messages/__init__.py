@@ -32,7 +32,6 @@ module names the public functions and the codec objects the registry holds.
 
 from __future__ import annotations
 
-from extproc import ir
 from extproc.formats.anthropic_messages.client import StreamEncoder, encode_error, encode_response
 from extproc.formats.anthropic_messages.provider import (
     DEFAULT_MAX_TOKENS,
@@ -44,15 +43,13 @@ from extproc.formats.anthropic_messages.provider import (
 )
 from extproc.formats.anthropic_messages.request import decode_request
 from extproc.formats.anthropic_messages.wire import SOURCE_FORMAT, STREAM_CONTENT_TYPE
-from extproc.formats.base import Header, RequestLine
+from extproc.formats.base import FormatClient, FormatProvider, Header
 
 __all__ = [
     "CLIENT",
     "DEFAULT_MAX_TOKENS",
     "SOURCE_FORMAT",
     "STREAM_CONTENT_TYPE",
-    "Client",
-    "Provider",
     "StreamDecoder",
     "StreamEncoder",
     "decode_error",
@@ -61,40 +58,23 @@ __all__ = [
     "encode_error",
     "encode_request",
     "encode_response",
+    "provider",
     "upstream_path",
 ]
 
 
-class Client:
-    """The /v1/messages dialect (it has no embeddings)."""
-
-    STREAM_CONTENT_TYPE = STREAM_CONTENT_TYPE
-    embeddings = None
-    StreamEncoder = StreamEncoder
-    encode_error = staticmethod(encode_error)
-
-    def decode_request(self, body: bytes, line: RequestLine) -> ir.ChatRequest:
-        return decode_request(body, path_model=line.path_model, path_stream=line.path_stream)
-
-    def encode_response(self, resp: ir.ChatResponse, *, provider: str, cached: bool) -> bytes:
-        return encode_response(resp)
+# The /v1/messages dialect (it has no embeddings).
+CLIENT = FormatClient(
+    STREAM_CONTENT_TYPE, decode_request, encode_response, StreamEncoder, encode_error
+)
 
 
-class Provider:
-    """Anthropic: its own key header and the API version it is asked to speak."""
+def provider(anthropic_version: str) -> FormatProvider:
+    """Anthropic: its own key header, and the API version the config asks for."""
 
-    embeddings = None
-    upstream_path = staticmethod(upstream_path)
-    encode_request = staticmethod(encode_request)
-    decode_response = staticmethod(decode_response)
-    StreamDecoder = StreamDecoder
-    decode_error = staticmethod(decode_error)
+    def auth_headers(api_key: str) -> list[Header]:
+        return [("x-api-key", api_key), ("anthropic-version", anthropic_version)]
 
-    def __init__(self, anthropic_version: str) -> None:
-        self.anthropic_version = anthropic_version
-
-    def auth_headers(self, api_key: str) -> list[Header]:
-        return [("x-api-key", api_key), ("anthropic-version", self.anthropic_version)]
-
-
-CLIENT = Client()
+    return FormatProvider(
+        auth_headers, upstream_path, encode_request, decode_response, StreamDecoder, decode_error
+    )

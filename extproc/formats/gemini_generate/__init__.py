@@ -27,7 +27,7 @@ module names the public functions and the codec objects the registry holds.
 from __future__ import annotations
 
 from extproc import ir
-from extproc.formats.base import Header, RequestLine
+from extproc.formats.base import FormatClient, FormatEmbeddings, FormatProvider, Header, RequestLine
 from extproc.formats.gemini_generate.client import (
     StreamEncoder,
     decode_embedding_request,
@@ -52,8 +52,6 @@ __all__ = [
     "CLIENT",
     "PROVIDER",
     "STREAM_CONTENT_TYPE",
-    "Client",
-    "Provider",
     "StreamDecoder",
     "StreamEncoder",
     "decode_embedding_request",
@@ -81,40 +79,26 @@ class _ClientEmbeddings:
         return encode_embedding_response(response, batch=request.batch)
 
 
-class Client:
-    """The generateContent / embedContent dialect (the model is in the path)."""
-
-    STREAM_CONTENT_TYPE = STREAM_CONTENT_TYPE
-    embeddings = _ClientEmbeddings()
-    StreamEncoder = StreamEncoder
-    encode_error = staticmethod(encode_error)
-
-    def decode_request(self, body: bytes, line: RequestLine) -> ir.ChatRequest:
-        return decode_request(body, path_model=line.path_model, path_stream=line.path_stream)
-
-    def encode_response(self, resp: ir.ChatResponse, *, provider: str, cached: bool) -> bytes:
-        return encode_response(resp)
+def _api_key(api_key: str) -> list[Header]:
+    return [("x-goog-api-key", api_key)]
 
 
-class _ProviderEmbeddings:
-    embedding_path = staticmethod(embedding_path)
-    encode_embedding_request = staticmethod(encode_embedding_request)
-    decode_embedding_response = staticmethod(decode_embedding_response)
-
-
-class Provider:
-    """The Gemini API (AI Studio): the key in x-goog-api-key."""
-
-    embeddings = _ProviderEmbeddings()
-    upstream_path = staticmethod(upstream_path)
-    encode_request = staticmethod(encode_request)
-    decode_response = staticmethod(decode_response)
-    StreamDecoder = StreamDecoder
-    decode_error = staticmethod(decode_error)
-
-    def auth_headers(self, api_key: str) -> list[Header]:
-        return [("x-goog-api-key", api_key)]
-
-
-CLIENT = Client()
-PROVIDER = Provider()
+# The generateContent / embedContent dialect (the model is in the path).
+CLIENT = FormatClient(
+    STREAM_CONTENT_TYPE,
+    decode_request,
+    encode_response,
+    StreamEncoder,
+    encode_error,
+    _ClientEmbeddings(),
+)
+# The Gemini API (AI Studio).
+PROVIDER = FormatProvider(
+    _api_key,
+    upstream_path,
+    encode_request,
+    decode_response,
+    StreamDecoder,
+    decode_error,
+    FormatEmbeddings(embedding_path, encode_embedding_request, decode_embedding_response),
+)

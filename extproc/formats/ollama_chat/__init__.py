@@ -23,7 +23,14 @@ module names the public functions and the codec objects the registry holds.
 from __future__ import annotations
 
 from extproc import ir
-from extproc.formats.base import Header, RequestLine
+from extproc.formats.base import (
+    FormatClient,
+    FormatEmbeddings,
+    FormatProvider,
+    Header,
+    RequestLine,
+    bearer,
+)
 from extproc.formats.ollama_chat.client import (
     Format,
     GenerateStreamEncoder,
@@ -56,12 +63,10 @@ __all__ = [
     "PROVIDER",
     "SOURCE_FORMAT",
     "STREAM_CONTENT_TYPE",
-    "Client",
     "Format",
     "Generate",
     "GenerateStreamEncoder",
     "Number",
-    "Provider",
     "StreamDecoder",
     "StreamEncoder",
     "decode_embedding_request",
@@ -92,21 +97,6 @@ class _ClientEmbeddings:
         return encode_embedding_response(response)
 
 
-class Client:
-    """The /api/chat and /api/embed dialect."""
-
-    STREAM_CONTENT_TYPE = STREAM_CONTENT_TYPE
-    embeddings = _ClientEmbeddings()
-    StreamEncoder = StreamEncoder
-    encode_error = staticmethod(encode_error)
-
-    def decode_request(self, body: bytes, line: RequestLine) -> ir.ChatRequest:
-        return decode_request(body, path_model=line.path_model, path_stream=line.path_stream)
-
-    def encode_response(self, resp: ir.ChatResponse, *, provider: str, cached: bool) -> bytes:
-        return encode_response(resp)
-
-
 class Generate:
     """/api/generate: one prompt in, `response` text out (a client dialect of its own)."""
 
@@ -122,28 +112,29 @@ class Generate:
         return encode_generate_response(resp)
 
 
-class _ProviderEmbeddings:
-    encode_embedding_request = staticmethod(encode_embedding_request)
-    decode_embedding_response = staticmethod(decode_embedding_response)
-
-    def embedding_path(self, model: str) -> str:
-        return embedding_path()
+def _auth_headers(api_key: str) -> list[Header]:
+    """Ollama takes no key; one configured is for a proxy in front of it."""
+    return bearer(api_key) if api_key else []
 
 
-class Provider:
-    """An Ollama server: no key, or a bearer key when a proxy in front asks for one."""
-
-    embeddings = _ProviderEmbeddings()
-    upstream_path = staticmethod(upstream_path)
-    encode_request = staticmethod(encode_request)
-    decode_response = staticmethod(decode_response)
-    StreamDecoder = StreamDecoder
-    decode_error = staticmethod(decode_error)
-
-    def auth_headers(self, api_key: str) -> list[Header]:
-        return [("authorization", f"Bearer {api_key}")] if api_key else []
-
-
-CLIENT = Client()
+# The /api/chat and /api/embed dialect.
+CLIENT = FormatClient(
+    STREAM_CONTENT_TYPE,
+    decode_request,
+    encode_response,
+    StreamEncoder,
+    encode_error,
+    _ClientEmbeddings(),
+)
 GENERATE = Generate()
-PROVIDER = Provider()
+PROVIDER = FormatProvider(
+    _auth_headers,
+    upstream_path,
+    encode_request,
+    decode_response,
+    StreamDecoder,
+    decode_error,
+    FormatEmbeddings(
+        lambda _model: embedding_path(), encode_embedding_request, decode_embedding_response
+    ),
+)

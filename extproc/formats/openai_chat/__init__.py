@@ -16,7 +16,7 @@ module names the public functions and the codec objects the registry holds.
 from __future__ import annotations
 
 from extproc import ir
-from extproc.formats.base import Header, RequestLine
+from extproc.formats.base import FormatClient, FormatEmbeddings, FormatProvider, RequestLine, bearer
 from extproc.formats.openai_chat.client import (
     StreamEncoder,
     decode_embedding_request,
@@ -40,11 +40,10 @@ from extproc.formats.openai_chat.wire import SOURCE, STREAM_CONTENT_TYPE
 
 __all__ = [
     "CLIENT",
+    "EMBEDDINGS",
     "PROVIDER",
     "SOURCE",
     "STREAM_CONTENT_TYPE",
-    "Client",
-    "Provider",
     "StreamDecoder",
     "StreamEncoder",
     "decode_embedding_request",
@@ -73,42 +72,25 @@ class _ClientEmbeddings:
         return encode_embedding_response(response, encoding_format=request.encoding_format)
 
 
-class Client:
-    """The /v1/chat/completions and /v1/embeddings dialect."""
-
-    STREAM_CONTENT_TYPE = STREAM_CONTENT_TYPE
-    embeddings = _ClientEmbeddings()
-    StreamEncoder = StreamEncoder
-    encode_error = staticmethod(encode_error)
-
-    def decode_request(self, body: bytes, line: RequestLine) -> ir.ChatRequest:
-        return decode_request(body, path_model=line.path_model, path_stream=line.path_stream)
-
-    def encode_response(self, resp: ir.ChatResponse, *, provider: str, cached: bool) -> bytes:
-        return encode_response(resp)
-
-
-class _ProviderEmbeddings:
-    encode_embedding_request = staticmethod(encode_embedding_request)
-    decode_embedding_response = staticmethod(decode_embedding_response)
-
-    def embedding_path(self, model: str) -> str:
-        return embedding_path()
-
-
-class Provider:
-    """OpenAI and the servers that speak its API (vLLM, Groq, ...): a bearer key."""
-
-    embeddings = _ProviderEmbeddings()
-    upstream_path = staticmethod(upstream_path)
-    encode_request = staticmethod(encode_request)
-    decode_response = staticmethod(decode_response)
-    StreamDecoder = StreamDecoder
-    decode_error = staticmethod(decode_error)
-
-    def auth_headers(self, api_key: str) -> list[Header]:
-        return [("authorization", f"Bearer {api_key}")]
-
-
-CLIENT = Client()
-PROVIDER = Provider()
+# The /v1/chat/completions and /v1/embeddings dialect.
+CLIENT = FormatClient(
+    STREAM_CONTENT_TYPE,
+    decode_request,
+    encode_response,
+    StreamEncoder,
+    encode_error,
+    _ClientEmbeddings(),
+)
+EMBEDDINGS = FormatEmbeddings(
+    lambda _model: embedding_path(), encode_embedding_request, decode_embedding_response
+)
+# OpenAI and the servers that speak its API (vLLM, Groq, ...): a bearer key.
+PROVIDER = FormatProvider(
+    bearer,
+    upstream_path,
+    encode_request,
+    decode_response,
+    StreamDecoder,
+    decode_error,
+    EMBEDDINGS,
+)
