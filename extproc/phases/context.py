@@ -34,13 +34,7 @@ CACHE_HEADER = "x-llmux-cache"
 ATTEMPTS_HEADER = "x-llmux-attempts"
 INTERNAL_PREFIX = "x-llmux-"
 JSON = "application/json"
-STREAM_TYPES = {
-    "openai": "text/event-stream",
-    "anthropic": "text/event-stream",
-    "gemini": "text/event-stream",
-    "ollama": "application/x-ndjson",
-    "smart": "text/event-stream",
-}
+STREAM_TYPES = {dialect: codec.STREAM_CONTENT_TYPE for dialect, codec in CLIENT_CODECS.items()}
 
 
 class Continue(NamedTuple):
