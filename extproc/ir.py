@@ -247,10 +247,12 @@ _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 
 
 def invented_call_id(index: int, response_id: str | None = None) -> str:
-    """The id of a provider's tool call that came without one (Gemini, Ollama, compatibles).
+    """The id of a tool call that came without one (Gemini, Ollama, OpenAI compatibles).
 
-    `index` is the call's position in the response; a provider that names its
-    response passes that id too, so calls of different turns do not share ids.
+    `index` is the call's position in the response (or in the client's history); a
+    provider that names its response passes that id too, so calls of different
+    turns do not share ids. (Gemini's client history keeps its own `call_{n}_{name}`
+    ids: results there are matched by function name.)
     """
     if response_id is None:
         return f"call_{index}"

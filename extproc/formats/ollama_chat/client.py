@@ -186,7 +186,7 @@ class _ToolIds:
     def calls(self, wire: list[_ToolCall]) -> list[ir.ToolCall]:
         calls = []
         for call in wire:
-            call_id = call.id or f"call_{self.count}"
+            call_id = call.id or ir.invented_call_id(self.count)
             self.count += 1
             args = _arguments_text(call.function.arguments)
             calls.append(ir.ToolCall(call_id, call.function.name, args))
