@@ -22,20 +22,14 @@ from extproc.config.settings import Config, Model, Provider
 from extproc.decisions import routing
 from extproc.envoy.contract import model_cluster_name
 from extproc.formats import ollama_chat, openai_chat
-from extproc.formats.endpoints import CODECS as CLIENT_CODECS
+from extproc.formats.registry import CLIENT_CODECS
 from extproc.store import Store, StoreError
 from extproc.telemetry.core import Telemetry
 
 log = logging.getLogger("llmux.processor")
 
 JSON = "application/json"
-STREAM_TYPES = {
-    "openai": "text/event-stream",
-    "anthropic": "text/event-stream",
-    "gemini": "text/event-stream",
-    "ollama": "application/x-ndjson",
-    "smart": "text/event-stream",
-}
+STREAM_TYPES = {dialect: codec.STREAM_CONTENT_TYPE for dialect, codec in CLIENT_CODECS.items()}
 
 
 class Continue(NamedTuple):

@@ -9,7 +9,6 @@ circuit-breaker failures, token charges — runs in the background.
 from __future__ import annotations
 
 import time
-from types import ModuleType
 from typing import Any
 
 import msgspec
@@ -26,7 +25,8 @@ from extproc.envoy.contract import (
     MODEL_HEADER,
     PROVIDER_HEADER,
 )
-from extproc.formats.endpoints import CODECS as CLIENT_CODECS
+from extproc.formats.base import ClientCodec, ProviderCodec
+from extproc.formats.registry import CLIENT_CODECS
 from extproc.phases import envelope
 from extproc.phases.context import (
     CONTINUE,
@@ -42,6 +42,7 @@ from extproc.phases.context import (
 )
 from extproc.phases.translation import (
     chat_stream_encoder,
+    decode_embedding_response,
     encode_chat_response,
     encode_embedding_response,
     encode_upstream_body,
@@ -81,8 +82,7 @@ class UpstreamStream:
         self.trace_carrier: dict[str, str] = {}
         self.retry_after: str | None = None
         self.unreadable = False
-        self.embedding_format = "float"
-        self.embedding_batch = False
+        self.embedding: ir.EmbeddingRequest | None = None  # its output options shape the answer
         self.span: Any = None
         self.client_model = ""
         self.request_id = ""
@@ -93,11 +93,11 @@ class UpstreamStream:
         self.encoder: Any = None
 
     @property
-    def client_codec(self) -> ModuleType:
+    def client_codec(self) -> ClientCodec:
         return CLIENT_CODECS[self.dialect]
 
     @property
-    def provider_codec(self) -> ModuleType:
+    def provider_codec(self) -> ProviderCodec:
         assert self.provider is not None
         return providers.codec_for(self.provider)
 
@@ -150,8 +150,7 @@ class UpstreamStream:
             client=True,
         )
         self.cache_key, self.cache_status = internal.cache_key, internal.cache_status
-        self.embedding_format = internal.embedding_format
-        self.embedding_batch = internal.embedding_batch
+        self.embedding = internal.embedding
         self.key_id, self.tenant = internal.key_id, internal.tenant
         if internal.budget_key is not None:
             self.budget = (internal.budget_key, internal.budget_ttl)
@@ -288,14 +287,12 @@ class UpstreamStream:
         return info
 
     def translate_response(self, body: bytes) -> bytes:
-        if self.operation == "embeddings":
-            response = self.provider_codec.decode_embedding_response(body)
+        assert self.provider is not None
+        if self.embedding is not None:
+            response = decode_embedding_response(self.provider, body)
             self.meter.observe_usage(response.usage)
             self.response_model = response.model
-            return encode_embedding_response(
-                self.dialect, response, self.embedding_format, self.embedding_batch
-            )
-        assert self.provider is not None
+            return encode_embedding_response(self.dialect, self.embedding, response)
         chat = self.provider_codec.decode_response(body)
         self.meter.observe_usage(chat.usage)
         self.finish_reason = chat.finish_reason
