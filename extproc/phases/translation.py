@@ -122,8 +122,8 @@ def encode_embedding_response(
 def encode_upstream_body(provider: Provider, internal: Envelope, model: str) -> bytes:
     """The request body in the provider's format (chat or embeddings)."""
     codec = providers.codec_for(provider)
-    if internal.embedding is not None:
+    if isinstance(internal.request, ir.EmbeddingRequest):
         if not hasattr(codec, "encode_embedding_request"):
             raise ir.invalid_request(f"the {provider.type} provider offers no embeddings")
-        return codec.encode_embedding_request(internal.embedding, model=model)  # type: ignore[no-any-return]
-    return codec.encode_request(internal.chat, model=model)  # type: ignore[no-any-return]
+        return codec.encode_embedding_request(internal.request, model=model)  # type: ignore[no-any-return]
+    return codec.encode_request(internal.request, model=model)  # type: ignore[no-any-return]
