@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from extproc import ir
 from extproc.config.settings import Credential, Provider
@@ -34,6 +34,11 @@ from extproc.phases.translation import encode_upstream_body
 from extproc.phases.translator import ResponseTranslator, parse_retry_after
 from extproc.store.redis_store import Store, StoreError, credential_tag, target_tag
 from extproc.telemetry.core import GENAI_PROVIDER, end_span, trace_id_of
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+NO_ROUTE = "request reached an upstream without a route"
 
 
 class AttemptStart(NamedTuple):
@@ -58,23 +63,7 @@ async def open_attempt(
     provider, upstream_model = route.targets[target]
     number = int(start.attempt_count)
     started = time.perf_counter()
-    span = context.telemetry.tracing.start(
-        f"{info.operation} {upstream_model}",
-        start.trace_carrier,
-        {
-            "gen_ai.operation.name": "chat"
-            if isinstance(internal.request, ir.ChatRequest)
-            else "embeddings",
-            "gen_ai.provider.name": GENAI_PROVIDER[provider.type],
-            "gen_ai.request.model": upstream_model,
-            "llmux.client_api": info.dialect,
-            "llmux.provider": provider.name,
-            "llmux.attempt": number,
-            "llmux.cache": info.cache_status,
-            "llmux.tenant": info.tenant,
-        },
-        client=True,
-    )
+    span = start_span(context, internal, route.targets[target], number, start.trace_carrier)
     chosen = await choose_credential(context, provider, info)
     chat = internal.request if isinstance(internal.request, ir.ChatRequest) else None
     plan = AttemptPlan(
@@ -98,7 +87,32 @@ async def open_attempt(
         return attempt, error_response(info.dialect, exc.info)
 
 
-NO_ROUTE = "request reached an upstream without a route"
+def start_span(
+    context: Context,
+    internal: envelope.Envelope,
+    target: tuple[Provider, str],
+    number: int,
+    carrier: dict[str, str],
+) -> Span | None:
+    """The attempt's client span, a child of the `traceparent` Envoy sent."""
+    (provider, upstream_model), info = target, internal.info
+    chat = isinstance(internal.request, ir.ChatRequest)
+    span: Span | None = context.telemetry.tracing.start(
+        f"{info.operation} {upstream_model}",
+        carrier,
+        {
+            "gen_ai.operation.name": "chat" if chat else "embeddings",
+            "gen_ai.provider.name": GENAI_PROVIDER[provider.type],
+            "gen_ai.request.model": upstream_model,
+            "llmux.client_api": info.dialect,
+            "llmux.provider": provider.name,
+            "llmux.attempt": number,
+            "llmux.cache": info.cache_status,
+            "llmux.tenant": info.tenant,
+        },
+        client=True,
+    )
+    return span
 
 
 async def choose_credential(
