@@ -24,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from extproc.admin import provider_health as health
 from extproc.admin.keys_api import add_key_routes
 from extproc.phases.context import Context
-from extproc.store.redis_store import StoreError
+from extproc.store import StoreError
 from extproc.telemetry import activity
 from extproc.telemetry.core import exposition_registry
 

@@ -20,8 +20,9 @@ from aiohttp import web
 
 from extproc.config.schema import did_you_mean
 from extproc.decisions import keys
+from extproc.decisions.routing import credential_tag
 from extproc.phases.context import Context
-from extproc.store.redis_store import StoreError, credential_tag
+from extproc.store import StoreError
 
 
 def add_key_routes(app: web.Application, context_key: web.AppKey[Context]) -> None:

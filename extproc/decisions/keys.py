@@ -2,7 +2,7 @@
 
 A key is shown once at creation; Redis keeps only its SHA-256. Lookups go by the
 hash of what the client presented, and the final comparison is constant-time.
-No I/O here: store.py persists records, admin.py exposes them.
+No I/O here: the store persists records, the admin's keys API exposes them.
 """
 
 from __future__ import annotations
@@ -19,6 +19,16 @@ from extproc import ir
 
 KEY_PREFIX = "llmx-"
 Period = Literal["day", "month"]
+
+
+def key_tag(key_id: str) -> str:
+    """The name a key's quota, usage and budget are kept under (a Redis Cluster hash tag)."""
+    return f"{{k:{key_id}}}"
+
+
+def tenant_tag(tenant: str) -> str:
+    """The name a tenant's usage is kept under (a Redis Cluster hash tag)."""
+    return f"{{tenant:{tenant}}}"
 
 
 class Budget(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -14,7 +14,27 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from extproc.config.settings import Config, Credential, Model
-from extproc.store.redis_store import CredentialState, credential_tag, target_tag
+
+
+def credential_tag(provider: str, credential: str) -> str:
+    """The name a credential's quota and cooldown are kept under.
+
+    The braces are a Redis Cluster hash tag: all of one credential's keys share a slot.
+    """
+    return f"{{c:{provider}:{credential}}}"
+
+
+def target_tag(provider: str, upstream_model: str) -> str:
+    """The name a target's circuit breaker is kept under (braces: as above)."""
+    return f"{{t:{provider}/{upstream_model}}}"
+
+
+class CredentialState(NamedTuple):
+    """What the store read of one credential for this request."""
+
+    requests: int  # in the current window
+    tokens: int  # in the current window
+    cooldown_ms: int  # > 0 while cooling down after a 429
 
 
 class CredentialRef(NamedTuple):
@@ -117,8 +137,3 @@ def credential_order(credentials: Sequence[Credential], preferred: str | None) -
     """The preferred credential first, then the others in config order."""
     first = [c for c in credentials if c.name == preferred]
     return first + [c for c in credentials if c.name != preferred]
-
-
-def estimate_tokens(body_length: int) -> int:
-    """A cheap input-token estimate for the pre-call quota check (~4 bytes a token)."""
-    return max(1, body_length // 4)

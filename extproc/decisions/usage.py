@@ -1,8 +1,9 @@
 """Token usage of one attempt: explicit figures from the provider, else an estimate.
 
 An explicit usage figure always wins over an estimate. A stream cut before its
-usage arrived is charged an estimate of what was produced (~4 characters a token)
-plus the estimated input.
+usage arrived is charged an estimate of what was produced plus the estimated input.
+The one token estimate lives here (~4 bytes a token); routing's quota checks use it too.
+No I/O.
 """
 
 from __future__ import annotations
@@ -10,6 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from extproc import ir
+
+BYTES_PER_TOKEN = 4  # a cheap rule of thumb for English text and JSON
+
+
+def estimate_tokens(size: int) -> int:
+    """Tokens in a request body of `size` bytes: at least one (what a quota check reserves)."""
+    return max(1, size // BYTES_PER_TOKEN)
 
 
 class UsageMeter:
@@ -23,7 +31,7 @@ class UsageMeter:
         self._produced_chars = 0
 
     def estimate_input(self, body_bytes: int) -> None:
-        self._input_estimate = max(1, body_bytes // 4)
+        self._input_estimate = estimate_tokens(body_bytes)
 
     def observe_usage(self, usage: ir.Usage | None) -> None:
         """Providers report cumulative figures; keep the largest seen per field."""
@@ -47,7 +55,8 @@ class UsageMeter:
         return self._input is not None or self._output is not None
 
     def usage(self) -> ir.Usage:
-        estimated_output = -(-self._produced_chars // 4)
+        # Generated text rounds up (a started token counts); nothing produced is zero.
+        estimated_output = -(-self._produced_chars // BYTES_PER_TOKEN)
         return ir.Usage(
             input_tokens=self._input if self._input is not None else self._input_estimate,
             output_tokens=self._output if self._output is not None else estimated_output,

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from extproc import ir
 from extproc.config.settings import Credential, Provider
 from extproc.decisions import cache, providers, routing
+from extproc.decisions.routing import credential_tag, target_tag
+from extproc.decisions.usage import estimate_tokens
 from extproc.phases import envelope
 from extproc.phases.actions import JSON, Action, Continue, Respond, error_response
 from extproc.phases.context import (
@@ -32,7 +34,7 @@ from extproc.phases.context import (
 from extproc.phases.plan import AttemptPlan, AttemptState
 from extproc.phases.translation import encode_upstream_body
 from extproc.phases.translator import ResponseTranslator, parse_retry_after
-from extproc.store.redis_store import Store, StoreError, credential_tag, target_tag
+from extproc.store import Store, StoreError
 from extproc.telemetry.core import GENAI_PROVIDER, end_span, trace_id_of
 
 if TYPE_CHECKING:
@@ -120,7 +122,7 @@ async def choose_credential(
 ) -> Credential | Respond:
     """Reserve quota on the preferred credential with room left; a 429 when none has."""
     store = context.store
-    estimate = routing.estimate_tokens(info.client_bytes)
+    estimate = estimate_tokens(info.client_bytes)
     order = routing.credential_order(provider.all_credentials, info.preferred.get(provider.name))
     retry_ms = []
     for credential in order:

@@ -22,7 +22,7 @@ from extproc.config.settings import Config, Model, Provider
 from extproc.decisions import routing
 from extproc.envoy.bootstrap import model_cluster_name
 from extproc.formats import ollama_chat, openai_chat
-from extproc.store.redis_store import Store, StoreError
+from extproc.store import Store, StoreError
 from extproc.telemetry.core import Telemetry
 
 log = logging.getLogger("llmux.processor")

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from extproc import ir
 from extproc.decisions import cache, keys, providers, routing
+from extproc.decisions.keys import key_tag
+from extproc.decisions.usage import estimate_tokens
 from extproc.envoy.bootstrap import CLUSTER_HEADER
 from extproc.formats import smart_api
 from extproc.formats.endpoints import Endpoint, allowed_methods, classify, dialect_for_path
@@ -29,7 +31,7 @@ from extproc.phases.context import (
     store_unavailable,
 )
 from extproc.phases.translation import decode_client_body, embedding_format, replay_body
-from extproc.store.redis_store import RequestState, StoreError, key_tag
+from extproc.store import RequestState, StoreError
 from extproc.telemetry.core import end_span, trace_id_of
 
 if TYPE_CHECKING:
@@ -117,7 +119,7 @@ class RouterStream:
         route = self.models.get(model)
         if route is None:
             return self.fail("not_found", f"The model `{model}` does not exist")
-        refused = await self.admit_key(model, routing.estimate_tokens(len(body)))
+        refused = await self.admit_key(model, estimate_tokens(len(body)))
         if refused is not None:
             return refused
         lookup = self.cache_lookup(chat)

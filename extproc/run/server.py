@@ -14,7 +14,7 @@ from extproc.admin import api as admin
 from extproc.config.settings import Config
 from extproc.phases.context import Context
 from extproc.run import reload
-from extproc.store.redis_store import Store
+from extproc.store import RedisStore
 from extproc.transport.ext_proc_service import Health, services
 from extproc.transport.grpcio_server import GrpcioServer
 from extproc.transport.lean_server import LeanServer
@@ -22,10 +22,10 @@ from extproc.transport.lean_server import LeanServer
 log = logging.getLogger("llmux.server")
 
 
-def _store(config: Config) -> Store | None:
+def _store(config: Config) -> RedisStore | None:
     if not config.store.url:
         return None
-    return Store(
+    return RedisStore(
         config.store.url,
         max_connections=config.store.max_connections,
         timeout_s=config.store.timeout_ms / 1000,

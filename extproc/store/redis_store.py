@@ -1,27 +1,37 @@
-"""The only module that talks to Redis: key names, Lua scripts, one seam.
+"""The only module that talks to Redis: key names, Lua scripts, `RedisStore`.
 
 Routing state (quota windows, cooldowns, circuit breakers) lives here so every
 replica agrees. Keys carry hash tags — one per credential, one per target — so a
 Redis Cluster keeps each script's keys in one slot. Reads for a routing decision
 go out as one pipeline (one round trip); writes are atomic Lua scripts.
-Errors are mapped to StoreError; callers decide fail-open or fail-closed.
+Redis errors become StoreError in `_redis_errors` only; callers decide fail-open or
+fail-closed. What the store offers is the `Store` Protocol (protocol.py).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import NamedTuple, cast
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
+from extproc.decisions.keys import key_tag, tenant_tag
+from extproc.decisions.routing import CredentialState
+from extproc.store.protocol import RequestState, Reservation, StoreError, quota_window
+
 PREFIX = "llmux"
-WINDOW_S = 60  # quota windows are fixed calendar minutes
 
 
-class StoreError(Exception):
-    """Redis could not be reached or answered with an error."""
+@contextmanager
+def _redis_errors() -> Iterator[None]:
+    """Redis's errors as ours: the one place a RedisError is mapped."""
+    try:
+        yield
+    except RedisError as exc:
+        raise StoreError(str(exc)) from exc
 
 
 async def unusable(url: str, timeout_s: float) -> str | None:
@@ -47,40 +57,6 @@ async def unusable(url: str, timeout_s: float) -> str | None:
     finally:
         await client.aclose()
     return None
-
-
-def credential_tag(provider: str, credential: str) -> str:
-    return f"{{c:{provider}:{credential}}}"
-
-
-def target_tag(provider: str, upstream_model: str) -> str:
-    return f"{{t:{provider}/{upstream_model}}}"
-
-
-def key_tag(key_id: str) -> str:
-    return f"{{k:{key_id}}}"
-
-
-def tenant_tag(tenant: str) -> str:
-    return f"{{tenant:{tenant}}}"
-
-
-class CredentialState(NamedTuple):
-    requests: int  # in the current window
-    tokens: int  # in the current window
-    cooldown_ms: int  # > 0 while cooling down after a 429
-
-
-class RequestState(NamedTuple):
-    credentials: list[CredentialState]
-    opened_ms: list[int]  # per target: > 0 while its circuit breaker is open
-    cached: bytes | None  # the cache entry, when a key was given and found
-    budget_used: int  # tokens the virtual key used in its budget period (0 without one)
-
-
-class Reservation(NamedTuple):
-    ok: bool
-    retry_after_ms: int  # when not ok: how long until it might be
 
 
 # KEYS: rpm, tpm, cool. ARGV: rpm limit (0 = none), tpm limit (0 = none),
@@ -134,8 +110,8 @@ return 0
 """
 
 
-class Store:
-    """Async Redis access with a bounded pool and short timeouts (never a hang)."""
+class RedisStore:
+    """The `Store` over Redis: async access with a bounded pool and short timeouts (never a hang)."""
 
     def __init__(
         self,
@@ -163,9 +139,7 @@ class Store:
 
     def window(self) -> tuple[int, int]:
         """(current window id, seconds left in it)."""
-        now = self.clock()
-        window = int(now // WINDOW_S)
-        return window, max(1, int((window + 1) * WINDOW_S - now))
+        return quota_window(self.clock())
 
     def keys(self, tag: str, window: int) -> tuple[str, str, str]:
         return (
@@ -183,7 +157,7 @@ class Store:
     ) -> RequestState:
         """Quota use, cooldowns, open breakers and the cache entry: one round trip."""
         window, _ = self.window()
-        try:
+        with _redis_errors():
             async with self.redis.pipeline(transaction=False) as pipe:
                 for tag in credential_tags:
                     rpm, tpm, cool = self.keys(tag, window)
@@ -193,8 +167,6 @@ class Store:
                 pipe.get(cache_key or f"{PREFIX}:none")
                 pipe.get(budget_key or f"{PREFIX}:none")
                 replies = await pipe.execute()
-        except RedisError as exc:
-            raise StoreError(str(exc)) from exc
         n = 3 * len(credential_tags)
         states = [
             CredentialState(int(replies[i] or 0), int(replies[i + 1] or 0), max(0, replies[i + 2]))
@@ -208,12 +180,10 @@ class Store:
         self, tag: str, rpm: int | None, tpm: int | None, estimate: int
     ) -> Reservation:
         window, ttl = self.window()
-        try:
+        with _redis_errors():
             ok, retry_ms = await self._reserve(
                 keys=self.keys(tag, window), args=[rpm or 0, tpm or 0, estimate, ttl + 60]
             )
-        except RedisError as exc:
-            raise StoreError(str(exc)) from exc
         if int(retry_ms) < 0:
             retry_ms = ttl * 1000
         return Reservation(bool(ok), int(retry_ms))
@@ -221,42 +191,32 @@ class Store:
     async def charge_tokens(self, tag: str, tokens: int, window: int | None = None) -> int:
         current, ttl = self.window()
         _, tpm, _ = self.keys(tag, current if window is None else window)
-        try:
+        with _redis_errors():
             return int(await self._charge(keys=[tpm], args=[tokens, ttl + 60]))
-        except RedisError as exc:
-            raise StoreError(str(exc)) from exc
 
     async def reset_credential(self, tag: str) -> int:
         """Forget a credential's counters and cooldown (the current window's)."""
         window, _ = self.window()
-        try:
+        with _redis_errors():
             return int(await self.redis.delete(*self.keys(tag, window)))
-        except RedisError as exc:
-            raise StoreError(str(exc)) from exc
 
     async def cool_down(self, tag: str, milliseconds: int) -> int:
-        try:
+        with _redis_errors():
             return int(await self._cool(keys=[f"{PREFIX}:{tag}:cool"], args=[milliseconds]))
-        except RedisError as exc:
-            raise StoreError(str(exc)) from exc
 
     async def record_failure(
         self, tag: str, *, window_ms: int, threshold: int, open_ms: int
     ) -> bool:
         """Count a failure of a target; True when its circuit breaker (re)opened."""
         keys = [f"{PREFIX}:{tag}:fail", f"{PREFIX}:{tag}:open"]
-        try:
+        with _redis_errors():
             return bool(await self._fail(keys=keys, args=[window_ms, threshold, open_ms]))
-        except RedisError as exc:
-            raise StoreError(str(exc)) from exc
 
     # ------------------------------------------------------------------ virtual keys
 
     async def key_by_hash(self, hashed: str) -> bytes | None:
-        try:
+        with _redis_errors():
             value = cast("bytes | None", await self.redis.get(f"{PREFIX}:vkey:{hashed}"))
-        except RedisError as exc:
-            raise StoreError(str(exc)) from exc
         return value
 
     async def key_by_id(self, key_id: str) -> bytes | None:
@@ -266,7 +226,7 @@ class Store:
         """Several keys' records in two round trips (None where one is missing)."""
         if not key_ids:
             return []
-        try:
+        with _redis_errors():
             # Pipelines of GETs, not MGET: the keys live in different cluster slots.
             async with self.redis.pipeline(transaction=False) as pipe:
                 for key_id in key_ids:
@@ -277,25 +237,26 @@ class Store:
                 for hashed in found:
                     pipe.get(f"{PREFIX}:vkey:{hashed.decode()}")
                 records = await pipe.execute()
-        except RedisError as exc:
-            raise StoreError(str(exc)) from exc
         by_hash = dict(zip(found, records, strict=True))
         return [None if h is None else by_hash[h] for h in hashes]
 
     async def key_save(self, key_id: str, hashed: str, record: bytes) -> None:
-        try:
-            await self.redis.set(f"{PREFIX}:vkey:{hashed}", record)
-            await self.redis.set(f"{PREFIX}:vkey-id:{key_id}", hashed)
-            await self.redis.sadd(f"{PREFIX}:vkeys", key_id)
-        except RedisError as exc:
-            raise StoreError(str(exc)) from exc
+        """The record, its id's pointer and the id list in one MULTI/EXEC: all or nothing.
+
+        A lookup never finds an id whose record is missing. (On a Redis Cluster the
+        three keys would need one hash tag; the single-node client here has none.)
+        """
+        with _redis_errors():
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.set(f"{PREFIX}:vkey:{hashed}", record)
+                pipe.set(f"{PREFIX}:vkey-id:{key_id}", hashed)
+                pipe.sadd(f"{PREFIX}:vkeys", key_id)
+                await pipe.execute()
 
     async def key_ids(self) -> list[str]:
-        try:
+        with _redis_errors():
             members = cast("set[bytes]", await self.redis.smembers(f"{PREFIX}:vkeys"))
             return sorted(m.decode() for m in members)
-        except RedisError as exc:
-            raise StoreError(str(exc)) from exc
 
     def budget_key(self, key_id: str, period: str) -> str:
         return f"{PREFIX}:{key_tag(key_id)}:budget:{period}"
@@ -308,7 +269,7 @@ class Store:
         usage: dict[str, int],
     ) -> None:
         """Add a request's usage to its key (and budget period) and its tenant."""
-        try:
+        with _redis_errors():
             async with self.redis.pipeline(transaction=False) as pipe:
                 if key_id is not None:
                     for field, amount in usage.items():
@@ -321,15 +282,11 @@ class Store:
                     for field, amount in usage.items():
                         pipe.hincrby(f"{PREFIX}:{tenant_tag(tenant)}:usage", field, amount)
                 await pipe.execute()
-        except RedisError as exc:
-            raise StoreError(str(exc)) from exc
 
     async def usage(self, kind: str, name: str) -> dict[str, int]:
         tag = key_tag(name) if kind == "key" else tenant_tag(name)
-        try:
+        with _redis_errors():
             values = cast("dict[bytes, bytes]", await self.redis.hgetall(f"{PREFIX}:{tag}:usage"))
-        except RedisError as exc:
-            raise StoreError(str(exc)) from exc
         return {k.decode(): int(v) for k, v in values.items()}
 
     # ------------------------------------------------------------------ cache
@@ -339,35 +296,27 @@ class Store:
         return f"{PREFIX}:cache:{model}:{digest}"
 
     async def cache_put(self, key: str, data: bytes, ttl_s: int) -> None:
-        try:
+        with _redis_errors():
             await self.redis.set(key, data, ex=ttl_s)
-        except RedisError as exc:
-            raise StoreError(str(exc)) from exc
 
     async def cache_count(self, outcome: str) -> None:
-        try:
+        with _redis_errors():
             await self.redis.hincrby(f"{PREFIX}:cache-stats", outcome, 1)
-        except RedisError as exc:
-            raise StoreError(str(exc)) from exc
 
     async def cache_stats(self) -> dict[str, float]:
         """Entries, bytes, hits, misses, hit ratio (entries/bytes scan the keyspace)."""
         counts = await self.cache_counts()
         entries = size = 0
-        try:
+        with _redis_errors():
             async for key in self.redis.scan_iter(match=f"{PREFIX}:cache:*", count=500):
                 entries += 1
                 size += int(await self.redis.strlen(key))
-        except RedisError as exc:
-            raise StoreError(str(exc)) from exc
         return {"entries": entries, "bytes": size, **counts}
 
     async def cache_counts(self) -> dict[str, float]:
         """Hits, misses and hit ratio only: one HGETALL, no keyspace scan."""
-        try:
+        with _redis_errors():
             counts = await self.redis.hgetall(f"{PREFIX}:cache-stats")
-        except RedisError as exc:
-            raise StoreError(str(exc)) from exc
         hits, misses = int(counts.get(b"hit", 0)), int(counts.get(b"miss", 0))
         ratio = hits / (hits + misses) if hits + misses else 0.0
         return {"hits": hits, "misses": misses, "hit_ratio": round(ratio, 4)}
@@ -375,13 +324,11 @@ class Store:
     async def cache_clear(self, model: str | None = None) -> int:
         pattern = f"{PREFIX}:cache:{_glob_escape(model)}:*" if model else f"{PREFIX}:cache:*"
         removed = 0
-        try:
+        with _redis_errors():
             async for key in self.redis.scan_iter(match=pattern, count=500):
                 removed += int(await self.redis.unlink(key))
             if model is None:
                 await self.redis.delete(f"{PREFIX}:cache-stats")
-        except RedisError as exc:
-            raise StoreError(str(exc)) from exc
         return removed
 
     # ------------------------------------------------------------------ dashboard activity
@@ -396,7 +343,7 @@ class Store:
     ) -> None:
         """Recent request records (oldest first) and per-minute sums: one round trip."""
         recent = f"{PREFIX}:recent"
-        try:
+        with _redis_errors():
             async with self.redis.pipeline(transaction=False) as pipe:
                 if records:
                     pipe.lpush(recent, *records).ltrim(recent, 0, keep - 1)  # type: ignore[attr-defined]
@@ -406,21 +353,17 @@ class Store:
                         pipe.hincrby(key, field, amount)
                     pipe.expire(key, ttl_s)
                 await pipe.execute()
-        except RedisError as exc:
-            raise StoreError(str(exc)) from exc
 
     async def activity_read(
         self, limit: int, minutes: Sequence[int]
     ) -> tuple[list[bytes], list[dict[str, int]]]:
         """The newest `limit` records and each given minute's sums: one round trip."""
-        try:
+        with _redis_errors():
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.lrange(f"{PREFIX}:recent", 0, limit - 1)
                 for minute in minutes:
                     pipe.hgetall(f"{PREFIX}:series:{minute}")
                 replies = await pipe.execute()
-        except RedisError as exc:
-            raise StoreError(str(exc)) from exc
         sums = [{k.decode(): int(v) for k, v in reply.items()} for reply in replies[1:]]
         return list(replies[0]), sums
 
@@ -428,14 +371,12 @@ class Store:
         self, key_ids: Sequence[str], budget_keys: Sequence[str | None]
     ) -> list[tuple[dict[str, int], int | None]]:
         """Per key: its usage counters and what its current budget period used (one trip)."""
-        try:
+        with _redis_errors():
             async with self.redis.pipeline(transaction=False) as pipe:
                 for key_id, budget_key in zip(key_ids, budget_keys, strict=True):
                     pipe.hgetall(f"{PREFIX}:{key_tag(key_id)}:usage")
                     pipe.get(budget_key or f"{PREFIX}:none")
                 replies = await pipe.execute()
-        except RedisError as exc:
-            raise StoreError(str(exc)) from exc
         found = []
         for i, budget_key in enumerate(budget_keys):
             usage, spent = replies[2 * i], replies[2 * i + 1]

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from extproc.store.redis_store import Store, StoreError
+from extproc.store import Store, StoreError
 
 log = logging.getLogger("llmux.activity")
 

@@ -2,7 +2,7 @@
 
 No Envoy and no provider: the tests call the phase handlers with the header
 dicts and bodies Envoy would send, and read the neutral actions they answer.
-The store, when a test needs one, is the real Valkey of the session.
+The store, when a test needs one, comes from conftest.py's `new_store`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 from extproc.config import settings
 from extproc.phases.actions import Action, Continue, Respond
 from extproc.phases.context import Context
-from extproc.store.redis_store import Store
+from extproc.store import Store
 
 NOW = 1_800_000_000.0  # the fixed clock: a Friday in 2027, mid-minute
 SEED = 17
@@ -59,11 +59,6 @@ CONFIG: dict[str, Any] = {
 def context(store: Store | None = None, config: dict[str, Any] | None = None) -> Context:
     parsed = settings.parse(json.dumps(config or CONFIG), env={})
     return Context(parsed, store, rng=random.Random(SEED), clock=lambda: NOW)
-
-
-def store(url: str) -> Store:
-    """A store on the session's Valkey, with the fixed clock (windows, budgets)."""
-    return Store(url, clock=lambda: NOW)
 
 
 def chat_body(model: str, *, stream: bool = False, text: str = "hi") -> bytes:

@@ -13,7 +13,7 @@ import redis
 
 from extproc.config.settings import Telemetry as TelemetryConfig
 from extproc.run.children import free_port
-from extproc.store.redis_store import Store
+from extproc.store import RedisStore, Store
 from extproc.telemetry import activity
 from extproc.telemetry.activity import RECENT, Activity, minute_sums
 from extproc.telemetry.core import Telemetry
@@ -25,7 +25,7 @@ MINUTE = 1_800_000_000 - 1_800_000_000 % 60  # a calendar minute's start, in uni
 
 def with_store(url: str, work: Callable[[Store], Awaitable[T]]) -> T:
     async def run() -> T:
-        store = Store(url, timeout_s=0.5)
+        store = RedisStore(url, timeout_s=0.5)
         try:
             return await work(store)
         finally:

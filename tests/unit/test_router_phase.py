@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from extproc import ir
+from extproc.decisions.routing import target_tag
 from extproc.envoy.bootstrap import CLUSTER_HEADER
 from extproc.phases import envelope
 from extproc.phases.actions import Action, Respond
 from extproc.phases.context import Context
 from extproc.phases.router import RouterStream
-from extproc.store.redis_store import target_tag
-from tests.harness import Valkey
+from extproc.store import Store
 from tests.unit import phase_world as world
 from tests.unit.phase_world import continued, headers_of, responded
 
@@ -194,10 +195,9 @@ def test_single_target_envoys_own_reply_is_a_failed_attempt_never_translated() -
     assert world.sample(ctx, "llmux_upstream_attempts_total", labels) == 1
 
 
-def test_a_model_whose_targets_are_all_failing_is_a_503(valkey: Valkey) -> None:
+def test_a_model_whose_targets_are_all_failing_is_a_503(new_store: Callable[[], Store]) -> None:
     async def scenario() -> tuple[Action, Action]:
-        store = world.store(valkey.url)
-        await store.redis.flushdb()
+        store = new_store()
         ctx = world.context(store)
         first = await send(ctx, CHAT, world.chat_body("pair"))
         breaker = ctx.config.routing.breaker
@@ -220,10 +220,9 @@ def test_a_model_whose_targets_are_all_failing_is_a_503(valkey: Valkey) -> None:
     assert error_of(reply.body)["message"] == "every target of this model is failing"
 
 
-def test_an_open_breaker_takes_its_target_out_of_the_mask(valkey: Valkey) -> None:
+def test_an_open_breaker_takes_its_target_out_of_the_mask(new_store: Callable[[], Store]) -> None:
     async def scenario() -> Action:
-        store = world.store(valkey.url)
-        await store.redis.flushdb()
+        store = new_store()
         ctx = world.context(store)
         await store.record_failure(
             target_tag("an", "claude-x"), window_ms=30000, threshold=1, open_ms=30000
@@ -236,12 +235,11 @@ def test_an_open_breaker_takes_its_target_out_of_the_mask(valkey: Valkey) -> Non
     assert continued(asyncio.run(scenario())).eligible_mask == 0b01
 
 
-def test_a_cached_answer_is_replayed_in_the_clients_dialect(valkey: Valkey) -> None:
+def test_a_cached_answer_is_replayed_in_the_clients_dialect(new_store: Callable[[], Store]) -> None:
     config = {**world.CONFIG, "cache": {"enabled": True}}
 
     async def scenario() -> tuple[Action, Action]:
-        store = world.store(valkey.url)
-        await store.redis.flushdb()
+        store = new_store()
         ctx = world.context(store, config)
         stream, _ = await send(ctx, CHAT, world.chat_body("solo"))
         await stream.response_headers({":status": "200", "x-envoy-upstream-service-time": "1"})

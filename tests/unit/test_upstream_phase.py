@@ -1,5 +1,5 @@
 """The upstream phase driven directly: an envelope in, the provider's request and the
-client's answer out; its bookkeeping read back from the store (the session's Valkey)."""
+client's answer out; its bookkeeping read back from the store (the fake and Valkey)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from extproc import ir
+from extproc.decisions.routing import credential_tag, target_tag
 from extproc.phases import envelope
 from extproc.phases.actions import Action
 from extproc.phases.context import Context
 from extproc.phases.upstream import UpstreamStream
-from extproc.store.redis_store import RequestState, Store, credential_tag, target_tag
-from tests.harness import Valkey
+from extproc.store import RequestState, Store
 from tests.unit import phase_world as world
 from tests.unit.phase_world import continued, headers_of, responded
 
@@ -63,12 +63,11 @@ async def answered(
     return head, bodies
 
 
-def with_store(valkey: Valkey, work: Callable[[Context, Store], Awaitable[T]]) -> T:
-    """Run `work` with an emptied store; wait for its background bookkeeping."""
+def with_store(new_store: Callable[[], Store], work: Callable[[Context, Store], Awaitable[T]]) -> T:
+    """Run `work` with an empty store; wait for its background bookkeeping."""
 
     async def scenario() -> T:
-        store = world.store(valkey.url)
-        await store.redis.flushdb()
+        store = new_store()
         ctx = world.context(store)
         try:
             result = await work(ctx, store)
@@ -189,32 +188,32 @@ def test_an_unreadable_200_answers_the_errors_status() -> None:
     assert world.sample(ctx, "llmux_upstream_attempts_total", labels) == 1
 
 
-def test_a_429_cools_the_credential_down(valkey: Valkey) -> None:
+def test_a_429_cools_the_credential_down(new_store: Callable[[], Store]) -> None:
     async def work(ctx: Context, store: Store) -> RequestState:
         stream, _ = await opened(ctx, sealed(ctx), 0)
         await answered(stream, {":status": "429", "retry-after": "7"}, [b"{}"])
         await ctx.drain()
         return await state(store)
 
-    after = with_store(valkey, work)
+    after = with_store(new_store, work)
     assert 6000 < after.credentials[0].cooldown_ms <= 7000
     assert after.opened_ms == [0, 0]
 
 
-def test_a_5xx_counts_against_the_targets_breaker(valkey: Valkey) -> None:
+def test_a_5xx_counts_against_the_targets_breaker(new_store: Callable[[], Store]) -> None:
     async def work(ctx: Context, store: Store) -> RequestState:
         stream, _ = await opened(ctx, sealed(ctx), 0)
         await answered(stream, {":status": "503"}, [b"{}"])
         await ctx.drain()
         return await state(store)
 
-    after = with_store(valkey, work)
+    after = with_store(new_store, work)
     assert after.opened_ms[0] > 0  # the breaker opens after one failure (CONFIG)
     assert after.opened_ms[1] == 0
     assert after.credentials[0].cooldown_ms == 0
 
 
-def test_usage_is_charged_when_the_answer_ends(valkey: Valkey) -> None:
+def test_usage_is_charged_when_the_answer_ends(new_store: Callable[[], Store]) -> None:
     async def work(ctx: Context, store: Store) -> tuple[RequestState, RequestState, dict[str, int]]:
         body = sealed(ctx, key_id="k1", tenant="t1")
         stream, _ = await opened(ctx, body, 0)
@@ -224,19 +223,21 @@ def test_usage_is_charged_when_the_answer_ends(valkey: Valkey) -> None:
         await ctx.drain()
         return reserved, await state(store), await store.usage("key", "k1")
 
-    reserved, charged, usage = with_store(valkey, work)
+    reserved, charged, usage = with_store(new_store, work)
     assert reserved.credentials[0] == (1, 0, 0)  # one request reserved, no tokens yet
     assert charged.credentials[0] == (1, 7, 0)  # 5 in + 2 out, from the provider's usage
     assert usage == {"requests": 1, "input_tokens": 5, "output_tokens": 2}
 
 
-def test_a_credential_out_of_quota_is_a_429_with_retry_after(valkey: Valkey) -> None:
+def test_a_credential_out_of_quota_is_a_429_with_retry_after(
+    new_store: Callable[[], Store],
+) -> None:
     async def work(ctx: Context, store: Store) -> Action:
         await store.cool_down(OPENAI_MAIN, 4000)
         stream, action = await opened(ctx, sealed(ctx), 0)
         stream.closed()
         return action
 
-    reply = responded(with_store(valkey, work))
+    reply = responded(with_store(new_store, work))
     assert reply.status == 429
     assert ("retry-after", "4") in reply.headers

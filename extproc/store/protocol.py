@@ -1,0 +1,173 @@
+"""What the phases, the admin API and the dashboard may ask of the shared state store.
+
+`Store` is the seam: `RedisStore` implements it over Redis/Valkey, and the tests'
+in-memory fake implements it too (one contract test runs the same cases on both).
+This module owns the store's value types and its one error; it does no I/O.
+Callers catch `StoreError` and decide fail-open or fail-closed (`store.on_error`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple, Protocol
+
+from extproc.decisions.routing import CredentialState
+
+WINDOW_S = 60  # quota windows are fixed calendar minutes
+
+
+class StoreError(Exception):
+    """The store could not be reached or answered with an error."""
+
+
+class RequestState(NamedTuple):
+    credentials: list[CredentialState]
+    opened_ms: list[int]  # per target: > 0 while its circuit breaker is open
+    cached: bytes | None  # the cache entry, when a key was given and found
+    budget_used: int  # tokens the virtual key used in its budget period (0 without one)
+
+
+class Reservation(NamedTuple):
+    ok: bool
+    retry_after_ms: int  # when not ok: how long until it might be
+
+
+def quota_window(now: float) -> tuple[int, int]:
+    """(the window id at `now`, whole seconds left in it, at least 1)."""
+    window = int(now // WINDOW_S)
+    return window, max(1, int((window + 1) * WINDOW_S - now))
+
+
+class RoutingState(Protocol):
+    """Quota windows, cooldowns and circuit breakers, shared by every replica."""
+
+    def window(self) -> tuple[int, int]:
+        """(current window id, seconds left in it)."""
+        ...
+
+    async def request_state(
+        self,
+        credential_tags: Sequence[str],
+        target_tags: Sequence[str],
+        cache_key: str | None,
+        budget_key: str | None = None,
+    ) -> RequestState:
+        """Quota use, cooldowns, open breakers, the cache entry and budget use at once."""
+        ...
+
+    async def reserve(
+        self, tag: str, rpm: int | None, tpm: int | None, estimate: int
+    ) -> Reservation:
+        """Count one request against `tag`'s quota unless it is spent or cooling down."""
+        ...
+
+    async def charge_tokens(self, tag: str, tokens: int, window: int | None = None) -> int:
+        """Add tokens to `tag`'s window (the current one by default); the new total."""
+        ...
+
+    async def reset_credential(self, tag: str) -> int:
+        """Forget a credential's counters and cooldown (the current window's)."""
+        ...
+
+    async def cool_down(self, tag: str, milliseconds: int) -> int:
+        """Cool `tag` down; a shorter cooldown never shortens a longer one. Ms left."""
+        ...
+
+    async def record_failure(
+        self, tag: str, *, window_ms: int, threshold: int, open_ms: int
+    ) -> bool:
+        """Count a failure of a target; True when its circuit breaker (re)opened."""
+        ...
+
+
+class KeyRecords(Protocol):
+    """Virtual keys' records (by the secret's hash and by id), usage and budgets."""
+
+    async def key_by_hash(self, hashed: str) -> bytes | None: ...
+
+    async def key_by_id(self, key_id: str) -> bytes | None: ...
+
+    async def keys_by_ids(self, key_ids: Sequence[str]) -> list[bytes | None]: ...
+
+    async def key_save(self, key_id: str, hashed: str, record: bytes) -> None:
+        """Save a record under its hash and its id, all or nothing."""
+        ...
+
+    async def key_ids(self) -> list[str]:
+        """Every saved key's id, sorted."""
+        ...
+
+    def budget_key(self, key_id: str, period: str) -> str: ...
+
+    async def record_usage(
+        self,
+        key_id: str | None,
+        tenant: str | None,
+        budget: tuple[str, int] | None,
+        usage: dict[str, int],
+    ) -> None:
+        """Add a request's usage to its key (and budget period) and its tenant."""
+        ...
+
+    async def usage(self, kind: str, name: str) -> dict[str, int]:
+        """A key's (`kind` "key") or a tenant's usage counters."""
+        ...
+
+    async def key_usages(
+        self, key_ids: Sequence[str], budget_keys: Sequence[str | None]
+    ) -> list[tuple[dict[str, int], int | None]]:
+        """Per key: its usage counters and what its budget period used (None: no budget)."""
+        ...
+
+
+class CacheEntries(Protocol):
+    """The response cache's entries and hit/miss counters."""
+
+    def cache_key(self, model: str, digest: str) -> str: ...
+
+    async def cache_put(self, key: str, data: bytes, ttl_s: int) -> None: ...
+
+    async def cache_count(self, outcome: str) -> None: ...
+
+    async def cache_stats(self) -> dict[str, float]:
+        """Entries, bytes, hits, misses, hit ratio."""
+        ...
+
+    async def cache_counts(self) -> dict[str, float]:
+        """Hits, misses and hit ratio only."""
+        ...
+
+    async def cache_clear(self, model: str | None = None) -> int:
+        """Remove one model's entries (every entry and the counters without one)."""
+        ...
+
+
+class ActivityLog(Protocol):
+    """The dashboard's recent requests and per-minute sums."""
+
+    async def activity_push(
+        self,
+        records: Sequence[bytes],
+        minutes: Mapping[int, Mapping[str, int]],
+        *,
+        keep: int,
+        ttl_s: int,
+    ) -> None:
+        """Prepend records (oldest first), keep the newest `keep`; add to minutes' sums."""
+        ...
+
+    async def activity_read(
+        self, limit: int, minutes: Sequence[int]
+    ) -> tuple[list[bytes], list[dict[str, int]]]:
+        """The newest `limit` records and each given minute's sums."""
+        ...
+
+
+class Store(RoutingState, KeyRecords, CacheEntries, ActivityLog, Protocol):
+    """Everything above, plus health and shutdown."""
+
+    async def ping(self) -> bool:
+        """True when the store answers (never raises)."""
+        ...
+
+    async def close(self) -> None: ...
