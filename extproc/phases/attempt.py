@@ -67,9 +67,11 @@ async def open_attempt(
     started = time.perf_counter()
     span = start_span(context, internal, route.targets[target], number, start.trace_carrier)
     chosen = await choose_credential(context, provider, info)
-    chat = internal.request if isinstance(internal.request, ir.ChatRequest) else None
+    request = internal.request
+    chat = request if isinstance(request, ir.ChatRequest) else None
     plan = AttemptPlan(
         info=info,
+        request=request,
         route=route,
         provider=provider,
         upstream_model=upstream_model,

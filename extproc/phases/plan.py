@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from extproc import ir
 from extproc.config.settings import Credential, Provider
 from extproc.phases.context import ModelRoute
 from extproc.phases.envelope import RequestInfo
@@ -25,6 +26,7 @@ class AttemptPlan(msgspec.Struct, frozen=True):
     """Everything decided once per attempt."""
 
     info: RequestInfo  # dialect, operation, cache key, virtual key, budget… (router phase)
+    request: ir.ChatRequest | ir.EmbeddingRequest  # the client's, as the envelope holds it
     route: ModelRoute
     provider: Provider
     upstream_model: str

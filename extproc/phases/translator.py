@@ -105,7 +105,7 @@ class ResponseTranslator:
         plan, state = self.plan, self.state
         info = plan.info
         codec = providers.codec_for(plan.provider)
-        if info.operation == "embeddings":
+        if isinstance(plan.request, ir.EmbeddingRequest):
             embedded: ir.EmbeddingResponse = codec.decode_embedding_response(body)
             self.meter.observe_usage(embedded.usage)
             state.response_model = embedded.model

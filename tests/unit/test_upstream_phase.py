@@ -4,7 +4,9 @@ client's answer out; its bookkeeping read back from the store (the fake and Valk
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import struct
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -241,3 +243,35 @@ def test_a_credential_out_of_quota_is_a_429_with_retry_after(
     reply = responded(with_store(new_store, work))
     assert reply.status == 429
     assert ("retry-after", "4") in reply.headers
+
+
+def test_embeddings_come_back_in_the_format_the_client_asked_for() -> None:
+    ctx = world.context()
+    facts = envelope.RequestInfo(
+        dialect="openai",
+        operation="embeddings",
+        model="embed-pair",
+        request_id="req-2",
+        client_bytes=40,
+        embedding_format="base64",
+        cluster=ctx.models["embed-pair"].cluster,
+    )
+    request = ir.EmbeddingRequest(model="embed-pair", inputs=["a"])
+    vectors = {
+        "object": "list",
+        "data": [{"object": "embedding", "index": 0, "embedding": [0.5, -1.0]}],
+        "model": "embed-y",
+        "usage": {"prompt_tokens": 1, "total_tokens": 1},
+    }
+
+    async def scenario() -> tuple[Action, list[Action]]:
+        body = envelope.encode(envelope.seal(facts, request))
+        stream, sent = await opened(ctx, body, 1)
+        assert headers_of(continued(sent))[":path"] == "/v1/embeddings"
+        return await answered(stream, {":status": "200"}, [json.dumps(vectors).encode()])
+
+    _, (body,) = asyncio.run(scenario())
+    answer = json.loads(continued(body).body or b"")
+    encoded = answer["data"][0]["embedding"]
+    assert isinstance(encoded, str)  # base64 of little-endian float32s
+    assert base64.b64decode(encoded) == struct.pack("<2f", 0.5, -1.0)
