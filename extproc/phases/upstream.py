@@ -20,12 +20,13 @@ from extproc.phases.context import INTERNAL_PREFIX, Context
 class UpstreamStream:
     """One attempt against one target; translates both ways."""
 
-    __slots__ = ("attempt", "context", "dialect", "start")
+    __slots__ = ("attempt", "context", "dialect", "start", "trace_carrier")
 
     def __init__(self, context: Context, trace_carrier: dict[str, str]) -> None:
         self.context = context
         self.dialect = "openai"  # the client's, once the envelope tells
-        self.start = AttemptStart(None, "1", [], trace_carrier)
+        self.trace_carrier = trace_carrier
+        self.start: AttemptStart | None = None  # what the request headers said
         self.attempt: Attempt | None = None
 
     async def request_headers(
@@ -38,7 +39,7 @@ class UpstreamStream:
             if k in providers.UPSTREAM_AUTH_HEADERS or k.startswith(INTERNAL_PREFIX)
         ]
         count = headers.get("x-envoy-attempt-count", "1")
-        self.start = AttemptStart(target, count, stale, self.start.trace_carrier)
+        self.start = AttemptStart(target, count, stale, self.trace_carrier)
         return CONTINUE
 
     async def request_body(self, body: bytes, end_of_stream: bool) -> Action:
@@ -48,7 +49,8 @@ class UpstreamStream:
             info = ir.ErrorInfo(kind="server_error", message=NO_ROUTE)
             return error_response(self.dialect, info)
         self.dialect = internal.info.dialect
-        self.attempt, action = await open_attempt(self.context, internal, self.start)
+        start = self.start or AttemptStart(None, "1", [], self.trace_carrier)
+        self.attempt, action = await open_attempt(self.context, internal, start)
         return action
 
     async def response_headers(self, headers: dict[str, str]) -> Action:
