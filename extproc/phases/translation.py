@@ -7,8 +7,6 @@ look a codec up themselves; every lookup is a registry table lookup.
 
 from __future__ import annotations
 
-import msgspec
-
 from extproc import ir
 from extproc.config.settings import Provider
 from extproc.decisions import cache, providers
@@ -41,25 +39,6 @@ def replay_body(
         )
     encoder = chat_stream_encoder(endpoint.dialect, endpoint.operation, chat.stream_include_usage)
     return encoder.feed(cache.replay_events(response)) + encoder.finish()
-
-
-def embedding_format(endpoint: Endpoint, body: bytes) -> str:
-    """OpenAI's `encoding_format`, for the envelope's field of the same name.
-
-    The decoded ir.EmbeddingRequest carries it now and encode_embedding_response
-    reads it there; this stays only while the envelope keeps the field.
-    """
-    if endpoint.operation != "embeddings" or b"base64" not in body:
-        return "float"
-    try:
-        requested = msgspec.json.decode(body, type=_EncodingFormat).encoding_format
-    except (msgspec.DecodeError, UnicodeDecodeError):
-        return "float"
-    return "base64" if requested == "base64" else "float"
-
-
-class _EncodingFormat(msgspec.Struct):
-    encoding_format: str | None = None
 
 
 def decode_client_body(
@@ -103,11 +82,10 @@ def _client_embeddings(dialect: str) -> ClientEmbeddings:
 def encode_upstream_body(provider: Provider, internal: Envelope, model: str) -> bytes:
     """The request body in the provider's format (chat or embeddings)."""
     codec = providers.codec_for(provider)
-    if internal.embedding is not None:
+    if isinstance(internal.request, ir.EmbeddingRequest):
         embeddings = providers.embeddings_of(provider, codec)
-        return embeddings.encode_embedding_request(internal.embedding, model=model)
-    assert internal.chat is not None  # an envelope holds a chat or an embedding request
-    return codec.encode_request(internal.chat, model=model)
+        return embeddings.encode_embedding_request(internal.request, model=model)
+    return codec.encode_request(internal.request, model=model)
 
 
 def decode_embedding_response(provider: Provider, body: bytes) -> ir.EmbeddingResponse:
