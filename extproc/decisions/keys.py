@@ -36,6 +36,17 @@ class Budget(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     period: Period = "month"
 
 
+class MoneyBudget(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """US dollars a key may spend per period, priced by the price table (pricing.py)."""
+
+    amount: float
+    period: Period = "month"
+
+    def __post_init__(self) -> None:
+        if not self.amount > 0:
+            raise ValueError("budget_usd.amount must be more than 0")
+
+
 class KeySpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """What an admin may set on a key (create and update)."""
 
@@ -45,6 +56,7 @@ class KeySpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     rpm: int | None = None
     tpm: int | None = None
     budget: Budget | None = None
+    budget_usd: MoneyBudget | None = None
     expires_at: int | None = None  # unix seconds
 
 
@@ -55,6 +67,7 @@ class KeyUpdate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     rpm: int | None = None
     tpm: int | None = None
     budget: Budget | None = None
+    budget_usd: MoneyBudget | None = None
     expires_at: int | None = None
 
 
@@ -68,6 +81,7 @@ class VirtualKey(msgspec.Struct, frozen=True):
     rpm: int | None = None
     tpm: int | None = None
     budget: Budget | None = None
+    budget_usd: MoneyBudget | None = None
     expires_at: int | None = None
     revoked: bool = False
 
