@@ -6,7 +6,20 @@ breakers, virtual keys, usage, cache entries, dashboard activity. Decides nothin
 callers choose fail-open or fail-closed on a StoreError.
 """
 
-from extproc.store.protocol import RequestState, Reservation, Store, StoreError
+from extproc.store.protocol import (
+    RequestState,
+    Reservation,
+    SpendReservation,
+    Store,
+    StoreError,
+)
 from extproc.store.redis_store import RedisStore
 
-__all__ = ["RedisStore", "RequestState", "Reservation", "Store", "StoreError"]
+__all__ = [
+    "RedisStore",
+    "RequestState",
+    "Reservation",
+    "SpendReservation",
+    "Store",
+    "StoreError",
+]
