@@ -54,12 +54,16 @@ class UsageMeter:
     def explicit(self) -> bool:
         return self._input is not None or self._output is not None
 
-    def usage(self) -> ir.Usage:
+    def usage(self, *, cut: bool = False) -> ir.Usage:
+        """What to charge. `cut`: the stream ended before its end, so a figure reported
+        early (Anthropic's message_start says 1 output token) may be behind what was
+        produced: the larger of the figure and the estimate counts."""
         # Generated text rounds up (a started token counts); nothing produced is zero.
         estimated_output = -(-self._produced_chars // BYTES_PER_TOKEN)
+        output = estimated_output if self._output is None else self._output
         return ir.Usage(
             input_tokens=self._input if self._input is not None else self._input_estimate,
-            output_tokens=self._output if self._output is not None else estimated_output,
+            output_tokens=max(output, estimated_output) if cut else output,
             cached_tokens=self._cached,
         )
 
