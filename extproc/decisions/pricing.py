@@ -16,7 +16,7 @@ No I/O.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import NamedTuple
 
 from extproc import ir
@@ -112,15 +112,30 @@ def estimate(input_tokens: int, max_output_tokens: int | None, rates: Rates) -> 
     return input_tokens * rates.input + output * rates.output
 
 
+def dearest_estimate(
+    rates: Iterable[Rates | None], input_tokens: int, max_output_tokens: int | None
+) -> int:
+    """The largest estimate over the targets Envoy may pick (0 when none has a price)."""
+    found = (estimate(input_tokens, max_output_tokens, r) for r in rates if r is not None)
+    return max(found, default=0)
+
+
 def usd(nano: int) -> float:
     """Nano-dollars as US dollars, for people and Prometheus (not for sums)."""
     return nano / NANO_PER_USD
+
+
+def dollars(amount: float) -> str:
+    """$5.00, $0.25, and sub-cent amounts in full: $0.000001."""
+    if amount >= 0.01 and round(amount * 100) == amount * 100:
+        return f"${amount:,.2f}"
+    return "$" + f"{amount:,.9f}".rstrip("0")
 
 
 def budget_refusal(limit_usd: float, period: Period, seconds_left: int) -> ir.ErrorInfo:
     """The 429 a spent money budget answers (402 is no standard across the dialects)."""
     return ir.ErrorInfo(
         kind="rate_limit",
-        message=f"this API key's budget of ${limit_usd:g} per {period} is spent",
+        message=f"this API key's budget of {dollars(limit_usd)} per {period} is spent",
         retry_after=seconds_left,
     )

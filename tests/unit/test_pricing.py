@@ -86,8 +86,22 @@ def test_an_estimate_reserves_max_tokens_or_a_default_output() -> None:
     assert pricing.estimate(100, None, MINI) == 100 * 150 + pricing.ESTIMATED_OUTPUT_TOKENS * 600
 
 
+def test_the_dearest_target_sets_the_estimate() -> None:
+    dear = pricing.Rates(input=1000, output=5000, cached_input=100, cache_write=1250)
+    assert pricing.dearest_estimate([MINI, None, dear], 10, 2) == 10 * 1000 + 2 * 5000
+    assert pricing.dearest_estimate([None], 10, 2) == 0
+
+
 def test_a_spent_budget_is_a_429_that_says_so() -> None:
     info = pricing.budget_refusal(5.0, "day", 3600)
     assert info.http_status == 429
-    assert info.message == "this API key's budget of $5 per day is spent"
+    assert info.message == "this API key's budget of $5.00 per day is spent"
     assert info.retry_after == 3600
+
+
+@pytest.mark.parametrize(
+    ("amount", "shown"),
+    [(5, "$5.00"), (0.25, "$0.25"), (1234.5, "$1,234.50"), (0.005, "$0.005"), (1e-6, "$0.000001")],
+)
+def test_dollars_show_cents_or_every_digit_below_a_cent(amount: float, shown: str) -> None:
+    assert pricing.dollars(amount) == shown
