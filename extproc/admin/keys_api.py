@@ -97,7 +97,9 @@ def usage_view(counters: dict[str, int]) -> dict[str, Any]:
 def spend_keys(store: Store, records: list[keys.VirtualKey], now: float) -> list[str | None]:
     """Each key's current money budget period (None without a money budget)."""
     return [
-        store.spend_key(r.id, keys.period_id(r.budget_usd.period, now)[0]) if r.budget_usd else None
+        store.spend_key("key", r.id, keys.period_id(r.budget_usd.period, now)[0])
+        if r.budget_usd
+        else None
         for r in records
     ]
 

@@ -118,6 +118,24 @@ class Price(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     cache_write: float | None = None  # input tokens written to it (Anthropic)
 
 
+Period = Literal["day", "month"]  # budgets' periods, in UTC
+
+
+class MoneyBudget(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """US dollars a virtual key or a tenant may spend per period (priced by `pricing`)."""
+
+    amount: float
+    period: Period = "month"
+
+    def __post_init__(self) -> None:
+        if not self.amount > 0:
+            raise ValueError("budget_usd.amount must be more than 0")
+
+
+class Tenant(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    budget_usd: MoneyBudget | None = None  # shared by every key of the tenant
+
+
 class Model(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str
     targets: list[Target]
@@ -183,6 +201,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     telemetry: Telemetry = Telemetry()
     # `provider/model` (provider: a configured name or a type) -> price; over the defaults
     pricing: dict[str, Price] = {}
+    tenants: dict[str, Tenant] = {}  # tenant name (as virtual keys name it) -> its limits
 
     def provider(self, name: str) -> Provider:
         return next(p for p in self.providers if p.name == name)

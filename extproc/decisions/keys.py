@@ -11,14 +11,13 @@ import hashlib
 import hmac
 import secrets
 import time
-from typing import Literal
 
 import msgspec
 
 from extproc import ir
+from extproc.config.settings import MoneyBudget, Period
 
 KEY_PREFIX = "llmx-"
-Period = Literal["day", "month"]
 
 
 def key_tag(key_id: str) -> str:
@@ -34,17 +33,6 @@ def tenant_tag(tenant: str) -> str:
 class Budget(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     tokens: int
     period: Period = "month"
-
-
-class MoneyBudget(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """US dollars a key may spend per period, priced by the price table (pricing.py)."""
-
-    amount: float
-    period: Period = "month"
-
-    def __post_init__(self) -> None:
-        if not self.amount > 0:
-            raise ValueError("budget_usd.amount must be more than 0")
 
 
 class KeySpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -20,9 +20,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import NamedTuple
 
 from extproc import ir
-from extproc.config.settings import Price, Provider, price_units
+from extproc.config.settings import Period, Price, Provider, price_units
 from extproc.decisions.default_prices import DEFAULT_PRICES
-from extproc.decisions.keys import Period
 
 NANO_PER_USD = 1_000_000_000
 # Output tokens a money budget reserves for a request that sets no max_tokens: a
@@ -132,10 +131,13 @@ def dollars(amount: float) -> str:
     return "$" + f"{amount:,.9f}".rstrip("0")
 
 
-def budget_refusal(limit_usd: float, period: Period, seconds_left: int) -> ir.ErrorInfo:
-    """The 429 a spent money budget answers (402 is no standard across the dialects)."""
+def budget_refusal(owner: str, limit_usd: float, period: Period, seconds_left: int) -> ir.ErrorInfo:
+    """The 429 a spent money budget answers (402 is no standard across the dialects).
+
+    `owner`: "this API key" or "the tenant acme".
+    """
     return ir.ErrorInfo(
         kind="rate_limit",
-        message=f"this API key's budget of {dollars(limit_usd)} per {period} is spent",
+        message=f"{owner}'s budget of {dollars(limit_usd)} per {period} is spent",
         retry_after=seconds_left,
     )

@@ -131,8 +131,9 @@ class CostLedger(Protocol):
     Per key and tenant, cost is a usage counter (`record_usage`'s `cost_nano_usd`).
     """
 
-    def spend_key(self, key_id: str, period: str) -> str:
-        """Where a key's money budget period counts what it spent and reserved."""
+    def spend_key(self, kind: str, name: str, period: str) -> str:
+        """Where a key's (`kind` "key") or a tenant's money budget period counts what it
+        spent and reserved."""
         ...
 
     async def reserve_spend(

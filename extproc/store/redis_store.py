@@ -311,8 +311,9 @@ class RedisStore:
 
     # ------------------------------------------------------------------ cost ledger
 
-    def spend_key(self, key_id: str, period: str) -> str:
-        return f"{PREFIX}:{key_tag(key_id)}:spend:{period}"
+    def spend_key(self, kind: str, name: str, period: str) -> str:
+        tag = key_tag(name) if kind == "key" else tenant_tag(name)
+        return f"{PREFIX}:{tag}:spend:{period}"
 
     async def reserve_spend(
         self, spend_key: str, limit: int, estimate: int, ttl_s: int

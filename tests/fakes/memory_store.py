@@ -226,8 +226,9 @@ class MemoryStore:
 
     # ------------------------------------------------------------------ cost ledger
 
-    def spend_key(self, key_id: str, period: str) -> str:
-        return f"{key_tag(key_id)}:spend:{period}"
+    def spend_key(self, kind: str, name: str, period: str) -> str:
+        tag = key_tag(name) if kind == "key" else tenant_tag(name)
+        return f"{tag}:spend:{period}"
 
     async def reserve_spend(
         self, spend_key: str, limit: int, estimate: int, ttl_s: int

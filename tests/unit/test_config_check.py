@@ -140,3 +140,11 @@ def test_pricing_keys_may_name_a_provider_type_or_a_configured_name() -> None:
     parsed = config.parse(text, env={})
     assert parsed.pricing["openai/gpt-4o-mini"] == config.Price(0.15, 0.6, 0.075)
     assert parsed.pricing["anthropic/claude-haiku-4-5"].cache_write == 1.25
+
+
+def test_tenant_budgets_need_a_positive_amount() -> None:
+    text = VALID + "tenants:\n  acme: {budget_usd: {amount: 0, period: day}}\n"
+    (found,) = problems_of(text)
+    assert "budget_usd.amount must be more than 0" in found
+    good = text.replace("amount: 0", "amount: 2.5")
+    assert config.parse(good, env={}).tenants["acme"].budget_usd == config.MoneyBudget(2.5, "day")

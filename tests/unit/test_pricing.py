@@ -93,10 +93,12 @@ def test_the_dearest_target_sets_the_estimate() -> None:
 
 
 def test_a_spent_budget_is_a_429_that_says_so() -> None:
-    info = pricing.budget_refusal(5.0, "day", 3600)
+    info = pricing.budget_refusal("this API key", 5.0, "day", 3600)
     assert info.http_status == 429
     assert info.message == "this API key's budget of $5.00 per day is spent"
     assert info.retry_after == 3600
+    tenant = pricing.budget_refusal("the tenant acme", 0.5, "month", 1)
+    assert tenant.message == "the tenant acme's budget of $0.50 per month is spent"
 
 
 @pytest.mark.parametrize(

@@ -268,8 +268,9 @@ def test_usage_without_a_key_or_budget_touches_no_budget(run: Callable[[Case], N
 
 def test_spend_is_reserved_until_the_limit_then_refused(run: Callable[[Case], None]) -> None:
     async def case(s: Subject) -> None:
-        spend = s.store.spend_key("key_1", "20270101")
-        assert spend != s.store.spend_key("key_1", "20270102")
+        spend = s.store.spend_key("key", "key_1", "20270101")
+        assert spend != s.store.spend_key("key", "key_1", "20270102")
+        assert spend != s.store.spend_key("tenant", "key_1", "20270101")
         assert spend != s.store.budget_key("key_1", "20270101")
         assert await s.store.reserve_spend(spend, 1000, 400, 60) == (True, 400)
         assert await s.store.reserve_spend(spend, 1000, 400, 60) == (True, 800)
@@ -279,7 +280,7 @@ def test_spend_is_reserved_until_the_limit_then_refused(run: Callable[[Case], No
         # settling (actual - estimate) frees what the answers did not cost
         assert await s.store.settle_spend(spend, 100 - 400, 60) == 900
         assert await s.store.reserve_spend(spend, 1000, 400, 60) == (True, 1300)
-        other = s.store.spend_key("key_2", "20270101")
+        other = s.store.spend_key("key", "key_2", "20270101")
         assert await s.store.spends([spend, None, other]) == [1300, None, 0]
 
     run(case)
@@ -289,7 +290,7 @@ def test_concurrent_spend_reservations_overshoot_by_at_most_one_estimate(
     run: Callable[[Case], None],
 ) -> None:
     async def case(s: Subject) -> None:
-        spend = s.store.spend_key("key_1", "202701")
+        spend = s.store.spend_key("tenant", "acme", "202701")
         results = await asyncio.gather(
             *(s.store.reserve_spend(spend, 1000, 300, 60) for _ in range(50))
         )
@@ -475,7 +476,8 @@ def test_redis_keys_keep_their_names(valkey: Valkey, db: redis.Redis) -> None:
             await store.reserve(CRED, 1, None, 1)
             await store.cool_down(CRED, 1_000)
             await store.record_failure(TARGET, window_ms=1_000, threshold=1, open_ms=1_000)
-            await store.reserve_spend(store.spend_key("key_1", "202701"), 10, 1, 60)
+            await store.reserve_spend(store.spend_key("key", "key_1", "202701"), 10, 1, 60)
+            await store.reserve_spend(store.spend_key("tenant", "acme", "202701"), 10, 1, 60)
             await store.record_cost("openai", "gpt-4o-mini", 1)
         finally:
             await store.close()
@@ -491,6 +493,7 @@ def test_redis_keys_keep_their_names(valkey: Valkey, db: redis.Redis) -> None:
             "llmux:{c:openai:primary}:cool",
             "llmux:{t:openai/gpt-4o-mini}:open",
             "llmux:{k:key_1}:spend:202701",
+            "llmux:{tenant:acme}:spend:202701",
             "llmux:cost:providers",
             "llmux:cost:models",
         ]
