@@ -89,13 +89,13 @@ def _candidates(provider: Provider, model: str) -> Iterator[str]:
     yield from (f"{kind}/*" for kind in types)
 
 
-def cost(usage: ir.Usage, rates: Rates, cache_write_tokens: int = 0) -> int:
+def cost(usage: ir.Usage, rates: Rates) -> int:
     """Nano-dollars of one usage: cache reads and writes priced apart from plain input.
 
     The IR counts cached (read) and cache-write tokens inside input_tokens.
     """
     cached = min(usage.cached_tokens, usage.input_tokens)
-    written = min(cache_write_tokens, usage.input_tokens - cached)
+    written = min(usage.cache_write_tokens, usage.input_tokens - cached)
     plain = usage.input_tokens - cached - written
     return (
         plain * rates.input

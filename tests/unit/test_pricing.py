@@ -38,17 +38,17 @@ def test_every_bundled_price_is_representable() -> None:
 
 def test_cost_prices_cached_and_cache_write_tokens_apart() -> None:
     rates = pricing.Rates(input=1000, output=5000, cached_input=100, cache_write=1250)
-    usage = ir.Usage(input_tokens=1000, output_tokens=200, cached_tokens=300)
-    # 500 plain, 300 cached, 200 written, 200 output
-    assert pricing.cost(usage, rates, cache_write_tokens=200) == (
-        500 * 1000 + 300 * 100 + 200 * 1250 + 200 * 5000
+    usage = ir.Usage(
+        input_tokens=1000, output_tokens=200, cached_tokens=300, cache_write_tokens=200
     )
+    # 500 plain, 300 cached, 200 written, 200 output
+    assert pricing.cost(usage, rates) == (500 * 1000 + 300 * 100 + 200 * 1250 + 200 * 5000)
     assert pricing.cost(ir.Usage(), rates) == 0
 
 
 def test_cost_never_counts_more_cached_tokens_than_input_tokens() -> None:
-    usage = ir.Usage(input_tokens=10, output_tokens=0, cached_tokens=50)
-    assert pricing.cost(usage, MINI, cache_write_tokens=7) == 10 * 75
+    usage = ir.Usage(input_tokens=10, output_tokens=0, cached_tokens=50, cache_write_tokens=7)
+    assert pricing.cost(usage, MINI) == 10 * 75
 
 
 def test_cost_of_the_issue_example_is_exact() -> None:

@@ -307,6 +307,7 @@ def _ir_usage(counts: dict[str, int]) -> ir.Usage:
         input_tokens=counts.get("input_tokens", 0) + created + cached,
         output_tokens=counts.get("output_tokens", 0),
         cached_tokens=cached,
+        cache_write_tokens=created,
     )
 
 
