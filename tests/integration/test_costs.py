@@ -97,6 +97,11 @@ def key_usage(db: redis.Redis, key_id: str) -> dict[str, int]:
     return {k.decode(): int(v) for k, v in db.hgetall(f"llmux:{{k:{key_id}}}:usage").items()}
 
 
+def ledger(db: redis.Redis, kind: str) -> dict[str, int]:
+    """Nano-dollars per provider or per model (`kind`: "providers", "models")."""
+    return {k.decode(): int(v) for k, v in db.hgetall(f"llmux:cost:{kind}").items()}
+
+
 def spent(db: redis.Redis, key_id: str) -> int:
     """What the key's money budget periods hold (reserved and settled), all periods."""
     return sum(int(db.get(k) or 0) for k in db.keys(f"llmux:{{k:{key_id}}}:spend:*"))
@@ -163,11 +168,8 @@ def test_cost_in_redis_is_usage_times_price_exactly(
     for key, usage in priced:
         model = key.split("/")[1]
         by_model[model] = by_model.get(model, 0) + nano(usage, PRICES[key])
-    wait_until(lambda: db.hgetall("llmux:cost:models") != {})
-    models = {k.decode(): int(v) for k, v in db.hgetall("llmux:cost:models").items()}
-    assert models == by_model
-    providers = {k.decode(): int(v) for k, v in db.hgetall("llmux:cost:providers").items()}
-    assert providers == {
+    wait_until(lambda: ledger(db, "models") == by_model)
+    assert ledger(db, "providers") == {
         "oa": by_model["gpt-up"],
         "an": by_model["claude-up"],
         "gm": by_model["gem-up"],
@@ -218,11 +220,16 @@ def test_cut_streams_are_charged_what_they_produced_at_the_price(
         )
         assert usage["cost_nano_usd"] == nano(counted, PRICES[price]) > 0
         wait_until(lambda k=key_id, c=usage["cost_nano_usd"]: spent(db, k) == c)
-    providers = {k.decode(): int(v) for k, v in db.hgetall("llmux:cost:providers").items()}
-    assert providers == {
+    # Anthropic says its input, cache reads and writes in message_start: exact before the cut.
+    an_sent = next(r.usage for r in sim.requests if r.provider == "anthropic")
+    an_usage = key_usage(db, an_id)
+    assert an_sent is not None and an_sent.input_tokens == an_usage["input_tokens"]
+    assert (an_usage["cached_tokens"], an_usage["cache_write_tokens"]) == (20, 8)
+    expected = {
         "an": key_usage(db, an_id)["cost_nano_usd"],
         "oa": key_usage(db, oa_id)["cost_nano_usd"],
     }
+    wait_until(lambda: ledger(db, "providers") == expected)
 
 
 def test_a_spent_money_budget_is_a_429_in_the_client_dialect(
