@@ -8,7 +8,6 @@ in integers, and expects Redis to hold exactly that sum, per key, provider and m
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -19,6 +18,7 @@ import openai
 import pytest
 import redis
 
+from tests.faults.kit import wait_until
 from tests.harness import Gateway, Valkey, provider_config
 from tests.simulated import Fault, SimulatedProviders
 from tests.simulated.scenario import Usage
@@ -48,14 +48,6 @@ def nano(usage: Usage, price: dict[str, float]) -> int:
         + usage.cache_write_tokens * rate("cache_write")
         + usage.output_tokens * rate("output")
     )
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
 
 
 def cost_config(sim: SimulatedProviders, **extra: Any) -> dict[str, Any]:
