@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import NamedTuple
 
 from extproc import ir
-from extproc.config.settings import Period, Price, Provider, price_units
+from extproc.config.settings import Config, Period, Price, Provider, price_units
 from extproc.decisions.default_prices import DEFAULT_PRICES
 
 NANO_PER_USD = 1_000_000_000
@@ -87,6 +87,20 @@ def _candidates(provider: Provider, model: str) -> Iterator[str]:
         yield from (f"{kind}/{name}" for kind in types)
     yield f"{provider.name}/*"
     yield from (f"{kind}/*" for kind in types)
+
+
+def unpriced(table: PriceTable, config: Config) -> list[str]:
+    """`provider/model` of every target neither the config nor the defaults price."""
+    found = []
+    for model in config.models:
+        for target in model.targets:
+            key = f"{target.provider}/{target.model}"
+            if (
+                key not in found
+                and table.lookup(config.provider(target.provider), target.model) is None
+            ):
+                found.append(key)
+    return found
 
 
 def cost(usage: ir.Usage, rates: Rates) -> int:

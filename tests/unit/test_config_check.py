@@ -107,6 +107,25 @@ def test_llmux_check_prints_every_problem(tmp_path: Path) -> None:
     assert f"{path}: $.providers[0].base_url: required field missing" in lines
 
 
+def test_llmux_check_notes_targets_without_a_price(tmp_path: Path) -> None:
+    path = tmp_path / "llmux.yaml"
+    path.write_text(
+        VALID.replace(
+            "targets: [{provider: openai, model: gpt-4o-mini}]",
+            ("targets: [{provider: openai, model: gpt-4o-mini}, {provider: openai, model: ft-1}]"),
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "extproc", "check", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stdout.splitlines() if "note:" in line]
+    assert notes == [f"{path}: note: no price for openai/ft-1: it costs $0 (add it to `pricing`)"]
+
+
 def test_pricing_problems_are_reported_with_suggestions() -> None:
     text = VALID + (
         "pricing:\n"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from extproc import ir
-from extproc.config.settings import Price, Provider, price_units
+from extproc.config.settings import Price, Provider, parse, price_units
 from extproc.decisions import pricing
 from extproc.decisions.default_prices import DEFAULT_PRICES
 
@@ -107,3 +107,17 @@ def test_a_spent_budget_is_a_429_that_says_so() -> None:
 )
 def test_dollars_show_cents_or_every_digit_below_a_cent(amount: float, shown: str) -> None:
     assert pricing.dollars(amount) == shown
+
+
+def test_unpriced_targets_are_listed_once() -> None:
+    config = parse(
+        """
+providers: [{name: oa, type: openai, base_url: "http://x", api_key: k}]
+models:
+  - {name: a, targets: [{provider: oa, model: gpt-4o-mini}, {provider: oa, model: ft-1}]}
+  - {name: b, targets: [{provider: oa, model: ft-1}, {provider: oa, model: ft-2}]}
+pricing: {oa/ft-2: {input: 1, output: 2}}
+""",
+        env={},
+    )
+    assert pricing.unpriced(pricing.PriceTable(config.pricing), config) == ["oa/ft-1"]
