@@ -250,10 +250,7 @@ class RouterStream:
         if self.key is None:
             return None
         estimate = spend.request_estimate(self.context, route, request, size)
-        held = await spend.reserve(self.context, self.key, estimate, self.dialect)
-        if isinstance(held, Respond) and held.status == 429:
-            self.refused_by = "key_budget_usd"
-        return held
+        return await spend.reserve(self.context, self.key, estimate, self.dialect)
 
     def budget(self) -> tuple[str, int] | None:
         """(Redis key, seconds left) of the key's current budget period."""

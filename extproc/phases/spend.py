@@ -1,8 +1,8 @@
-"""Money in the phases: a key's money budget held and settled, each attempt's cost booked.
+"""Money in the phases: money budgets held and settled, each attempt's cost booked.
 
-The router phase `reserve`s a request's estimated cost against its virtual key's
-`budget_usd` period before any attempt (one atomic Lua call, so replicas cannot
-overshoot together); the hold travels to the attempts in the envelope. Each attempt
+The router phase `reserve`s a request's estimated cost against its virtual key's and
+its tenant's `budget_usd` periods before any attempt (one atomic Lua call each, so
+replicas cannot overshoot together); the hold travels to the attempts in the envelope. Each attempt
 `book`s what it cost, priced from the provider's usage: the Redis ledger (key,
 tenant, provider, model), the budget period ((actual − estimate) once, by the final
 attempt) and `llmux_cost_usd_total`. Decides nothing itself: prices and estimates
@@ -73,6 +73,7 @@ async def reserve(
             return error_response(dialect, store_unavailable())
         if not reservation.ok:
             release(context, held)
+            context.telemetry.metrics.rejection(f"{kind}_budget_usd")  # key_ or tenant_
             owner = "this API key" if kind == "key" else f"the tenant {name}"
             refusal = pricing.budget_refusal(owner, budget.amount, budget.period, seconds_left)
             return error_response(dialect, refusal)

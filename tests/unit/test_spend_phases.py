@@ -102,18 +102,19 @@ def test_a_spent_key_budget_is_a_429_in_the_clients_dialect(
 
 
 def test_a_tenants_budget_is_shared_by_its_keys(new_store: Callable[[], Store]) -> None:
-    async def scenario() -> tuple[Action, Action]:
+    async def scenario() -> tuple[Action, Action, Context]:
         store = new_store()
         ctx = world.context(store, PRICED)
         await with_key(store, tenant="lean")
-        return await answered(ctx, world.chat_body("solo")), await answered(
-            ctx, world.chat_body("solo")
-        )
+        first = await answered(ctx, world.chat_body("solo"))
+        return first, await answered(ctx, world.chat_body("solo")), ctx
 
-    first, second = asyncio.run(scenario())
+    first, second, ctx = asyncio.run(scenario())
     continued(first)
     message = json.loads(responded(second).body)["error"]["message"]
     assert message == "the tenant lean's budget of $0.01 per month is spent"
+    scope = {"scope": "tenant_budget_usd"}
+    assert world.sample(ctx, "llmux_quota_rejections_total", scope) == 1
 
 
 def test_an_unpriced_model_holds_nothing_and_books_no_cost(
