@@ -85,6 +85,11 @@ def create_key(gateway: Gateway, **spec: Any) -> tuple[str, str]:
     return created["id"], created["key"]
 
 
+def admin_get(gateway: Gateway, path: str) -> Any:
+    headers = {"authorization": f"Bearer {ADMIN}"}
+    return httpx.get(gateway.extproc_admin_url + path, headers=headers).json()
+
+
 def key_usage(db: redis.Redis, key_id: str) -> dict[str, int]:
     return {k.decode(): int(v) for k, v in db.hgetall(f"llmux:{{k:{key_id}}}:usage").items()}
 
@@ -171,12 +176,14 @@ def test_cost_in_redis_is_usage_times_price_exactly(
     # Prometheus and the admin API say the same in dollars.
     seen = metric_total(gateway, "llmux_cost_usd_total", key=key_id)
     assert seen == pytest.approx(expected / 1e9, rel=1e-9)
-    view = httpx.get(
-        f"{gateway.extproc_admin_url}/admin/keys/{key_id}",
-        headers={"authorization": f"Bearer {ADMIN}"},
-    ).json()
+    view = admin_get(gateway, f"/admin/keys/{key_id}")
     assert view["usage"]["cost_usd"] == pytest.approx(expected / 1e9)
     assert view["budget_usd_spent"] == pytest.approx(expected / 1e9)
+    totals = admin_get(gateway, "/admin/usage/costs")
+    assert totals["models"] == {m: pytest.approx(n / 1e9) for m, n in by_model.items()}
+    assert sum(totals["providers"].values()) == pytest.approx(expected / 1e9)
+    acme = admin_get(gateway, "/admin/usage/tenants/acme")["usage"]
+    assert acme["cost_usd"] == pytest.approx(expected / 1e9)
 
 
 def test_cut_streams_are_charged_what_they_produced_at_the_price(
