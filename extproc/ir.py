@@ -145,6 +145,7 @@ class Usage(msgspec.Struct, frozen=True):
     input_tokens: int = 0
     output_tokens: int = 0
     cached_tokens: int = 0  # part of input_tokens served from the provider's prompt cache
+    cache_write_tokens: int = 0  # part of input_tokens written to it (Anthropic reports them)
 
     @property
     def total_tokens(self) -> int:

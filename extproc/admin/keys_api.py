@@ -2,11 +2,13 @@
 
 POST /admin/keys            create (the secret is in this answer only)
 GET  /admin/keys            list (never secrets or hashes); `?usage=true` adds each
-                            key's usage and what its budget period used
-GET  /admin/keys/{id}       one key, with its usage
+                            key's usage (with `cost_usd`), what its token budget period
+                            used and what its money budget period spent (`budget_usd_spent`)
+GET  /admin/keys/{id}       one key, with its usage and money budget spent
 PATCH /admin/keys/{id}      change limits, models, budget, expiry
 DELETE /admin/keys/{id}     revoke
 GET  /admin/usage/tenants/{tenant}
+GET  /admin/usage/costs     US dollars spent per provider and per (upstream) model
 GET  /admin/quota           per provider credential: limits, used, remaining, cooldown
 POST /admin/quota/reset     {"provider", "credential"}: forget its counters and cooldown
 """
@@ -19,10 +21,10 @@ import msgspec
 from aiohttp import web
 
 from extproc.config.schema import did_you_mean
-from extproc.decisions import keys
+from extproc.decisions import keys, pricing
 from extproc.decisions.routing import credential_tag
 from extproc.phases.context import Context
-from extproc.store import StoreError
+from extproc.store import Store, StoreError
 
 
 def add_key_routes(app: web.Application, context_key: web.AppKey[Context]) -> None:
@@ -44,6 +46,7 @@ def add_key_routes(app: web.Application, context_key: web.AppKey[Context]) -> No
     app.router.add_patch("/admin/keys/{id}", handler(update_key))
     app.router.add_delete("/admin/keys/{id}", handler(revoke_key))
     app.router.add_get("/admin/usage/tenants/{tenant}", handler(tenant_usage))
+    app.router.add_get("/admin/usage/costs", handler(cost_totals))
     app.router.add_get("/admin/quota", handler(quota_status))
     app.router.add_post("/admin/quota/reset", handler(quota_reset))
 
@@ -86,6 +89,21 @@ async def _load(request: web.Request, context: Context) -> keys.VirtualKey | Non
     return keys.decode_record(raw) if raw is not None else None
 
 
+def usage_view(counters: dict[str, int]) -> dict[str, Any]:
+    """Usage counters as shown: the cost in dollars beside its nano-dollar counter."""
+    return {**counters, "cost_usd": pricing.usd(counters.get("cost_nano_usd", 0))}
+
+
+def spend_keys(store: Store, records: list[keys.VirtualKey], now: float) -> list[str | None]:
+    """Each key's current money budget period (None without a money budget)."""
+    return [
+        store.spend_key("key", r.id, keys.period_id(r.budget_usd.period, now)[0])
+        if r.budget_usd
+        else None
+        for r in records
+    ]
+
+
 async def list_keys(request: web.Request, context: Context) -> web.Response:
     store = context.store
     assert store is not None
@@ -99,9 +117,11 @@ async def list_keys(request: web.Request, context: Context) -> web.Response:
             for r in records
         ]
         usages = await store.key_usages([r.id for r in records], budget_keys)
-        for public, (usage, budget_used) in zip(listed, usages, strict=True):
-            public["usage"] = usage
+        spent = await store.spends(spend_keys(store, records, now))
+        for public, (usage, budget_used), nano in zip(listed, usages, spent, strict=True):
+            public["usage"] = usage_view(usage)
             public["budget_used"] = budget_used
+            public["budget_usd_spent"] = None if nano is None else pricing.usd(nano)
     return web.json_response({"keys": listed})
 
 
@@ -109,9 +129,14 @@ async def get_key(request: web.Request, context: Context) -> web.Response:
     record = await _load(request, context)
     if record is None:
         return _error(404, "no such key")
-    assert context.store is not None
-    usage = await context.store.usage("key", record.id)
-    return web.json_response({**record.public(), "usage": usage})
+    store = context.store
+    assert store is not None
+    usage = await store.usage("key", record.id)
+    (nano,) = await store.spends(spend_keys(store, [record], context.clock()))
+    spent = None if nano is None else pricing.usd(nano)
+    return web.json_response(
+        {**record.public(), "usage": usage_view(usage), "budget_usd_spent": spent}
+    )
 
 
 async def update_key(request: web.Request, context: Context) -> web.Response:
@@ -145,8 +170,18 @@ async def revoke_key(request: web.Request, context: Context) -> web.Response:
 async def tenant_usage(request: web.Request, context: Context) -> web.Response:
     assert context.store is not None
     tenant = request.match_info["tenant"]
+    usage = await context.store.usage("tenant", tenant)
+    return web.json_response({"tenant": tenant, "usage": usage_view(usage)})
+
+
+async def cost_totals(request: web.Request, context: Context) -> web.Response:
+    assert context.store is not None
+    totals = await context.store.costs()
     return web.json_response(
-        {"tenant": tenant, "usage": await context.store.usage("tenant", tenant)}
+        {
+            kind: {name: pricing.usd(nano) for name, nano in sorted(by_name.items())}
+            for kind, by_name in totals.items()
+        }
     )
 
 

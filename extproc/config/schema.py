@@ -29,6 +29,10 @@ def problems(value: Any, kind: Any, path: str = "$") -> list[str]:
     args = typing.get_args(kind)
     if typing.get_origin(kind) is list and isinstance(value, list):
         return [p for i, item in enumerate(value) for p in problems(item, args[0], f"{path}[{i}]")]
+    if typing.get_origin(kind) is dict and isinstance(value, dict):
+        return [
+            p for key, item in value.items() for p in problems(item, args[1], f"{path}[{key!r}]")
+        ]
     if typing.get_origin(kind) is Literal and value not in args:
         allowed = ", ".join(repr(a) for a in args)
         return [f"{path}: {value!r} is not one of {allowed}"]

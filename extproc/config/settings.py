@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -108,6 +109,33 @@ class Target(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     priority: int = 0
 
 
+class Price(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """US dollars per 1M tokens; cached input and cache writes cost `input` unless given."""
+
+    input: float
+    output: float = 0.0  # embeddings produce no output tokens
+    cached_input: float | None = None  # input tokens read from the provider's prompt cache
+    cache_write: float | None = None  # input tokens written to it (Anthropic)
+
+
+Period = Literal["day", "month"]  # budgets' periods, in UTC
+
+
+class MoneyBudget(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """US dollars a virtual key or a tenant may spend per period (priced by `pricing`)."""
+
+    amount: float
+    period: Period = "month"
+
+    def __post_init__(self) -> None:
+        if not self.amount > 0:
+            raise ValueError("budget_usd.amount must be more than 0")
+
+
+class Tenant(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    budget_usd: MoneyBudget | None = None  # shared by every key of the tenant
+
+
 class Model(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str
     targets: list[Target]
@@ -171,6 +199,9 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     cache: Cache = Cache()
     auth: Auth = Auth()
     telemetry: Telemetry = Telemetry()
+    # `provider/model` (provider: a configured name or a type) -> price; over the defaults
+    pricing: dict[str, Price] = {}
+    tenants: dict[str, Tenant] = {}  # tenant name (as virtual keys name it) -> its limits
 
     def provider(self, name: str) -> Provider:
         return next(p for p in self.providers if p.name == name)
@@ -300,6 +331,7 @@ def check_references(config: Config) -> list[str]:
             problems.append(f"{at}: a {provider.type} provider needs api_key or credentials")
         if provider.type == "azure_openai" and not provider.api_version:
             problems.append(f"{at}.api_version: required for azure_openai")
+    problems.extend(pricing_problems(config))
     if config.timeouts.idle_s <= config.timeouts.attempt_s:
         problems.append(
             "$.timeouts.idle_s: must be longer than timeouts.attempt_s, or a slow attempt "
@@ -323,6 +355,46 @@ def check_references(config: Config) -> list[str]:
             if target.priority < 0:
                 problems.append(f"{at}.targets[{j}].priority: must be >= 0")
     return problems
+
+
+PROVIDER_TYPES: tuple[str, ...] = typing.get_args(ProviderType)
+NANO_USD_PER_TOKEN = 1000  # $1 per 1M tokens is 1,000 nano-dollars a token
+
+
+def price_units(usd_per_million: float) -> int | None:
+    """A price in nano-dollars per token, the unit costs are counted in; None when finer.
+
+    Whole nano-dollars keep every sum exact (integers in Redis and in Lua's doubles up to
+    $9M): $0.001 per 1M tokens is the finest price the gateway counts.
+    """
+    units = usd_per_million * NANO_USD_PER_TOKEN
+    whole = round(units)
+    return whole if abs(units - whole) < 1e-6 and whole >= 0 else None
+
+
+def pricing_problems(config: Config) -> list[str]:
+    """`pricing` keys name a provider (configured name or type) and a model; sane prices."""
+    found: list[str] = []
+    names = [p.name for p in config.providers]
+    for key, price in config.pricing.items():
+        at = f"$.pricing[{key!r}]"
+        provider, slash, model = key.partition("/")
+        if not slash or not provider or not model:
+            found.append(f"{at}: the key must be `provider/model`, e.g. `openai/gpt-4o-mini`")
+        elif provider not in names and provider not in PROVIDER_TYPES:
+            known = [*names, *(t for t in PROVIDER_TYPES if t not in names)]
+            found.append(
+                f"{at}: unknown provider {provider!r}{did_you_mean(provider, known)} "
+                f"(a configured provider name or a type: {', '.join(known)})"
+            )
+        for field in ("input", "output", "cached_input", "cache_write"):
+            value = getattr(price, field)
+            if value is not None and price_units(value) is None:
+                found.append(
+                    f"{at}.{field}: must be >= 0 with at most 3 decimals "
+                    "(US dollars per 1M tokens, counted in nano-dollars per token)"
+                )
+    return found
 
 
 def _store_problems(raw: dict[str, Any]) -> list[str]:

@@ -55,6 +55,9 @@
   const whole = (n) => Math.round(n || 0).toLocaleString("en-US");
   const count = (n, noun) => `${whole(n)} ${noun}${n === 1 ? "" : noun.endsWith("s") ? "es" : "s"}`;
 
+  // Dollars with cents; sub-cent amounts with two significant digits.
+  const money = (n) => (n > 0 && n < 0.01 ? `$${n.toPrecision(2)}` : `$${(n || 0).toFixed(2)}`);
+
   function short(n) {
     n = n || 0;
     if (n >= 1e9) return `${+(n / 1e9).toFixed(1)}G`;
@@ -114,19 +117,22 @@
   // ------------------------------------------------------------------ activity
 
   function renderActivity(data) {
-    const totals = { requests: 0, errors: 0, input_tokens: 0, output_tokens: 0, cache_hits: 0 };
+    const totals = {
+      requests: 0, errors: 0, input_tokens: 0, output_tokens: 0, cache_hits: 0, cost_nano_usd: 0,
+    };
     for (const minute of data.series) for (const name in totals) totals[name] += minute[name] || 0;
     $("total-requests").textContent = whole(totals.requests);
     $("total-errors").textContent = count(totals.errors, "error");
     $("total-tokens").textContent = `${short(totals.input_tokens)} / ${short(totals.output_tokens)}`;
     $("total-cache-hits").textContent = `${whole(totals.cache_hits)} answered from the cache`;
+    $("total-cost").textContent = `${money(totals.cost_nano_usd / 1e9)} spent`;
     drawChart(data.series);
     renderRecent(data.recent);
   }
 
   function renderRecent(records) {
     const tbody = $("recent").tBodies[0];
-    if (!records.length) return emptyRow(tbody, 10, "No requests yet");
+    if (!records.length) return emptyRow(tbody, 11, "No requests yet");
     tbody.replaceChildren(
       ...records.map((r) => {
         const tokens =
@@ -144,6 +150,7 @@
           el("td", {}, r.upstream_model),
           el("td", { class: "num" }, badge(String(r.status), status)),
           el("td", { class: "num" }, tokens),
+          el("td", { class: "num" }, r.cost_usd === undefined ? "" : money(r.cost_usd)),
           el("td", { class: "num" }, r.duration_ms === undefined ? "" : `${whole(r.duration_ms)} ms`),
           el("td", {}, r.cache),
           el("td", {}, el("code", {}, r.key_id || "")),
@@ -303,12 +310,26 @@
 
   // ------------------------------------------------------------------ virtual keys
 
-  function budgetCell(key) {
-    if (!key.budget) return "—";
-    const used = key.budget_used || 0;
+  function meter(used, limit, text) {
     const bar = el("span", { class: "meter" }, el("span"));
-    bar.firstChild.style.width = `${Math.min(100, (100 * used) / key.budget.tokens)}%`;
-    return el("span", {}, bar, `${short(used)} / ${short(key.budget.tokens)} per ${key.budget.period}`);
+    bar.firstChild.style.width = `${Math.min(100, (100 * used) / limit)}%`;
+    return el("div", {}, bar, text);
+  }
+
+  function budgetCell(key) {
+    if (!key.budget && !key.budget_usd) return "—";
+    const cell = el("span");
+    if (key.budget) {
+      const used = key.budget_used || 0;
+      const { tokens, period } = key.budget;
+      cell.append(meter(used, tokens, `${short(used)} / ${short(tokens)} per ${period}`));
+    }
+    if (key.budget_usd) {
+      const spent = key.budget_usd_spent || 0;
+      const { amount, period } = key.budget_usd;
+      cell.append(meter(spent, amount, `${money(spent)} / ${money(amount)} per ${period}`));
+    }
+    return cell;
   }
 
   function keyState(key) {
@@ -323,7 +344,7 @@
     $("key-count").textContent = whole(keys.length - revoked);
     $("key-detail").textContent = `active · ${whole(revoked)} revoked`;
     const tbody = $("keys").tBodies[0];
-    if (!keys.length) return emptyRow(tbody, 11, "No virtual keys yet");
+    if (!keys.length) return emptyRow(tbody, 12, "No virtual keys yet");
     keys.sort((a, b) => a.revoked - b.revoked || b.created_at - a.created_at);
     tbody.replaceChildren(
       ...keys.map((key) => {
@@ -343,6 +364,7 @@
           el("td", {}, budgetCell(key)),
           el("td", { class: "num" }, whole(usage.requests)),
           el("td", { class: "num" }, `${short(usage.input_tokens)} / ${short(usage.output_tokens)}`),
+          el("td", { class: "num" }, money(usage.cost_usd)),
           el("td", { class: "num" }, whole(usage.cache_hits)),
           el("td", {}, keyState(key)),
           el("td", {}, revoke),
@@ -376,6 +398,8 @@
     if (rpm > 0) spec.rpm = rpm;
     const tokens = parseInt($("key-budget").value, 10);
     if (tokens > 0) spec.budget = { tokens, period: $("key-period").value };
+    const amount = parseFloat($("key-budget-usd").value);
+    if (amount > 0) spec.budget_usd = { amount, period: $("key-period-usd").value };
     return spec;
   }
 

@@ -11,14 +11,13 @@ import hashlib
 import hmac
 import secrets
 import time
-from typing import Literal
 
 import msgspec
 
 from extproc import ir
+from extproc.config.settings import MoneyBudget, Period
 
 KEY_PREFIX = "llmx-"
-Period = Literal["day", "month"]
 
 
 def key_tag(key_id: str) -> str:
@@ -45,6 +44,7 @@ class KeySpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     rpm: int | None = None
     tpm: int | None = None
     budget: Budget | None = None
+    budget_usd: MoneyBudget | None = None
     expires_at: int | None = None  # unix seconds
 
 
@@ -55,6 +55,7 @@ class KeyUpdate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     rpm: int | None = None
     tpm: int | None = None
     budget: Budget | None = None
+    budget_usd: MoneyBudget | None = None
     expires_at: int | None = None
 
 
@@ -68,6 +69,7 @@ class VirtualKey(msgspec.Struct, frozen=True):
     rpm: int | None = None
     tpm: int | None = None
     budget: Budget | None = None
+    budget_usd: MoneyBudget | None = None
     expires_at: int | None = None
     revoked: bool = False
 

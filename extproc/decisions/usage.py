@@ -21,12 +21,20 @@ def estimate_tokens(size: int) -> int:
 
 
 class UsageMeter:
-    __slots__ = ("_cached", "_input", "_input_estimate", "_output", "_produced_chars")
+    __slots__ = (
+        "_cache_write",
+        "_cached",
+        "_input",
+        "_input_estimate",
+        "_output",
+        "_produced_chars",
+    )
 
     def __init__(self) -> None:
         self._input: int | None = None
         self._output: int | None = None
         self._cached = 0
+        self._cache_write = 0
         self._input_estimate = 0
         self._produced_chars = 0
 
@@ -40,6 +48,7 @@ class UsageMeter:
         self._input = max(self._input or 0, usage.input_tokens)
         self._output = max(self._output or 0, usage.output_tokens)
         self._cached = max(self._cached, usage.cached_tokens)
+        self._cache_write = max(self._cache_write, usage.cache_write_tokens)
 
     def observe_events(self, events: Iterable[ir.StreamEvent]) -> None:
         for event in events:
@@ -54,13 +63,18 @@ class UsageMeter:
     def explicit(self) -> bool:
         return self._input is not None or self._output is not None
 
-    def usage(self) -> ir.Usage:
+    def usage(self, *, cut: bool = False) -> ir.Usage:
+        """What to charge. `cut`: the stream ended before its end, so a figure reported
+        early (Anthropic's message_start says 1 output token) may be behind what was
+        produced: the larger of the figure and the estimate counts."""
         # Generated text rounds up (a started token counts); nothing produced is zero.
         estimated_output = -(-self._produced_chars // BYTES_PER_TOKEN)
+        output = estimated_output if self._output is None else self._output
         return ir.Usage(
             input_tokens=self._input if self._input is not None else self._input_estimate,
-            output_tokens=self._output if self._output is not None else estimated_output,
+            output_tokens=max(output, estimated_output) if cut else output,
             cached_tokens=self._cached,
+            cache_write_tokens=self._cache_write,
         )
 
     def total(self) -> int:

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from extproc import ir
 from extproc.config.settings import Credential, Provider
-from extproc.decisions import cache, providers, routing
+from extproc.decisions import cache, pricing, providers, routing
 from extproc.decisions.routing import credential_tag, target_tag
 from extproc.decisions.usage import estimate_tokens
 from extproc.envoy.contract import ATTEMPTS_HEADER, CACHE_HEADER, MODEL_HEADER, PROVIDER_HEADER
-from extproc.phases import envelope
+from extproc.phases import envelope, spend
 from extproc.phases.actions import JSON, Action, Continue, Respond, error_response
 from extproc.phases.context import (
     STREAM_TYPES,
@@ -265,23 +265,44 @@ class Attempt:
         if state.finished:
             return
         state.finished = True
-        self.observe()
-        plan, meter = self.plan, self.translator.meter
-        credential, info = plan.credential, plan.info
+        plan, usage = self.plan, self.usage()
+        credential = plan.credential
         succeeded = 200 <= state.status < 300 or state.unreadable
+        if succeeded:
+            state.cost = spend.attempt_cost(self.context, plan.provider, plan.upstream_model, usage)
+        self.observe()
         if credential is not None and credential.tpm and succeeded:
-            tag, tokens = credential_tag(plan.provider.name, credential.name), meter.total()
+            tag, tokens = credential_tag(plan.provider.name, credential.name), usage.total_tokens
             self.schedule(lambda store: store.charge_tokens(tag, tokens))
+        self.book(usage, succeeded)
+
+    def usage(self) -> ir.Usage:
+        """What the attempt used: the provider's figures, or what a cut stream produced."""
+        return self.translator.meter.usage(cut=self.state.cut)
+
+    def book(self, usage: ir.Usage, succeeded: bool) -> None:
+        """Usage and cost on the key and tenant; cost on the ledger and the money budgets."""
+        plan, info, cost = self.plan, self.plan.info, self.state.cost
+        bill = spend.Bill(
+            plan.provider.name, plan.upstream_model, info.key_id, cost, spend.hold_of(info)
+        )
+        spend.book(self.context, bill, final=self.final())
         key_id = info.key_id
-        if key_id is not None and succeeded:
-            usage = meter.usage()
-            counts = {
-                "requests": 1,
-                "input_tokens": usage.input_tokens,
-                "output_tokens": usage.output_tokens,
-            }
-            budget = info.budget()
-            self.schedule(lambda store: store.record_usage(key_id, info.tenant, budget, counts))
+        if key_id is None or not succeeded:
+            return
+        counts = {
+            "requests": 1,
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+        }
+        extra = {
+            "cached_tokens": usage.cached_tokens,
+            "cache_write_tokens": usage.cache_write_tokens,
+            "cost_nano_usd": cost or 0,
+        }
+        counts.update((name, n) for name, n in extra.items() if n)
+        budget = info.budget()
+        self.schedule(lambda store: store.record_usage(key_id, info.tenant, budget, counts))
 
     async def fill_cache(self) -> None:
         """Store a complete, successful answer; never errors, cut streams or oversized ones."""
@@ -313,6 +334,7 @@ class Attempt:
             waited = time.perf_counter() - self.plan.started
             if waited >= 0.9 * self.context.config.timeouts.attempt_s:
                 self.record_failure()
+        self.state.cut = True
         self.finish()
 
     def local_reply(self, headers: dict[str, str]) -> None:
@@ -334,7 +356,7 @@ class Attempt:
         provider, model = plan.provider.name, plan.upstream_model
         status = str(state.status or 502)
         now = time.perf_counter()
-        usage = self.translator.meter.usage()
+        usage = self.usage()
         metrics.attempt(provider, model, status)
         if 200 <= state.status < 300:
             genai = GENAI_PROVIDER[plan.provider.type]
@@ -371,8 +393,13 @@ class Attempt:
                 cache=info.cache_status,
                 key_id=info.key_id,
                 stream=plan.stream,
+                cost_usd=self.cost_usd(),
             )
             self.context.telemetry.request_log(record)
+
+    def cost_usd(self) -> float | None:
+        """The attempt's cost in dollars, for spans and logs (None: not billed, or no price)."""
+        return None if self.state.cost is None else pricing.usd(self.state.cost)
 
     def end_span(self, usage: ir.Usage) -> None:
         state = self.state
@@ -386,6 +413,7 @@ class Attempt:
                 if state.finish_reason
                 else None,
                 "http.response.status_code": state.status or None,
+                "llmux.cost_usd": self.cost_usd(),
             },
             error=None
             if 200 <= state.status < 300

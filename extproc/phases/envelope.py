@@ -37,6 +37,10 @@ class RequestInfo(msgspec.Struct, frozen=True, array_like=True):
     budget_key: str | None = None  # Redis key of the key's budget period, and its ttl
     budget_ttl: int = 0
     cluster: str = ""  # the model's Envoy cluster: names its targets across config reloads
+    # Money budget periods the router phase holds this request's estimate on (spend.py):
+    # (the store's spend key, seconds left in the period) each, and the estimate.
+    spend_periods: tuple[tuple[str, int], ...] = ()
+    spend_estimate: int = 0  # nano-dollars
 
     def budget(self) -> tuple[str, int] | None:
         """(Redis key, ttl) of the virtual key's budget period to charge; None without one."""

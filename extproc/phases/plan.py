@@ -42,6 +42,8 @@ class AttemptState:
     """What an attempt learns while its response comes back."""
 
     __slots__ = (
+        "cost",
+        "cut",
         "finish_reason",
         "finished",
         "first_token",
@@ -59,3 +61,5 @@ class AttemptState:
         self.first_token = 0.0  # perf_counter() of the first streamed text or tool call
         self.finish_reason: str | None = None
         self.response_model = ""  # the model the provider says answered (often dated)
+        self.cut = False  # the stream ended before the response did (either side left)
+        self.cost: int | None = None  # nano-dollars, once finished; None: not billed or no price

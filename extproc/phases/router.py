@@ -17,7 +17,7 @@ from extproc.decisions.usage import estimate_tokens
 from extproc.envoy.contract import CACHE_HEADER, CLUSTER_HEADER, INTERNAL_PREFIX, MODEL_HEADER
 from extproc.formats import smart_api
 from extproc.formats.endpoints import Endpoint, allowed_methods, classify, dialect_for_path
-from extproc.phases import envelope
+from extproc.phases import envelope, spend
 from extproc.phases.actions import CONTINUE, JSON, Action, Continue, Respond, error_response
 from extproc.phases.attempt import Attempt, AttemptStart, open_attempt
 from extproc.phases.context import (
@@ -137,6 +137,9 @@ class RouterStream:
         decision = self.decide(route, state)
         if isinstance(decision, Respond):
             return decision
+        hold = await self.hold_spend(route, request, len(body))
+        if isinstance(hold, Respond):
+            return hold
         self.count_cache(lookup)
         info = envelope.RequestInfo(
             dialect=endpoint.dialect,
@@ -152,6 +155,8 @@ class RouterStream:
             budget_key=budget[0] if budget else None,
             budget_ttl=budget[1] if budget else 0,
             cluster=route.cluster,
+            spend_periods=hold.periods if hold is not None else (),
+            spend_estimate=hold.estimate if hold is not None else 0,
         )
         internal = envelope.seal(info, request)
         if len(route.model.targets) == 1:
@@ -178,6 +183,7 @@ class RouterStream:
         start = AttemptStart(0, "1", [], self.trace_carrier)
         attempt, action = await open_attempt(self.context, internal, start)
         if not isinstance(action, Continue):
+            spend.release(self.context, spend.hold_of(internal.info))  # nothing went out
             return action
         self.attempt = attempt
         setting = {name for name, _ in action.set_headers}
@@ -236,6 +242,15 @@ class RouterStream:
             retry_after=reservation.retry_after_ms / 1000,
         )
         return error_response(self.dialect, info)
+
+    async def hold_spend(
+        self, route: ModelRoute, request: ir.ChatRequest | ir.EmbeddingRequest, size: int
+    ) -> spend.SpendHold | Respond | None:
+        """Reserve the request's estimated cost on its key's and tenant's money budgets."""
+        if self.key is None:
+            return None
+        estimate = spend.request_estimate(self.context, route, request, size)
+        return await spend.reserve(self.context, self.key, estimate, self.dialect)
 
     def budget(self) -> tuple[str, int] | None:
         """(Redis key, seconds left) of the key's current budget period."""

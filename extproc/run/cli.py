@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from extproc.config import settings as config
+from extproc.decisions import pricing
 from extproc.envoy import bootstrap as envoy_config
 from extproc.envoy.xds import XdsPublisher
 from extproc.run import children, cli_keys
@@ -103,6 +104,8 @@ def _check(args: argparse.Namespace, cfg: config.Config) -> int:
         )
         return 2
     print(f"{args.config}: OK ({len(cfg.providers)} providers, {len(cfg.models)} models)")
+    for target in pricing.unpriced(pricing.PriceTable(cfg.pricing), cfg):
+        print(f"{args.config}: note: no price for {target}: it costs $0 (add it to `pricing`)")
     return 0
 
 

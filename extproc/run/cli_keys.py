@@ -25,6 +25,8 @@ def add_parser(commands: Any) -> None:
     create.add_argument("--tpm", type=int)
     create.add_argument("--budget-tokens", type=int)
     create.add_argument("--budget-period", choices=["day", "month"], default="month")
+    create.add_argument("--budget-usd", type=float, help="US dollars per --budget-usd-period")
+    create.add_argument("--budget-usd-period", choices=["day", "month"], default="month")
     create.add_argument("--expires-at", type=int, help="unix seconds")
     actions.add_parser("list", help="list keys (never their secrets)")
     revoke = actions.add_parser("revoke", help="revoke a key by id")
@@ -48,6 +50,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
             spec["models"] = [m.strip() for m in args.models.split(",") if m.strip()]
         if args.budget_tokens:
             spec["budget"] = {"tokens": args.budget_tokens, "period": args.budget_period}
+        if args.budget_usd:
+            spec["budget_usd"] = {"amount": args.budget_usd, "period": args.budget_usd_period}
         status, body = call("POST", f"{base}/admin/keys", config.auth.admin_key, spec)
     elif args.action == "list":
         status, body = call("GET", f"{base}/admin/keys", config.auth.admin_key)

@@ -32,6 +32,11 @@ class Reservation(NamedTuple):
     retry_after_ms: int  # when not ok: how long until it might be
 
 
+class SpendReservation(NamedTuple):
+    ok: bool
+    spent: int  # nano-dollars the period has spent or reserved, this reservation included
+
+
 def quota_window(now: float) -> tuple[int, int]:
     """(the window id at `now`, whole seconds left in it, at least 1)."""
     window = int(now // WINDOW_S)
@@ -120,6 +125,45 @@ class KeyRecords(Protocol):
         ...
 
 
+class CostLedger(Protocol):
+    """Money: budgets' reservations in nano-dollars, and cost per provider and model.
+
+    Per key and tenant, cost is a usage counter (`record_usage`'s `cost_nano_usd`).
+    """
+
+    def spend_key(self, kind: str, name: str, period: str) -> str:
+        """Where a key's (`kind` "key") or a tenant's money budget period counts what it
+        spent and reserved."""
+        ...
+
+    async def reserve_spend(
+        self, spend_key: str, limit: int, estimate: int, ttl_s: int
+    ) -> SpendReservation:
+        """Add `estimate` unless the period already spent `limit`: one atomic step.
+
+        The last request admitted may cross the limit, so N concurrent requests from
+        every replica overshoot by at most one estimate (plus what answers cost beyond
+        their estimates).
+        """
+        ...
+
+    async def settle_spend(self, spend_key: str, delta: int, ttl_s: int) -> int:
+        """Adjust a reservation by (actual - estimate); the period's new total."""
+        ...
+
+    async def spends(self, spend_keys: Sequence[str | None]) -> list[int | None]:
+        """What each period spent and reserved (None where no key is given)."""
+        ...
+
+    async def record_cost(self, provider: str, model: str, nano: int) -> None:
+        """Add one attempt's cost to its provider's and its (upstream) model's totals."""
+        ...
+
+    async def costs(self) -> dict[str, dict[str, int]]:
+        """Nano-dollars per provider (`providers`) and per model (`models`)."""
+        ...
+
+
 class CacheEntries(Protocol):
     """The response cache's entries and hit/miss counters."""
 
@@ -163,7 +207,7 @@ class ActivityLog(Protocol):
         ...
 
 
-class Store(RoutingState, KeyRecords, CacheEntries, ActivityLog, Protocol):
+class Store(RoutingState, KeyRecords, CostLedger, CacheEntries, ActivityLog, Protocol):
     """Everything above, plus health and shutdown."""
 
     async def ping(self) -> bool:

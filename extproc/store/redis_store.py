@@ -20,7 +20,13 @@ from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
 from extproc.decisions.keys import key_tag, tenant_tag
 from extproc.decisions.routing import CredentialState
-from extproc.store.protocol import RequestState, Reservation, StoreError, quota_window
+from extproc.store.protocol import (
+    RequestState,
+    Reservation,
+    SpendReservation,
+    StoreError,
+    quota_window,
+)
 
 PREFIX = "llmux"
 
@@ -110,6 +116,19 @@ return 0
 """
 
 
+# KEYS: spend. ARGV: limit, estimate (nano-dollars), ttl seconds. Returns {ok, spent}.
+# Admits while the period has spent less than the limit: only the request admitted
+# last may cross it, whatever the number of replicas (values stay below 2^53, exact
+# in Lua's doubles: $9M per period).
+_RESERVE_SPEND = """
+local spent = tonumber(redis.call('GET', KEYS[1]) or '0')
+if spent >= tonumber(ARGV[1]) then return {0, spent} end
+spent = redis.call('INCRBY', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return {1, spent}
+"""
+
+
 class RedisStore:
     """The `Store` over Redis: async access with a bounded pool and short timeouts (never a hang)."""
 
@@ -133,6 +152,7 @@ class RedisStore:
         self._charge = self.redis.register_script(_CHARGE)
         self._cool = self.redis.register_script(_COOL)
         self._fail = self.redis.register_script(_FAIL)
+        self._reserve_spend = self.redis.register_script(_RESERVE_SPEND)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -288,6 +308,55 @@ class RedisStore:
         with _redis_errors():
             values = cast("dict[bytes, bytes]", await self.redis.hgetall(f"{PREFIX}:{tag}:usage"))
         return {k.decode(): int(v) for k, v in values.items()}
+
+    # ------------------------------------------------------------------ cost ledger
+
+    def spend_key(self, kind: str, name: str, period: str) -> str:
+        tag = key_tag(name) if kind == "key" else tenant_tag(name)
+        return f"{PREFIX}:{tag}:spend:{period}"
+
+    async def reserve_spend(
+        self, spend_key: str, limit: int, estimate: int, ttl_s: int
+    ) -> SpendReservation:
+        with _redis_errors():
+            ok, spent = await self._reserve_spend(
+                keys=[spend_key], args=[limit, estimate, ttl_s + 86400]
+            )
+        return SpendReservation(bool(ok), int(spent))
+
+    async def settle_spend(self, spend_key: str, delta: int, ttl_s: int) -> int:
+        with _redis_errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.incrby(spend_key, delta).expire(spend_key, ttl_s + 86400)  # type: ignore[attr-defined]
+                spent, _ = await pipe.execute()
+        return int(spent)
+
+    async def spends(self, spend_keys: Sequence[str | None]) -> list[int | None]:
+        with _redis_errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in spend_keys:
+                    pipe.get(key or f"{PREFIX}:none")
+                replies = await pipe.execute()
+        return [
+            None if k is None else int(v or 0) for k, v in zip(spend_keys, replies, strict=True)
+        ]
+
+    async def record_cost(self, provider: str, model: str, nano: int) -> None:
+        with _redis_errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hincrby(f"{PREFIX}:cost:providers", provider, nano)
+                pipe.hincrby(f"{PREFIX}:cost:models", model, nano)
+                await pipe.execute()
+
+    async def costs(self) -> dict[str, dict[str, int]]:
+        with _redis_errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hgetall(f"{PREFIX}:cost:providers").hgetall(f"{PREFIX}:cost:models")  # type: ignore[attr-defined]
+                providers, models = await pipe.execute()
+        return {
+            "providers": {k.decode(): int(v) for k, v in providers.items()},
+            "models": {k.decode(): int(v) for k, v in models.items()},
+        }
 
     # ------------------------------------------------------------------ cache
 

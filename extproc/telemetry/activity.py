@@ -31,7 +31,14 @@ RECENT = 200  # records kept in Redis, all workers together
 MAX_PENDING = 10_000  # per worker between two flushes; more are dropped and counted
 SERIES_TTL_S = 25 * 3600
 MAX_MINUTES = 24 * 60
-SERIES_FIELDS = ("requests", "errors", "input_tokens", "output_tokens", "cache_hits")
+SERIES_FIELDS = (
+    "requests",
+    "errors",
+    "input_tokens",
+    "output_tokens",
+    "cache_hits",
+    "cost_nano_usd",  # summed as integers: the series adds up like the ledger
+)
 
 
 class Activity:
@@ -102,7 +109,7 @@ def minute_of(ts: float) -> int:
 
 
 def minute_sums(records: Iterable[RequestRecord]) -> dict[int, dict[str, int]]:
-    """Requests, errors (status >= 400), tokens and cache hits per calendar minute."""
+    """Requests, errors (status >= 400), tokens, cache hits and cost per calendar minute."""
     sums: dict[int, dict[str, int]] = {}
     for record in records:
         minute = minute_of(record.ts or 0.0)  # Activity.record stamps every record
@@ -114,6 +121,7 @@ def minute_sums(records: Iterable[RequestRecord]) -> dict[int, dict[str, int]]:
         total["input_tokens"] += record.input_tokens or 0
         total["output_tokens"] += record.output_tokens or 0
         total["cache_hits"] += int(record.cache == "hit")
+        total["cost_nano_usd"] += round((record.cost_usd or 0.0) * 1e9)
     return {m: {k: v for k, v in total.items() if v} for m, total in sums.items()}
 
 

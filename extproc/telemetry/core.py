@@ -151,6 +151,12 @@ class Metrics:
         )
         self._store_errors = Counter("llmux_store_errors", "Redis errors", registry=r)
         self._auth_failures = _counter(r, "llmux_auth_failures", "Refused client keys", "reason")
+        self._cost = _counter(
+            r,
+            "llmux_cost_usd",
+            "US dollars spent upstream, by the price table",
+            "provider model key",
+        )
 
     def request(self, client_api: str, provider: str, model: str, status: str) -> None:
         """A client request answered (`provider` is "cache" or "gateway" when no upstream)."""
@@ -202,6 +208,10 @@ class Metrics:
 
     def auth_failure(self, reason: str) -> None:
         self._auth_failures.labels(reason).inc()
+
+    def cost(self, provider: str, model: str, key: str | None, usd: float) -> None:
+        """What one attempt cost (`llmux_cost_usd_total`); key is a key id, "" without one."""
+        self._cost.labels(provider, model, key or "").inc(usd)
 
 
 def exposition_registry(metrics: Metrics) -> CollectorRegistry:

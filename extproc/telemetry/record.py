@@ -26,6 +26,7 @@ class RequestRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     status: int
     input_tokens: int | None = None
     output_tokens: int | None = None
+    cost_usd: float | None = None  # by the price table; None when the target has no price
     attempt: int | None = None
     duration_ms: float
     cache: str | None = None

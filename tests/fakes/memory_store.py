@@ -14,7 +14,13 @@ from typing import Any
 
 from extproc.decisions.keys import key_tag, tenant_tag
 from extproc.decisions.routing import CredentialState
-from extproc.store.protocol import RequestState, Reservation, StoreError, quota_window
+from extproc.store.protocol import (
+    RequestState,
+    Reservation,
+    SpendReservation,
+    StoreError,
+    quota_window,
+)
 
 
 class _Expiring:
@@ -217,6 +223,42 @@ class MemoryStore:
             (await self.usage("key", key_id), None if bk is None else int(data.get(bk, 0)))
             for key_id, bk in zip(key_ids, budget_keys, strict=True)
         ]
+
+    # ------------------------------------------------------------------ cost ledger
+
+    def spend_key(self, kind: str, name: str, period: str) -> str:
+        tag = key_tag(name) if kind == "key" else tenant_tag(name)
+        return f"{tag}:spend:{period}"
+
+    async def reserve_spend(
+        self, spend_key: str, limit: int, estimate: int, ttl_s: int
+    ) -> SpendReservation:
+        spent = int(self._check().get(spend_key, 0))
+        if spent >= limit:
+            return SpendReservation(False, spent)
+        spent = self._incr(spend_key, estimate)
+        self._data.expire(spend_key, ttl_s + 86400)
+        return SpendReservation(True, spent)
+
+    async def settle_spend(self, spend_key: str, delta: int, ttl_s: int) -> int:
+        spent = self._incr(spend_key, delta)
+        self._data.expire(spend_key, ttl_s + 86400)
+        return spent
+
+    async def spends(self, spend_keys: Sequence[str | None]) -> list[int | None]:
+        data = self._check()
+        return [None if key is None else int(data.get(key, 0)) for key in spend_keys]
+
+    async def record_cost(self, provider: str, model: str, nano: int) -> None:
+        self._hincr("cost:providers", {provider: nano})
+        self._hincr("cost:models", {model: nano})
+
+    async def costs(self) -> dict[str, dict[str, int]]:
+        data = self._check()
+        return {
+            "providers": dict(data.get("cost:providers", {})),
+            "models": dict(data.get("cost:models", {})),
+        }
 
     # ------------------------------------------------------------------ cache
 

@@ -109,6 +109,7 @@ def gateway(
             ],
             "cache": {"enabled": True},
             "telemetry": {"otlp_endpoint": f"http://127.0.0.1:{receiver[1]}"},
+            "pricing": {"primary/gpt-t": {"input": 2.0, "output": 8.0}},
         },
         store_url=valkey.url,
     )
@@ -178,6 +179,9 @@ def test_a_streamed_request_is_one_trace_with_genai_attributes(
     assert attributes["gen_ai.usage.input_tokens"] >= 1
     assert attributes["gen_ai.response.finish_reasons"] == ["stop"]
     assert attributes["llmux.attempt"] == 1
+    # $2 and $8 per 1M tokens, in dollars: the price table's cost of the reported usage
+    cost = (attributes["gen_ai.usage.input_tokens"] * 2000 + 5 * 8000) / 1e9
+    assert attributes["llmux.cost_usd"] == pytest.approx(cost)
     assert "Say hello" not in str(spans)  # content only when capture_content is on
 
 
@@ -345,6 +349,7 @@ def test_request_logs_are_json_lines_without_secrets(gateway: Gateway) -> None:
         "status",
         "duration_ms",
         "cache",
+        "cost_usd",
     ):
         assert field in last
     text = (gateway.workdir / "extproc.log").read_text()

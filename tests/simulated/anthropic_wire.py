@@ -112,10 +112,11 @@ def messages(call: Call) -> Rendered:
 
 
 def _usage(usage: Usage, output_tokens: int) -> dict[str, Any]:
+    # Anthropic's input_tokens leave out the cache's reads and writes (docs: prompt caching).
     return {
-        "input_tokens": usage.input_tokens,
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": 0,
+        "input_tokens": usage.input_tokens - usage.cached_tokens - usage.cache_write_tokens,
+        "cache_creation_input_tokens": usage.cache_write_tokens,
+        "cache_read_input_tokens": usage.cached_tokens,
         "output_tokens": output_tokens,
         "service_tier": "standard",
     }

@@ -155,6 +155,8 @@ def _chunk(
             "totalTokenCount": usage.total_tokens,
             "promptTokensDetails": [{"modality": "TEXT", "tokenCount": usage.input_tokens}],
         }
+        if usage.cached_tokens:  # part of promptTokenCount, as Gemini reports it
+            metadata["cachedContentTokenCount"] = usage.cached_tokens
     return {
         "candidates": [candidate],
         "usageMetadata": metadata,

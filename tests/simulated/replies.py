@@ -79,7 +79,15 @@ def as_reported(prompt: Prompt, scenario: Scenario) -> Prompt:
 
 def plan_reply(prompt: Prompt, scenario: Scenario) -> Reply:
     chunks = max(1, scenario.chunks)
-    usage = Usage(input_tokens=max(1, count_words(prompt.texts)), output_tokens=chunks)
+    cached, written = max(0, scenario.cached_tokens), max(0, scenario.cache_write_tokens)
+    if prompt.provider != "anthropic":
+        written = 0  # the others cache implicitly and report no writes
+    usage = Usage(
+        input_tokens=max(1, count_words(prompt.texts)) + cached + written,
+        output_tokens=chunks,
+        cached_tokens=cached,
+        cache_write_tokens=written,
+    )
     if prompt.tools and prompt.tool_result is None:
         calls = _tool_calls(prompt, 2 if scenario.parallel_tool_calls else 1)
         return Reply(text="", pieces=(), tool_calls=calls, usage=usage)

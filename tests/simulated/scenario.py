@@ -102,6 +102,10 @@ class Scenario:
     require_auth: bool = True  # 401 in the provider's shape when the key is missing
     embedding_dim: int = 8  # default embedding size when the request names none
     model_version: str = ""  # appended to the model a reply reports (real ones: a date)
+    # A prompt-cached prefix in front of every chat prompt: tokens read from the
+    # provider's cache and tokens written to it (only Anthropic reports writes).
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
 
     def update(self, **values: Any) -> None:
         known = {f.name for f in dataclasses.fields(self)}
@@ -113,8 +117,10 @@ class Scenario:
 
 @dataclass(frozen=True)
 class Usage:
-    input_tokens: int
+    input_tokens: int  # every prompt token, cached and cache-written ones included
     output_tokens: int
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:

@@ -43,13 +43,19 @@ def request(ts: float | None = None, **fields: Any) -> RequestRecord:
 
 def test_minute_sums_count_requests_errors_tokens_and_hits() -> None:
     records = [
-        request(MINUTE + 1, input_tokens=10, output_tokens=20),
-        request(MINUTE + 59.9, status=429, input_tokens=None, key_id="key_1"),
+        request(MINUTE + 1, input_tokens=10, output_tokens=20, cost_usd=0.000012345),
+        request(MINUTE + 59.9, status=429, input_tokens=None, key_id="key_1", cost_usd=0.0),
         request(MINUTE + 60, provider="cache", cache="hit"),
         request(MINUTE + 61, status=502, input_tokens=3, output_tokens=0),
     ]
     assert minute_sums(records) == {
-        MINUTE: {"requests": 2, "errors": 1, "input_tokens": 10, "output_tokens": 20},
+        MINUTE: {
+            "requests": 2,
+            "errors": 1,
+            "input_tokens": 10,
+            "output_tokens": 20,
+            "cost_nano_usd": 12345,
+        },
         MINUTE + 60: {"requests": 2, "errors": 1, "input_tokens": 3, "cache_hits": 1},
     }
 
@@ -79,6 +85,7 @@ def test_a_flush_pushes_records_and_sums_and_reads_back(valkey: Valkey, db: redi
         "input_tokens": 0,
         "output_tokens": 60,
         "cache_hits": 0,
+        "cost_nano_usd": 0,
     }
     assert 0 < db.ttl(f"llmux:series:{MINUTE}") <= activity.SERIES_TTL_S
 
@@ -160,6 +167,7 @@ def test_a_record_keeps_the_request_log_field_names_and_leaves_out_unset_ones() 
         upstream_model="gpt-4o-mini-2024-07-18",
         input_tokens=0,
         output_tokens=7,
+        cost_usd=0.0001,
         attempt=2,
         cache="miss",
         key_id="key_1",
@@ -175,6 +183,7 @@ def test_a_record_keeps_the_request_log_field_names_and_leaves_out_unset_ones() 
         "status",
         "input_tokens",
         "output_tokens",
+        "cost_usd",
         "attempt",
         "duration_ms",
         "cache",

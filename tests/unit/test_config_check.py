@@ -105,3 +105,65 @@ def test_llmux_check_prints_every_problem(tmp_path: Path) -> None:
     lines = result.stderr.splitlines()
     assert f"{path}: $.providers[0].base_ulr: unknown field; did you mean `base_url`?" in lines
     assert f"{path}: $.providers[0].base_url: required field missing" in lines
+
+
+def test_llmux_check_notes_targets_without_a_price(tmp_path: Path) -> None:
+    path = tmp_path / "llmux.yaml"
+    path.write_text(
+        VALID.replace(
+            "targets: [{provider: openai, model: gpt-4o-mini}]",
+            ("targets: [{provider: openai, model: gpt-4o-mini}, {provider: openai, model: ft-1}]"),
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "extproc", "check", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stdout.splitlines() if "note:" in line]
+    assert notes == [f"{path}: note: no price for openai/ft-1: it costs $0 (add it to `pricing`)"]
+
+
+def test_pricing_problems_are_reported_with_suggestions() -> None:
+    text = VALID + (
+        "pricing:\n"
+        "  opena/gpt-4o-mini: {input: 0.15, output: 0.60}\n"
+        "  openai/gpt-4o: {input: 2.5, outptu: 10}\n"
+        "  gpt-4o: {input: 1}\n"
+        "  openai/gpt-4.1: {input: 0.0375, output: -1}\n"
+    )
+    found = problems_of(text)
+    assert "$.pricing['openai/gpt-4o'].outptu: unknown field; did you mean `output`?" in found
+    assert len(found) == 1  # schema problems first: the rest once the schema is right
+    found = problems_of(text.replace("outptu", "output"))
+    assert found[0].startswith(
+        "$.pricing['opena/gpt-4o-mini']: unknown provider 'opena'; did you mean `openai`?"
+    )
+    assert found[1:] == [
+        "$.pricing['gpt-4o']: the key must be `provider/model`, e.g. `openai/gpt-4o-mini`",
+        "$.pricing['openai/gpt-4.1'].input: must be >= 0 with at most 3 decimals "
+        "(US dollars per 1M tokens, counted in nano-dollars per token)",
+        "$.pricing['openai/gpt-4.1'].output: must be >= 0 with at most 3 decimals "
+        "(US dollars per 1M tokens, counted in nano-dollars per token)",
+    ]
+
+
+def test_pricing_keys_may_name_a_provider_type_or_a_configured_name() -> None:
+    text = VALID + (
+        "pricing:\n"
+        "  openai/gpt-4o-mini: {input: 0.15, output: 0.6, cached_input: 0.075}\n"
+        "  anthropic/claude-haiku-4-5: {input: 1, output: 5, cached_input: 0.1, cache_write: 1.25}\n"
+    )
+    parsed = config.parse(text, env={})
+    assert parsed.pricing["openai/gpt-4o-mini"] == config.Price(0.15, 0.6, 0.075)
+    assert parsed.pricing["anthropic/claude-haiku-4-5"].cache_write == 1.25
+
+
+def test_tenant_budgets_need_a_positive_amount() -> None:
+    text = VALID + "tenants:\n  acme: {budget_usd: {amount: 0, period: day}}\n"
+    (found,) = problems_of(text)
+    assert "budget_usd.amount must be more than 0" in found
+    good = text.replace("amount: 0", "amount: 2.5")
+    assert config.parse(good, env={}).tenants["acme"].budget_usd == config.MoneyBudget(2.5, "day")

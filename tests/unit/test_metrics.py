@@ -63,6 +63,16 @@ def test_tokens_feed_the_counter_and_the_genai_histogram() -> None:
     assert sample(metrics, "gen_ai_client_token_usage_sum", **genai) == 15
 
 
+def test_cost_is_counted_in_dollars_per_provider_model_and_key() -> None:
+    metrics = Metrics(CollectorRegistry())
+    metrics.cost("openai", "gpt-4o-mini", "key_1", 0.25)
+    metrics.cost("openai", "gpt-4o-mini", "key_1", 0.5)
+    metrics.cost("openai", "gpt-4o-mini", None, 1.0)
+    labels = {"provider": "openai", "model": "gpt-4o-mini"}
+    assert sample(metrics, "llmux_cost_usd_total", key="key_1", **labels) == 0.75
+    assert sample(metrics, "llmux_cost_usd_total", key="", **labels) == 1.0
+
+
 def test_timings_and_the_stream_gauge() -> None:
     metrics = Metrics(CollectorRegistry())
     metrics.duration("openai", "gpt-4o", 0.5)

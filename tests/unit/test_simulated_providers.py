@@ -21,6 +21,7 @@ from google.genai import errors as genai_errors
 from google.genai import types
 
 from tests.simulated import Fault, SimulatedProviders
+from tests.simulated.scenario import Usage
 
 WEATHER_SCHEMA = {
     "type": "object",
@@ -380,6 +381,41 @@ def test_ollama_tools_embed_list(llama: ollama.Client) -> None:
 
 
 # Faults
+
+
+def test_prompt_cache_usage_as_each_provider_reports_it(
+    sim: SimulatedProviders,
+    oai: openai.OpenAI,
+    claude: anthropic.Anthropic,
+    gemini: genai.Client,
+) -> None:
+    sim.configure(cached_tokens=100, cache_write_tokens=50)
+    result = oai.chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "hi there"}]
+    )
+    assert result.usage is not None and result.usage.prompt_tokens_details is not None
+    # OpenAI: cached tokens are part of prompt_tokens; it reports no cache writes
+    assert (result.usage.prompt_tokens, result.usage.prompt_tokens_details.cached_tokens) == (
+        102,
+        100,
+    )
+    message = claude.messages.create(
+        model="claude-haiku-4-5", max_tokens=64, messages=[{"role": "user", "content": "hi there"}]
+    )
+    # Anthropic: input_tokens leave out the cache's reads and writes
+    usage = message.usage
+    assert (
+        usage.input_tokens,
+        usage.cache_read_input_tokens,
+        usage.cache_creation_input_tokens,
+    ) == (2, 100, 50)
+    assert sim.last_request("anthropic").usage == Usage(152, 5, 100, 50)
+    reply = gemini.models.generate_content(model="gemini-2.0-flash", contents="hi there")
+    assert reply.usage_metadata is not None
+    assert (
+        reply.usage_metadata.prompt_token_count,
+        reply.usage_metadata.cached_content_token_count,
+    ) == (102, 100)
 
 
 def test_rate_limit_reaches_sdks(

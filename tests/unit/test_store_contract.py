@@ -263,6 +263,57 @@ def test_usage_without_a_key_or_budget_touches_no_budget(run: Callable[[Case], N
     run(case)
 
 
+# ---------------------------------------------------------------------- cost ledger
+
+
+def test_spend_is_reserved_until_the_limit_then_refused(run: Callable[[Case], None]) -> None:
+    async def case(s: Subject) -> None:
+        spend = s.store.spend_key("key", "key_1", "20270101")
+        assert spend != s.store.spend_key("key", "key_1", "20270102")
+        assert spend != s.store.spend_key("tenant", "key_1", "20270101")
+        assert spend != s.store.budget_key("key_1", "20270101")
+        assert await s.store.reserve_spend(spend, 1000, 400, 60) == (True, 400)
+        assert await s.store.reserve_spend(spend, 1000, 400, 60) == (True, 800)
+        # the last admitted request may cross the limit, none after it
+        assert await s.store.reserve_spend(spend, 1000, 400, 60) == (True, 1200)
+        assert await s.store.reserve_spend(spend, 1000, 400, 60) == (False, 1200)
+        # settling (actual - estimate) frees what the answers did not cost
+        assert await s.store.settle_spend(spend, 100 - 400, 60) == 900
+        assert await s.store.reserve_spend(spend, 1000, 400, 60) == (True, 1300)
+        other = s.store.spend_key("key", "key_2", "20270101")
+        assert await s.store.spends([spend, None, other]) == [1300, None, 0]
+
+    run(case)
+
+
+def test_concurrent_spend_reservations_overshoot_by_at_most_one_estimate(
+    run: Callable[[Case], None],
+) -> None:
+    async def case(s: Subject) -> None:
+        spend = s.store.spend_key("tenant", "acme", "202701")
+        results = await asyncio.gather(
+            *(s.store.reserve_spend(spend, 1000, 300, 60) for _ in range(50))
+        )
+        assert sum(r.ok for r in results) == 4  # 0, 300, 600, 900 < 1000
+        assert await s.store.spends([spend]) == [1200]
+
+    run(case)
+
+
+def test_cost_adds_up_per_provider_and_model(run: Callable[[Case], None]) -> None:
+    async def case(s: Subject) -> None:
+        assert await s.store.costs() == {"providers": {}, "models": {}}
+        await s.store.record_cost("openai", "gpt-4o-mini", 123_456)
+        await s.store.record_cost("openai", "gpt-4o", 10**15)
+        await s.store.record_cost("azure", "gpt-4o-mini", 1)
+        assert await s.store.costs() == {
+            "providers": {"openai": 10**15 + 123_456, "azure": 1},
+            "models": {"gpt-4o-mini": 123_457, "gpt-4o": 10**15},
+        }
+
+    run(case)
+
+
 # ---------------------------------------------------------------------- cache
 
 
@@ -376,6 +427,9 @@ def test_an_unreachable_store_raises_store_error_and_pings_false() -> None:
             store.cache_put("k", b"v", 1),
             store.key_save("key_1", "h", b"r"),
             store.activity_read(1, []),
+            store.reserve_spend("s", 1, 1, 1),
+            store.settle_spend("s", 1, 1),
+            store.record_cost("p", "m", 1),
         ):
             with pytest.raises(StoreError):
                 await call
@@ -422,6 +476,9 @@ def test_redis_keys_keep_their_names(valkey: Valkey, db: redis.Redis) -> None:
             await store.reserve(CRED, 1, None, 1)
             await store.cool_down(CRED, 1_000)
             await store.record_failure(TARGET, window_ms=1_000, threshold=1, open_ms=1_000)
+            await store.reserve_spend(store.spend_key("key", "key_1", "202701"), 10, 1, 60)
+            await store.reserve_spend(store.spend_key("tenant", "acme", "202701"), 10, 1, 60)
+            await store.record_cost("openai", "gpt-4o-mini", 1)
         finally:
             await store.close()
 
@@ -435,5 +492,9 @@ def test_redis_keys_keep_their_names(valkey: Valkey, db: redis.Redis) -> None:
             f"llmux:{{c:openai:primary}}:rpm:{window}",
             "llmux:{c:openai:primary}:cool",
             "llmux:{t:openai/gpt-4o-mini}:open",
+            "llmux:{k:key_1}:spend:202701",
+            "llmux:{tenant:acme}:spend:202701",
+            "llmux:cost:providers",
+            "llmux:cost:models",
         ]
     )

@@ -61,3 +61,14 @@ def test_no_usage_is_no_figure() -> None:
     meter.observe_events([ir.StreamStart("id", "m"), ir.StreamFinish("stop")])
     assert meter.explicit is False
     assert meter.usage() == ir.Usage(input_tokens=0, output_tokens=0)
+
+
+def test_a_cut_stream_charges_what_was_produced_beyond_an_early_figure() -> None:
+    meter = UsageMeter()
+    # Anthropic's message_start: the input, and 1 output token so far
+    meter.observe_events([ir.StreamUsage(ir.Usage(input_tokens=20, output_tokens=1))])
+    meter.observe_events([ir.TextDelta("x" * 40)])
+    assert meter.usage() == ir.Usage(input_tokens=20, output_tokens=1)
+    assert meter.usage(cut=True) == ir.Usage(input_tokens=20, output_tokens=10)
+    meter.observe_usage(ir.Usage(input_tokens=20, output_tokens=12))
+    assert meter.usage(cut=True).output_tokens == 12  # a larger figure still wins

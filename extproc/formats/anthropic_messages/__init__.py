@@ -16,7 +16,7 @@ Quirks and deliberate losses:
   upstream, tool messages fold back into user turns and consecutive same-role turns
   are merged, because Anthropic requires user/assistant alternation.
 * Anthropic `input_tokens` excludes prompt-cache reads and writes; IR input_tokens
-  includes them (cache writes fold into plain input tokens, reads into cached_tokens).
+  includes them (reads are also counted in cached_tokens, writes in cache_write_tokens).
 * JSON schema output is `output_config.format` (GA; the beta `output_format` is read
   too). There is no schema-less JSON mode, so IR json_object is refused upstream.
 * Dropped, not represented in the IR: assistant `thinking`/`redacted_thinking`

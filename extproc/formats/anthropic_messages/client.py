@@ -79,8 +79,8 @@ def _arguments_object(text: str) -> dict[str, Any]:
 
 def _encode_usage(usage: ir.Usage) -> dict[str, int]:
     return {
-        "input_tokens": max(usage.input_tokens - usage.cached_tokens, 0),
-        "cache_creation_input_tokens": 0,  # folded into input_tokens by the IR
+        "input_tokens": max(usage.input_tokens - usage.cached_tokens - usage.cache_write_tokens, 0),
+        "cache_creation_input_tokens": usage.cache_write_tokens,
         "cache_read_input_tokens": usage.cached_tokens,
         "output_tokens": usage.output_tokens,
     }

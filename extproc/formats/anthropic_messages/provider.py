@@ -307,6 +307,7 @@ def _ir_usage(counts: dict[str, int]) -> ir.Usage:
         input_tokens=counts.get("input_tokens", 0) + created + cached,
         output_tokens=counts.get("output_tokens", 0),
         cached_tokens=cached,
+        cache_write_tokens=created,
     )
 
 
@@ -388,6 +389,9 @@ class StreamDecoder:
                     id=str(message.get("id") or ""), model=str(message.get("model") or "")
                 )
             )
+            # The input (cache reads and writes included) is known from here on: a stream
+            # cut before message_delta is still charged its real input.
+            out.append(ir.StreamUsage(usage=_ir_usage(self._counts)))
         elif kind == "content_block_start":
             self._block_start(data, out)
         elif kind == "content_block_delta":
@@ -395,10 +399,12 @@ class StreamDecoder:
         elif kind == "message_delta":
             delta = data.get("delta")
             reason = delta.get("stop_reason") if isinstance(delta, dict) else None
-            if reason is not None:
-                out.append(ir.StreamFinish(finish_reason=_finish_reason(reason)))
+            # The final usage before the finish: encoders that answer at the finish
+            # (Gemini's last chunk, Ollama's done line) must not use message_start's.
             _usage_counts(data.get("usage"), self._counts)
             out.append(ir.StreamUsage(usage=_ir_usage(self._counts)))
+            if reason is not None:
+                out.append(ir.StreamFinish(finish_reason=_finish_reason(reason)))
         elif kind == "message_stop":
             self._done = True
         elif kind == "error":

@@ -327,6 +327,7 @@ def _merge_usage(old: ir.Usage | None, new: ir.Usage) -> ir.Usage:
         input_tokens=new.input_tokens or old.input_tokens,
         output_tokens=new.output_tokens or old.output_tokens,
         cached_tokens=new.cached_tokens or old.cached_tokens,
+        cache_write_tokens=new.cache_write_tokens or old.cache_write_tokens,
     )
 
 
