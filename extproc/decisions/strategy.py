@@ -124,16 +124,3 @@ def cheapest(model: Model, tier: Sequence[int], costs: Sequence[float | None]) -
 def ewma(previous: float | None, sample: float, alpha: float = EWMA_ALPHA) -> float:
     """The next latency average (the store's Lua script does the same arithmetic)."""
     return sample if previous is None else previous + alpha * (sample - previous)
-
-
-def fallback_order(model: Model, first: int) -> list[int]:
-    """Every target in the order attempts try them when `first` goes first.
-
-    The rest follow by tier, then weight (heaviest first), then config order: the
-    ordered cluster of `first` (envoy/bootstrap.py) gives each its own priority.
-    """
-    rest = sorted(
-        (i for i in range(len(model.targets)) if i != first),
-        key=lambda i: (model.targets[i].priority, -model.targets[i].weight, i),
-    )
-    return [first, *rest]
