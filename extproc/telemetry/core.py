@@ -151,6 +151,18 @@ class Metrics:
         )
         self._store_errors = Counter("llmux_store_errors", "Redis errors", registry=r)
         self._auth_failures = _counter(r, "llmux_auth_failures", "Refused client keys", "reason")
+        self._route_choices = _counter(
+            r,
+            "llmux_route_choices",
+            "Targets a routing strategy chose to try first, and why",
+            "model strategy provider upstream_model reason",
+        )
+        self._provider_limits = _counter(
+            r,
+            "llmux_provider_limit_exhausted",
+            "Responses whose rate-limit headers said a credential is spent until a reset",
+            "provider",
+        )
 
     def request(self, client_api: str, provider: str, model: str, status: str) -> None:
         """A client request answered (`provider` is "cache" or "gateway" when no upstream)."""
@@ -202,6 +214,15 @@ class Metrics:
 
     def auth_failure(self, reason: str) -> None:
         self._auth_failures.labels(reason).inc()
+
+    def route_choice(
+        self, model: str, strategy: str, provider: str, upstream_model: str, reason: str
+    ) -> None:
+        """A strategy's first target (`reason`: decisions/strategy.py's Reason values)."""
+        self._route_choices.labels(model, strategy, provider, upstream_model, reason).inc()
+
+    def provider_limit_exhausted(self, provider: str) -> None:
+        self._provider_limits.labels(provider).inc()
 
 
 def exposition_registry(metrics: Metrics) -> CollectorRegistry:

@@ -13,6 +13,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from tests.simulated.rate_limits import RequestWindows
+
 PROVIDERS = ("openai", "azure", "anthropic", "gemini", "ollama")
 
 FAULT_NAMES = (
@@ -102,13 +104,18 @@ class Scenario:
     require_auth: bool = True  # 401 in the provider's shape when the key is missing
     embedding_dim: int = 8  # default embedding size when the request names none
     model_version: str = ""  # appended to the model a reply reports (real ones: a date)
+    # Per requested model: seconds to wait before the response headers (a slow target).
+    model_delays: dict[str, float] = field(default_factory=dict)
+    # Per requested model: {"requests": N, "reset_s": S}: N requests per S-second window,
+    # 429 beyond, and rate-limit headers on every answer (rate_limits.py).
+    rate_limits: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def update(self, **values: Any) -> None:
         known = {f.name for f in dataclasses.fields(self)}
         for key, value in values.items():
             if key not in known:
                 raise ValueError(f"unknown scenario setting {key!r}")
-            setattr(self, key, type(getattr(self, key))(value))
+            setattr(self, key, type(getattr(self, key))(value))  # a dict: a fresh copy
 
 
 @dataclass(frozen=True)
@@ -151,6 +158,7 @@ class SimState:
     _requests: list[RecordedRequest] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _sequence: int = 0
+    windows: RequestWindows = field(default_factory=RequestWindows)
 
     def inject(
         self,
@@ -200,4 +208,5 @@ class SimState:
         with self._lock:
             self._faults.clear()
             self._requests.clear()
+        self.windows.clear()
         self.scenario = scenario
