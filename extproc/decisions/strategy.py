@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, Protocol
 
-from extproc.config.settings import Model, Strategy
+from extproc.config.settings import Model, Provider, Strategy
 
 # Share of least_latency choices that go to another eligible target at random, so a
 # target that was slow is measured again and wins back its traffic once it recovers.
@@ -52,6 +52,29 @@ class TargetLoad(NamedTuple):
 class Choice(NamedTuple):
     target: int | None  # index into model.targets; None: Envoy chooses (weighted)
     reason: Reason
+
+
+class Rates(Protocol):
+    """A target's price per token (any unit, the same for every target)."""
+
+    @property
+    def input(self) -> int: ...
+
+    @property
+    def output(self) -> int: ...
+
+
+class PriceLookup(Protocol):
+    """Where lowest_cost reads prices: the price table (decisions/pricing.py's PriceTable)."""
+
+    def lookup(self, provider: Provider, model: str) -> Rates | None: ...
+
+
+def estimated_cost(rates: Rates | None, input_tokens: int, output_tokens: int) -> float | None:
+    """A request's cost on a target by its estimated tokens; None when it has no price."""
+    if rates is None:
+        return None
+    return float(input_tokens * rates.input + output_tokens * rates.output)
 
 
 def best_tier(model: Model, mask: int) -> list[int]:

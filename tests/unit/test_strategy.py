@@ -88,3 +88,11 @@ def test_the_moving_average_weighs_the_newest_sample_by_alpha() -> None:
     for _ in range(10):
         average = strategy.ewma(average, 100.0)
     assert average < 115  # ten fast samples nearly forget a slow past
+
+
+def test_an_estimated_cost_prices_input_and_output_tokens_apart() -> None:
+    class Price:
+        input, output = 150, 600
+
+    assert strategy.estimated_cost(Price(), 1_000, 100) == 210_000.0
+    assert strategy.estimated_cost(None, 1_000, 100) is None
