@@ -7,6 +7,7 @@ N x M converters. This module imports nothing of ours and does no I/O.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 import msgspec
@@ -237,13 +238,39 @@ def invalid_request(message: str, *, param: str | None = None) -> GatewayError:
     return GatewayError(ErrorInfo(kind="invalid_request", message=message, param=param))
 
 
+def bad_gateway(message: str) -> GatewayError:
+    """A provider answer the gateway cannot read (a 502 to the client)."""
+    return GatewayError(ErrorInfo(kind="bad_gateway", message=message))
+
+
+_UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def invented_call_id(index: int, response_id: str | None = None) -> str:
+    """The id of a tool call that came without one (Gemini, Ollama, OpenAI compatibles).
+
+    `index` is the call's position in the response (or in the client's history); a
+    provider that names its response passes that id too, so calls of different
+    turns do not share ids. (Gemini's client history keeps its own `call_{n}_{name}`
+    ids: results there are matched by function name.)
+    """
+    if response_id is None:
+        return f"call_{index}"
+    return f"call_{_UNSAFE_ID_CHARS.sub('_', response_id)}_{index}"
+
+
 # ---------------------------------------------------------------- embeddings
 
 
 class EmbeddingRequest(msgspec.Struct, frozen=True):
+    """Embeddings to make, and how the client wants them back (filled by its decoder)."""
+
     model: str
     inputs: list[str]
     dimensions: int | None = None
+    # OpenAI's encoding_format: the IR keeps vectors as floats, the answer may not.
+    encoding_format: Literal["float", "base64"] = "float"
+    batch: bool = False  # Gemini's batchEmbedContents answers a list, embedContent one
 
 
 class EmbeddingResponse(msgspec.Struct, frozen=True):

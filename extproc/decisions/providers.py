@@ -2,23 +2,18 @@
 
 Plain values in, plain header pairs out (the processor turns them into Envoy
 mutations). Upstream keys are placed only into the upstream request headers.
+What differs between provider types is the codec's (formats.registry): this
+module reads the provider's config into the codec's options and joins the paths.
 """
 
 from __future__ import annotations
 
-from types import ModuleType
 from typing import NamedTuple
 
+from extproc import ir
 from extproc.config.settings import Credential, Provider
-from extproc.formats import anthropic_messages, gemini_generate, ollama_chat, openai_chat
-
-CODECS: dict[str, ModuleType] = {
-    "openai": openai_chat,
-    "azure_openai": openai_chat,
-    "anthropic": anthropic_messages,
-    "gemini": gemini_generate,
-    "ollama": ollama_chat,
-}
+from extproc.formats import registry
+from extproc.formats.base import Header, ProviderCodec, ProviderEmbeddings, UpstreamOptions
 
 # Headers a client may send that must never reach a provider.
 CLIENT_CREDENTIAL_HEADERS = ("authorization", "x-api-key", "x-goog-api-key", "api-key")
@@ -28,44 +23,34 @@ UPSTREAM_AUTH_HEADERS = frozenset((*CLIENT_CREDENTIAL_HEADERS, "anthropic-versio
 
 class UpstreamRequest(NamedTuple):
     path: str
-    headers: list[tuple[str, str]]
+    headers: list[Header]
 
 
-def codec_for(provider: Provider) -> ModuleType:
-    return CODECS[provider.type]
+def codec_for(provider: Provider) -> ProviderCodec:
+    options = UpstreamOptions(provider.api_version, provider.anthropic_version)
+    return registry.provider_codec(provider.type, options)
 
 
 def chat_request(
     provider: Provider, credential: Credential, model: str, stream: bool
 ) -> UpstreamRequest:
-    prefix = provider.url.prefix
-    if provider.type == "azure_openai":
-        path = f"/openai/deployments/{model}/chat/completions?api-version={provider.api_version}"
-    else:
-        path = codec_for(provider).upstream_path(model=model, stream=stream)
-    return UpstreamRequest(prefix + path, auth_headers(provider, credential))
+    codec = codec_for(provider)
+    path = codec.upstream_path(model=model, stream=stream)
+    return UpstreamRequest(provider.url.prefix + path, codec.auth_headers(credential.api_key))
 
 
 def embeddings_request(provider: Provider, credential: Credential, model: str) -> UpstreamRequest:
-    prefix = provider.url.prefix
-    if provider.type == "azure_openai":
-        path = f"/openai/deployments/{model}/embeddings?api-version={provider.api_version}"
-    elif provider.type == "gemini":
-        path = gemini_generate.embedding_path(model)
-    else:
-        path = codec_for(provider).embedding_path()
-    return UpstreamRequest(prefix + path, auth_headers(provider, credential))
+    codec = codec_for(provider)
+    path = embeddings_of(provider, codec).embedding_path(model)
+    return UpstreamRequest(provider.url.prefix + path, codec.auth_headers(credential.api_key))
 
 
-def auth_headers(provider: Provider, credential: Credential) -> list[tuple[str, str]]:
-    key = credential.api_key
-    kind = provider.type
-    if kind == "azure_openai":
-        return [("api-key", key)]
-    if kind == "anthropic":
-        return [("x-api-key", key), ("anthropic-version", provider.anthropic_version)]
-    if kind == "gemini":
-        return [("x-goog-api-key", key)]
-    if kind == "ollama" and not key:
-        return []
-    return [("authorization", f"Bearer {key}")]
+def embeddings_of(provider: Provider, codec: ProviderCodec) -> ProviderEmbeddings:
+    """The codec's embeddings; a provider type without them refuses the request."""
+    if codec.embeddings is None:
+        raise ir.invalid_request(f"the {provider.type} provider offers no embeddings")
+    return codec.embeddings
+
+
+def auth_headers(provider: Provider, credential: Credential) -> list[Header]:
+    return codec_for(provider).auth_headers(credential.api_key)

@@ -1,32 +1,19 @@
 """Which client API a request speaks, from its method and path alone.
 
-Owns the table of public endpoints. Knows nothing of Envoy or providers.
+Owns the table of public endpoints; the codec serving each comes from the registry.
+Knows nothing of Envoy or providers.
 """
 
 from __future__ import annotations
 
 import re
-from types import ModuleType
 from typing import Literal, NamedTuple
 
-from extproc.formats import (
-    anthropic_messages,
-    gemini_generate,
-    ollama_chat,
-    openai_chat,
-    smart_api,
-)
+from extproc.formats import registry
+from extproc.formats.base import ClientCodec, RequestLine
 
 Dialect = Literal["openai", "anthropic", "gemini", "ollama", "smart"]
 Operation = Literal["chat", "embeddings", "models", "tags", "generate"]
-
-CODECS: dict[str, ModuleType] = {
-    "openai": openai_chat,
-    "anthropic": anthropic_messages,
-    "gemini": gemini_generate,
-    "ollama": ollama_chat,
-    "smart": smart_api,  # the simple prompt API: client side only
-}
 
 
 class Endpoint(NamedTuple):
@@ -37,8 +24,12 @@ class Endpoint(NamedTuple):
     batch: bool = False  # Gemini's :batchEmbedContents (answers a list)
 
     @property
-    def codec(self) -> ModuleType:
-        return CODECS[self.dialect]
+    def codec(self) -> ClientCodec:
+        return registry.client_codec(self.dialect, self.operation)
+
+    def line(self, default_model: str | None = None) -> RequestLine:
+        """What the path says about the body, for the client codec's decoder."""
+        return RequestLine(self.path_model, self.path_stream, self.batch, default_model)
 
 
 _EXACT: dict[tuple[str, str], Endpoint] = {

@@ -2,6 +2,9 @@
 
 Shared by the generateContent codec and its schema translation; raises the gateway's
 invalid_request (a 400 in the client's format) on a value of the wrong type.
+The other codecs read fixed shapes with msgspec Structs; Gemini's REST API takes
+each field under its camelCase or its snake_case name, which a Struct (one name
+per field) cannot express, so Gemini bodies are read as dicts through these checks.
 """
 
 from __future__ import annotations

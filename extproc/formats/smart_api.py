@@ -16,6 +16,7 @@ from __future__ import annotations
 import msgspec
 
 from extproc import ir
+from extproc.formats.base import RequestLine
 
 STREAM_CONTENT_TYPE = "text/event-stream"
 DEFAULT_MODEL = "default"
@@ -116,3 +117,19 @@ class StreamEncoder:
     def _error(self, message: str) -> bytes:
         self._closed = True
         return _event({"error": {"message": message}}) + _DONE
+
+
+class _Client:
+    """The /api/smart dialect: client side only, and it has no embeddings."""
+
+    STREAM_CONTENT_TYPE = STREAM_CONTENT_TYPE
+    embeddings = None
+    StreamEncoder = StreamEncoder
+    encode_error = staticmethod(encode_error)
+    encode_response = staticmethod(encode_response)
+
+    def decode_request(self, body: bytes, line: RequestLine) -> ir.ChatRequest:
+        return decode_request(body, default_model=line.default_model)
+
+
+CLIENT = _Client()

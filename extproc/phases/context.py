@@ -1,10 +1,10 @@
-"""What every phase handler shares: neutral actions, the per-process context, errors.
+"""What every phase handler of a process shares: the config's routes, the store, background work.
 
-Phase handlers (router_phase, upstream_phase) return `Continue` or `Respond`;
-envoy_msgs.py turns those into protobuf. Nothing here knows protobuf or gRPC.
-Streams share nothing in process memory: what an attempt needs travels in
-request headers set by the router phase (router and upstream streams of one
-request may land on different processes).
+Also the response header names and content types both phases set. Streams share
+nothing else in process memory: what an attempt needs travels in the envelope
+that replaces the request body (envelope.py), because the router and upstream
+streams of one request may land on different processes. Nothing here knows
+protobuf or gRPC; the actions the phases answer with live in actions.py.
 """
 
 from __future__ import annotations
@@ -15,48 +15,20 @@ import os
 import random
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 from extproc import ir
 from extproc.config.settings import Config, Model, Provider
 from extproc.decisions import routing
 from extproc.envoy.contract import model_cluster_name
 from extproc.formats import ollama_chat, openai_chat
-from extproc.formats.endpoints import CODECS as CLIENT_CODECS
+from extproc.formats.registry import CLIENT_CODECS
 from extproc.store import Store, StoreError
 from extproc.telemetry.core import Telemetry
 
 log = logging.getLogger("llmux.processor")
 
-JSON = "application/json"
-STREAM_TYPES = {
-    "openai": "text/event-stream",
-    "anthropic": "text/event-stream",
-    "gemini": "text/event-stream",
-    "ollama": "application/x-ndjson",
-    "smart": "text/event-stream",
-}
-
-
-class Continue(NamedTuple):
-    set_headers: list[tuple[str, str]] = []
-    remove_headers: list[str] = []
-    body: bytes | None = None
-    clear_route_cache: bool = False
-    response_body_mode: Literal["STREAMED", "BUFFERED", "NONE"] | None = None
-    eligible_mask: int | None = None  # targets Envoy may pick (bit i = target i)
-    dialect: str | None = None  # the client's API, for Envoy's own error replies
-    response_header_mode: Literal["SEND", "SKIP"] | None = None  # override, headers phase only
-
-
-class Respond(NamedTuple):
-    status: int
-    body: bytes
-    headers: list[tuple[str, str]] = [("content-type", JSON)]
-
-
-Action = Continue | Respond
-CONTINUE = Continue()
+STREAM_TYPES = {dialect: codec.STREAM_CONTENT_TYPE for dialect, codec in CLIENT_CODECS.items()}
 
 
 class ModelRoute(NamedTuple):
@@ -88,7 +60,6 @@ class Context:
         self.store = store
         self.clock = clock
         self.rng = rng or random.Random()
-        self.store_errors = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self.models: dict[str, ModelRoute] = {}
         self.reconfigure(config)
@@ -113,7 +84,6 @@ class Context:
 
     def store_failed(self, error: StoreError) -> bool:
         """Count a Redis error; True when the request may go on without the store."""
-        self.store_errors += 1
         self.telemetry.metrics.store_error()
         log.warning("store error (%s): %s", self.config.store.on_error, error)
         return self.config.store.on_error == "open"
@@ -135,13 +105,6 @@ class Context:
     async def drain(self) -> None:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
-
-
-def error_response(dialect: str, info: ir.ErrorInfo) -> Respond:
-    headers = [("content-type", JSON)]
-    if info.retry_after is not None:
-        headers.append(("retry-after", f"{max(1, round(info.retry_after))}"))
-    return Respond(info.http_status, CLIENT_CODECS[dialect].encode_error(info), headers)
 
 
 def store_unavailable() -> ir.ErrorInfo:

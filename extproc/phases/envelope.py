@@ -6,6 +6,10 @@ buffered from the router phase. So the router phase replaces the client body by
 this envelope: the decoded IR request plus what each attempt needs to know.
 Each attempt translates it afresh for its provider; no routing state travels in
 headers that would reach a provider. Encoded as msgpack with msgspec (µs).
+
+An envelope is a chat or an embeddings request (a tagged union: the IR requests
+carry no tag of their own, and adding one would change the cache keys hashed
+from them). Holds data only: no decisions, no I/O.
 """
 
 from __future__ import annotations
@@ -17,29 +21,48 @@ from extproc import ir
 CONTENT_TYPE = "application/x-llmux-envelope"
 
 
-class Envelope(msgspec.Struct, frozen=True, array_like=True):
+class RequestInfo(msgspec.Struct, frozen=True, array_like=True):
+    """What the router phase learned and decided about the client request."""
+
     dialect: str  # client API: openai | anthropic | gemini | ollama | smart
     operation: str  # chat | generate | embeddings
     model: str  # client-visible model name
     request_id: str
     client_bytes: int  # size of the client's body, for token estimates
     preferred: dict[str, str] = {}  # provider -> credential to try first
-    chat: ir.ChatRequest | None = None
-    embedding: ir.EmbeddingRequest | None = None
     cache_key: str | None = None  # store the answer under this key when it completes well
     cache_status: str = "bypass"  # what the router phase did: miss | bypass
     key_id: str | None = None  # the virtual key, when auth is on
     tenant: str | None = None
     budget_key: str | None = None  # Redis key of the key's budget period, and its ttl
     budget_ttl: int = 0
-    # How the client wants embeddings back: OpenAI's encoding_format, Gemini's batch shape.
-    embedding_format: str = "float"
-    embedding_batch: bool = False
     cluster: str = ""  # the model's Envoy cluster: names its targets across config reloads
 
+    def budget(self) -> tuple[str, int] | None:
+        """(Redis key, ttl) of the virtual key's budget period to charge; None without one."""
+        return None if self.budget_key is None else (self.budget_key, self.budget_ttl)
+
+
+class ChatEnvelope(msgspec.Struct, frozen=True, array_like=True, tag="chat"):
+    info: RequestInfo
+    request: ir.ChatRequest
+
+
+class EmbeddingEnvelope(msgspec.Struct, frozen=True, array_like=True, tag="embeddings"):
+    info: RequestInfo
+    request: ir.EmbeddingRequest
+
+
+Envelope = ChatEnvelope | EmbeddingEnvelope
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Envelope)
+
+
+def seal(info: RequestInfo, request: ir.ChatRequest | ir.EmbeddingRequest) -> Envelope:
+    if isinstance(request, ir.ChatRequest):
+        return ChatEnvelope(info, request)
+    return EmbeddingEnvelope(info, request)
 
 
 def encode(envelope: Envelope) -> bytes:

@@ -8,7 +8,7 @@ what needs no upstream (model lists, errors), reads routing state from the store
 from __future__ import annotations
 
 import time
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from extproc import ir
 from extproc.decisions import cache, keys, providers, routing
@@ -18,24 +18,22 @@ from extproc.envoy.contract import CACHE_HEADER, CLUSTER_HEADER, INTERNAL_PREFIX
 from extproc.formats import smart_api
 from extproc.formats.endpoints import Endpoint, allowed_methods, classify, dialect_for_path
 from extproc.phases import envelope
+from extproc.phases.actions import CONTINUE, JSON, Action, Continue, Respond, error_response
+from extproc.phases.attempt import Attempt, AttemptStart, open_attempt
 from extproc.phases.context import (
-    CONTINUE,
-    JSON,
     STREAM_TYPES,
-    Action,
     Context,
-    Continue,
     ModelRoute,
-    Respond,
-    error_response,
     new_request_id,
     store_unavailable,
 )
-from extproc.phases.translation import decode_client_body, embedding_format, replay_body
-from extproc.phases.upstream import UpstreamStream
+from extproc.phases.translation import decode_client_body, replay_body
 from extproc.store import RequestState, StoreError
 from extproc.telemetry.core import end_span, trace_id_of
 from extproc.telemetry.record import RequestRecord
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 
 class CacheLookup(NamedTuple):
@@ -46,7 +44,9 @@ class CacheLookup(NamedTuple):
 
 
 class RouterStream:
-    def __init__(self, context: Context) -> None:
+    """The router filter's stream: one client request, answered here or sent on."""
+
+    def __init__(self, context: Context, trace_carrier: dict[str, str]) -> None:
         self.context = context
         # Envoy matched this request's routes against the route table it had when the
         # headers arrived (it keeps that snapshot for the request), which is at least as
@@ -59,15 +59,17 @@ class RouterStream:
         self.cache_control: str | None = None
         self.tenant = "global"  # virtual keys name their tenant
         self.key: keys.VirtualKey | None = None
-        self.trace_carrier: dict[str, str] = {}
+        self.trace_carrier = trace_carrier
         self.model = ""
         self.cache_outcome: str | None = None
         self.refused_by: str | None = None  # which limit answered 429
-        self.span: Any = None
+        self.span: Span | None = None
         self.started = time.perf_counter()
-        self.attempt: UpstreamStream | None = None  # single-target models: the one attempt
+        self.attempt: Attempt | None = None  # single-target models: the one attempt
 
-    async def request_headers(self, headers: dict[str, str], end_of_stream: bool) -> Action:
+    async def request_headers(
+        self, headers: dict[str, str], end_of_stream: bool, target: int | None
+    ) -> Action:
         method, path = headers.get(":method", ""), headers.get(":path", "")
         self.endpoint = endpoint = classify(method, path)
         if endpoint is None:
@@ -99,7 +101,9 @@ class RouterStream:
             chat, embedding = decode_client_body(endpoint, body, default_model)
         except ir.GatewayError as exc:
             return error_response(self.dialect, exc.info)
-        model = chat.model if chat is not None else embedding.model  # type: ignore[union-attr]
+        request = chat or embedding
+        assert request is not None  # decode_client_body returns one of the two
+        model = request.model
         self.model = model
         self.span = self.context.telemetry.tracing.start(
             "llmux.route",
@@ -134,25 +138,22 @@ class RouterStream:
         if isinstance(decision, Respond):
             return decision
         self.count_cache(lookup)
-        internal = envelope.Envelope(
+        info = envelope.RequestInfo(
             dialect=endpoint.dialect,
             operation=endpoint.operation,
             model=model,
             request_id=new_request_id(),
             client_bytes=len(body),
             preferred=decision.preferred if decision is not None else {},
-            chat=chat,
-            embedding=embedding,
             cache_key=lookup.key if lookup.write else None,
             cache_status=lookup.status,
             key_id=self.key.id if self.key is not None else None,
             tenant=self.tenant if self.key is not None else None,
             budget_key=budget[0] if budget else None,
             budget_ttl=budget[1] if budget else 0,
-            embedding_format=embedding_format(endpoint, body),
-            embedding_batch=endpoint.batch,
             cluster=route.cluster,
         )
+        internal = envelope.seal(info, request)
         if len(route.model.targets) == 1:
             return await self.single_target(route, internal)
         encoded = envelope.encode(internal)
@@ -174,10 +175,8 @@ class RouterStream:
         Its cluster has no upstream ext_proc filter, so each request costs one gRPC
         stream instead of two; there is nothing to fall back to anyway.
         """
-        attempt = UpstreamStream(self.context)
-        attempt.trace_carrier = self.trace_carrier
-        attempt.target_index = 0
-        action = await attempt.prepare(internal)
+        start = AttemptStart(0, "1", [], self.trace_carrier)
+        attempt, action = await open_attempt(self.context, internal, start)
         if not isinstance(action, Continue):
             return action
         self.attempt = attempt
@@ -339,7 +338,7 @@ class RouterStream:
         info = ir.ErrorInfo(kind=kind, message=message, retry_after=decision.retry_after_s)
         return error_response(self.dialect, info)
 
-    def response_headers(self, headers: dict[str, str]) -> Action:
+    async def response_headers(self, headers: dict[str, str]) -> Action:
         """Single-target models translate their response here; others pass through."""
         attempt, self.attempt = self.attempt, None
         if attempt is None:
@@ -361,7 +360,7 @@ class RouterStream:
         if self.attempt is not None:
             # This stream also sees Envoy's own replies (a timeout, a reset): ending
             # before any response headers means the client went away.
-            self.attempt.closed(client_left=self.attempt.status == 0)
+            self.attempt.closed(client_left=self.attempt.state.status == 0)
 
     def observe(self, phase: str, action: Action) -> None:
         """After each phase: a request answered here is counted, logged and traced."""

@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 from extproc.envoy.contract import DIALECT_KEY, DIALECT_NAMESPACE, SUBSET_KEY, TARGET_KEY
-from extproc.phases.context import Action, Continue, Respond
+from extproc.phases.actions import Action, Continue, Respond
 from extproc.transport.pb import base_pb2, ext_proc_pb2, processing_mode_pb2
 
 ProcessingRequest = ext_proc_pb2.ProcessingRequest

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from extproc import ir
 from extproc.envoy.contract import PHASE_METADATA, ROUTER_PHASE, UPSTREAM_PHASE
-from extproc.phases.context import Action, Context, error_response
+from extproc.phases.actions import Action, PhaseHandler, error_response
+from extproc.phases.context import Context
 from extproc.phases.router import RouterStream
 from extproc.phases.upstream import UpstreamStream
 from extproc.transport import envoy_msgs
@@ -22,6 +24,11 @@ from extproc.transport.pb import ext_proc_pb2
 log = logging.getLogger("llmux.server")
 
 TRACE_KEYS = ("traceparent", "tracestate")
+# The handler of a stream, by the filter that opened it (PHASE_METADATA).
+HANDLERS: dict[str, Callable[[Context, dict[str, str]], PhaseHandler]] = {
+    "router": RouterStream,
+    "upstream": UpstreamStream,
+}
 
 
 class Session:
@@ -33,10 +40,8 @@ class Session:
         """`metadata`: the stream's gRPC metadata (the calling filter, trace context)."""
         upstream = metadata.get(PHASE_METADATA) == UPSTREAM_PHASE
         self.filter_name = UPSTREAM_PHASE if upstream else ROUTER_PHASE
-        self.stream: RouterStream | UpstreamStream = (
-            UpstreamStream(context) if upstream else RouterStream(context)
-        )
-        self.stream.trace_carrier = {k: metadata[k] for k in TRACE_KEYS if k in metadata}
+        carrier = {k: metadata[k] for k in TRACE_KEYS if k in metadata}
+        self.stream = HANDLERS[self.filter_name](context, carrier)
         metrics = context.telemetry.metrics
         self._metrics = metrics
         self._active = metrics.active_streams(self.filter_name)
@@ -54,10 +59,9 @@ class Session:
         action = await self._guarded(phase, request)
         response = envoy_msgs.response_for(phase, action)
         self._metrics.phase(self.filter_name, phase, time.perf_counter() - started)
-        if isinstance(self.stream, RouterStream):
-            # Before answering: after an immediate response Envoy may close the
-            # stream at once, and code after the answer would never run.
-            self.stream.observe(phase, action)
+        # Before answering: after an immediate response Envoy may close the
+        # stream at once, and code after the answer would never run.
+        self.stream.observe(phase, action)
         return response
 
     def close(self) -> None:
@@ -76,22 +80,52 @@ class Session:
             return error_response(self.stream.dialect, info)
 
 
+Step = Callable[[PhaseHandler, ext_proc_pb2.ProcessingRequest], Awaitable[Action]]
+
+
+def _request_headers(
+    stream: PhaseHandler, request: ext_proc_pb2.ProcessingRequest
+) -> Awaitable[Action]:
+    message = request.request_headers
+    headers = envoy_msgs.header_dict(message)
+    return stream.request_headers(
+        headers, message.end_of_stream, envoy_msgs.upstream_target(request)
+    )
+
+
+def _request_body(
+    stream: PhaseHandler, request: ext_proc_pb2.ProcessingRequest
+) -> Awaitable[Action]:
+    message = request.request_body
+    return stream.request_body(message.body, message.end_of_stream)
+
+
+def _response_headers(
+    stream: PhaseHandler, request: ext_proc_pb2.ProcessingRequest
+) -> Awaitable[Action]:
+    return stream.response_headers(envoy_msgs.header_dict(request.response_headers))
+
+
+def _response_body(
+    stream: PhaseHandler, request: ext_proc_pb2.ProcessingRequest
+) -> Awaitable[Action]:
+    message = request.response_body
+    return stream.response_body(message.body, message.end_of_stream)
+
+
+# Each phase's protobuf message, unpacked into the handler's neutral arguments.
+STEPS: dict[str, Step] = {
+    "request_headers": _request_headers,
+    "request_body": _request_body,
+    "response_headers": _response_headers,
+    "response_body": _response_body,
+}
+
+
 async def dispatch(
-    stream: RouterStream | UpstreamStream, phase: str, request: ext_proc_pb2.ProcessingRequest
+    stream: PhaseHandler, phase: str, request: ext_proc_pb2.ProcessingRequest
 ) -> Action:
-    if phase == "request_headers":
-        headers = envoy_msgs.header_dict(request.request_headers)
-        if isinstance(stream, UpstreamStream):
-            return stream.request_headers(headers, envoy_msgs.upstream_target(request))
-        return await stream.request_headers(headers, request.request_headers.end_of_stream)
-    if phase == "request_body":
-        body = request.request_body
-        if isinstance(stream, UpstreamStream):
-            return await stream.request_body(body.body)
-        return await stream.request_body(body.body, body.end_of_stream)
-    if phase == "response_headers":
-        return stream.response_headers(envoy_msgs.header_dict(request.response_headers))
-    if phase == "response_body":
-        body = request.response_body
-        return await stream.response_body(body.body, body.end_of_stream)
-    raise ValueError(f"unexpected ext_proc phase {phase}")
+    step = STEPS.get(phase)
+    if step is None:
+        raise ValueError(f"unexpected ext_proc phase {phase}")
+    return await step(stream, request)

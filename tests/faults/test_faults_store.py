@@ -134,7 +134,7 @@ def test_fail_open_keeps_serving_while_redis_is_down_and_recovers(
     assert not failed, failed[:5]
     slowest = max(r.seconds for r in results)
     assert slowest < REQUEST_BOUND_S, slowest
-    # TODO(metrics): assert on the store-error counter (Context.store_errors) once the
+    # TODO(metrics): assert on the store-error counter (llmux_store_errors) once the
     # ext_proc exposes it on /metrics; until then the log line is the evidence.
     assert "store error (open)" in log_text(gateway)
     recovered(gateway, store)

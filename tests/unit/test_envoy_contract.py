@@ -14,7 +14,7 @@ from google.protobuf import struct_pb2, text_format
 
 from extproc.config import settings as config
 from extproc.envoy import bootstrap, contract
-from extproc.phases.context import Continue
+from extproc.phases.actions import Continue
 from extproc.transport import envoy_msgs
 from extproc.transport.pb import base_pb2, ext_proc_pb2
 

@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 
 from extproc import ir
 from extproc.formats import gemini_generate as gemini
+from extproc.formats.gemini_generate.wire import _args_object
+from extproc.formats.gemini_schema import schema_from_gemini, schema_to_gemini
 
 VECTORS = Path(__file__).parent.parent / "vectors" / "gemini_generate"
 
@@ -120,7 +122,7 @@ def test_stream_encoder_output_decodes_back(path: Path) -> None:
         return
     calls = [e["name"] for e in decoded if e["type"] == "tool_start"]
     args = [json.loads(e["arguments"]) for e in decoded if e["type"] == "tool_delta"]
-    valid = [(n, a) for n, a in sent_calls.values() if gemini._args_object(a) is not None]
+    valid = [(n, a) for n, a in sent_calls.values() if _args_object(a) is not None]
     assert calls == [n for n, _ in valid]
     assert args == [json.loads(a or "{}") for _, a in valid]
     assert any(e["type"] == "finish" for e in decoded)
@@ -234,7 +236,7 @@ def test_upper_case_schema_becomes_json_schema() -> None:
         },
         "propertyOrdering": ["a", "b"],
     }
-    assert gemini.schema_from_gemini(schema) == {
+    assert schema_from_gemini(schema) == {
         "type": "object",
         "properties": {
             "a": {"type": "array", "items": {"type": "number"}, "maxItems": 3},
@@ -245,11 +247,11 @@ def test_upper_case_schema_becomes_json_schema() -> None:
 
 def test_property_names_are_never_rewritten() -> None:
     schema = {"type": "object", "properties": {"any_of": {"type": "string"}, "type": {}}}
-    assert gemini.schema_to_gemini(schema) == {
+    assert schema_to_gemini(schema) == {
         "type": "OBJECT",
         "properties": {"any_of": {"type": "STRING"}, "type": {}},
     }
-    assert gemini.schema_from_gemini(schema)["properties"].keys() == {"any_of", "type"}
+    assert schema_from_gemini(schema)["properties"].keys() == {"any_of", "type"}
 
 
 # ---------------------------------------------------------------- embeddings

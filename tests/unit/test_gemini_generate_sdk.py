@@ -21,6 +21,7 @@ from google.genai import errors, types
 
 from extproc import ir
 from extproc.formats import gemini_generate as gemini
+from extproc.formats.gemini_generate.wire import _args_object
 
 VECTORS = Path(__file__).parent.parent / "vectors" / "gemini_generate"
 PATH = re.compile(r"/v1(?:beta)?/models/([^:/]+):(generateContent|streamGenerateContent)")
@@ -60,7 +61,7 @@ def test_sdk_validates_encoded_responses(path: Path) -> None:
     assert parsed.response_id == resp.id
     calls = parsed.function_calls or []
     assert [c.name for c in calls] == [
-        c.name for c in resp.tool_calls if gemini._args_object(c.arguments) is not None
+        c.name for c in resp.tool_calls if _args_object(c.arguments) is not None
     ]
 
 

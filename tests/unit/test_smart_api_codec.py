@@ -26,7 +26,7 @@ def _sse(raw: bytes) -> list[Any]:
 def test_endpoint_is_classified_as_the_smart_dialect() -> None:
     endpoint = client_apis.classify("POST", "/api/smart")
     assert endpoint == client_apis.Endpoint("smart", "chat")
-    assert endpoint.codec is sa
+    assert endpoint.codec is sa.CLIENT
 
 
 def test_decode_full_request() -> None:

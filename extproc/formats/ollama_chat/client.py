@@ -1,51 +1,30 @@
-"""Ollama native API codec: /api/chat (both sides), /api/generate (client side),
-/api/tags (client side) and /api/embed (both sides).
+"""Ollama native API as a client dialect: what a client SDK sends and expects back.
 
-Owns the Ollama wire format as documented in ollama/docs/api.md: NDJSON streams,
-tool-call arguments as JSON objects (not strings), images as bare base64 strings,
-sampling parameters under `options`, in-band `{"error": ...}` lines. It translates
-to and from `extproc.ir` only: no I/O, no clock, no module state beyond stateless
-msgspec decoders/encoders.
-
-Quirks handled here:
-* `stream` defaults to TRUE when absent (api.md: "if false the response will be
-  returned as a single response object").
-* Ollama tool calls may carry no id; ids are made up by position (`call_{i}`,
-  counted across the whole request), and tool results without `tool_name` /
-  `tool_call_id` are matched to the pending calls by order.
-* Ollama images carry no media type: it is detected from the magic bytes.
-* Ollama streams a tool call whole, in one line, never as argument fragments.
+Decodes requests into `extproc.ir`, encodes answers, streams and errors in the
+dialect's shape. Pure and synchronous; imports only the IR, framing and this
+codec's own modules.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import re
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import msgspec
 
 from extproc import ir
-from extproc.formats.framing import NDJSONSplitter
-
-STREAM_CONTENT_TYPE = "application/x-ndjson"
-SOURCE_FORMAT = "ollama"
-
-# ---------------------------------------------------------------- wire structs
+from extproc.formats.ollama_chat.wire import (
+    _DATA_URL,
+    _arguments_text,
+    _encode,
+    _text,
+    _ToolCall,
+    _wire_calls,
+)
 
 Number = int | float
-
-
-class _Function(msgspec.Struct):
-    name: str
-    arguments: dict[str, Any] | str = {}
-
-
-class _ToolCall(msgspec.Struct):
-    function: _Function
-    id: str | None = None
 
 
 class _Message(msgspec.Struct):
@@ -100,48 +79,15 @@ class _GenerateRequest(msgspec.Struct):
     stream: bool | None = None
 
 
-class _ReplyMessage(msgspec.Struct):
-    content: str | None = None
-    tool_calls: list[_ToolCall] | None = None
-
-
-class _ChatReply(msgspec.Struct):
-    """One /api/chat response object: a whole answer or one NDJSON stream line."""
-
-    model: str = ""
-    created_at: str = ""
-    message: _ReplyMessage | None = None
-    done: bool = False
-    done_reason: str | None = None
-    prompt_eval_count: int = 0
-    eval_count: int = 0
-    error: Any = None
-
-
 class _EmbedRequest(msgspec.Struct):
     model: str
     input: str | list[str]
     dimensions: int | None = None
 
 
-class _EmbedReply(msgspec.Struct):
-    embeddings: list[list[float]]
-    model: str = ""
-    prompt_eval_count: int = 0
-
-
-class _ErrorBody(msgspec.Struct):
-    error: Any = None
-
-
 _chat_request = msgspec.json.Decoder(_ChatRequest)
 _generate_request = msgspec.json.Decoder(_GenerateRequest)
-_chat_reply = msgspec.json.Decoder(_ChatReply)
 _embed_request = msgspec.json.Decoder(_EmbedRequest)
-_embed_reply = msgspec.json.Decoder(_EmbedReply)
-_error_body = msgspec.json.Decoder(_ErrorBody)
-_any = msgspec.json.Decoder()
-_encode = msgspec.json.encode
 
 
 def _decode_client(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
@@ -154,16 +100,12 @@ def _decode_client(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
         raise ir.invalid_request("request body is not valid JSON") from None
 
 
-# ---------------------------------------------------------------- shared helpers
-
 _MAGIC = (
     (b"\x89PNG\r\n\x1a\n", "image/png"),
     (b"\xff\xd8\xff", "image/jpeg"),
     (b"GIF87a", "image/gif"),
     (b"GIF89a", "image/gif"),
 )
-_DATA_URL = re.compile(r"data:([\w.+-]+/[\w.+-]+)?(?:;[^,]*)?;base64,(.*)", re.DOTALL)
-_FRACTION = re.compile(r"\.\d+")
 
 
 def _sniff_media_type(data: str) -> str:
@@ -191,36 +133,6 @@ def _image_part(raw: str) -> ir.ImagePart:
 
 def _rfc3339(created: int) -> str:
     return datetime.fromtimestamp(created, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _unix(created_at: str) -> int:
-    """Unix seconds of an RFC 3339 time (Go writes up to 9 fraction digits); 0 if invalid."""
-    try:
-        return int(datetime.fromisoformat(_FRACTION.sub("", created_at, count=1)).timestamp())
-    except ValueError:
-        return 0
-
-
-def _text(parts: list[ir.Part]) -> str:
-    return "".join(part.text for part in parts if isinstance(part, ir.TextPart))
-
-
-def _arguments_text(arguments: dict[str, Any] | str) -> str:
-    return arguments if isinstance(arguments, str) else _encode(arguments).decode()
-
-
-def _arguments_object(arguments: str) -> dict[str, Any] | None:
-    """A tool call's JSON arguments text as the object Ollama wants; None if not one."""
-    if not arguments.strip():
-        return {}
-    try:
-        value = _any.decode(arguments)
-    except (msgspec.DecodeError, UnicodeDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-# ---------------------------------------------------------------- client: decode
 
 
 def _options(opts: _Options | None) -> dict[str, Any]:
@@ -274,7 +186,7 @@ class _ToolIds:
     def calls(self, wire: list[_ToolCall]) -> list[ir.ToolCall]:
         calls = []
         for call in wire:
-            call_id = call.id or f"call_{self.count}"
+            call_id = call.id or ir.invented_call_id(self.count)
             self.count += 1
             args = _arguments_text(call.function.arguments)
             calls.append(ir.ToolCall(call_id, call.function.name, args))
@@ -353,8 +265,6 @@ def decode_generate_request(body: bytes) -> ir.ChatRequest:
     )
 
 
-# ---------------------------------------------------------------- client: encode
-
 _DONE_REASON = {"length": "length"}  # tool_calls, content_filter, error -> "stop"
 
 
@@ -370,18 +280,6 @@ def _metrics(usage: ir.Usage | None) -> dict[str, int]:
     }
 
 
-def _wire_calls(calls: list[ir.ToolCall], first_index: int = 0) -> list[dict[str, Any]]:
-    """IR tool calls as Ollama ones; raises ValueError if arguments are not an object."""
-    wire = []
-    for index, call in enumerate(calls, first_index):
-        args = _arguments_object(call.arguments)
-        if args is None:
-            raise ValueError(f"tool call {call.name!r} has arguments that are not a JSON object")
-        fn = {"index": index, "name": call.name, "arguments": args}
-        wire.append({"id": call.id, "function": fn})
-    return wire
-
-
 def encode_response(resp: ir.ChatResponse) -> bytes:
     """An IR response as an Ollama /api/chat (stream false) response body."""
     message: dict[str, Any] = {"role": "assistant", "content": _text(resp.content)}
@@ -389,7 +287,7 @@ def encode_response(resp: ir.ChatResponse) -> bytes:
         try:
             message["tool_calls"] = _wire_calls(resp.tool_calls)
         except ValueError as exc:
-            raise ir.GatewayError(ir.ErrorInfo(kind="bad_gateway", message=str(exc))) from None
+            raise ir.bad_gateway(str(exc)) from None
     return _encode(
         {
             "model": resp.model,
@@ -553,243 +451,6 @@ def encode_tags(names: list[str]) -> bytes:
     return _encode({"models": models})
 
 
-# ---------------------------------------------------------------- provider: encode
-
-
-def _wire_image(part: ir.ImagePart) -> str:
-    if part.data:
-        return part.data
-    match = _DATA_URL.fullmatch(part.url or "")
-    if match:
-        return match.group(2)
-    raise ir.invalid_request("the ollama provider accepts only base64 images")
-
-
-def _wire_content(msg: ir.Message) -> dict[str, Any]:
-    images = []
-    for part in msg.content:
-        if isinstance(part, ir.ImagePart):
-            images.append(_wire_image(part))
-        elif isinstance(part, ir.UnknownPart):
-            raise ir.invalid_request(
-                f"the ollama provider cannot take content of kind {part.raw.get('type')!r} "
-                f"from {part.source_format}"
-            )
-    wire: dict[str, Any] = {"role": msg.role, "content": _text(msg.content)}
-    if images:
-        wire["images"] = images
-    return wire
-
-
-def _wire_message(msg: ir.Message, names: dict[str, str]) -> dict[str, Any]:
-    wire = _wire_content(msg)
-    if msg.tool_calls:
-        try:
-            wire["tool_calls"] = _wire_calls(msg.tool_calls)
-        except ValueError as exc:
-            raise ir.invalid_request(str(exc), param="messages") from None
-    if msg.role == "tool":
-        name = msg.name or names.get(msg.tool_call_id or "")
-        if name:
-            wire["tool_name"] = name
-        if msg.tool_call_id:
-            wire["tool_call_id"] = msg.tool_call_id
-    return wire
-
-
-def _wire_options(req: ir.ChatRequest) -> dict[str, Any]:
-    options = {
-        "temperature": req.temperature,
-        "top_p": req.top_p,
-        "top_k": req.top_k,
-        "num_predict": req.max_tokens,
-        "seed": req.seed,
-        "stop": req.stop or None,
-    }
-    return {key: value for key, value in options.items() if value is not None}
-
-
-def _wire_tools(req: ir.ChatRequest) -> list[dict[str, Any]]:
-    """Ollama has no tool_choice: "none" drops the tools, forcing a call is refused."""
-    choice = req.tool_choice
-    if choice is not None and choice.mode in ("required", "tool"):
-        raise ir.invalid_request(
-            "the ollama provider cannot force a tool call (tool_choice)", param="tool_choice"
-        )
-    if choice is not None and choice.mode == "none":
-        return []
-    tools = []
-    for tool in req.tools:
-        fn: dict[str, Any] = {"name": tool.name}
-        if tool.description:
-            fn["description"] = tool.description
-        fn["parameters"] = tool.parameters or {"type": "object", "properties": {}}
-        tools.append({"type": "function", "function": fn})
-    return tools
-
-
-def _wire_format(fmt: ir.ResponseFormat | None) -> str | dict[str, object] | None:
-    if fmt is None or fmt.type == "text":
-        return None
-    if fmt.type == "json_schema" and fmt.schema is not None:
-        return fmt.schema
-    return "json"
-
-
-def encode_request(req: ir.ChatRequest, *, model: str) -> bytes:
-    """An IR request as an Ollama /api/chat body for the upstream `model`."""
-    names = {c.id: c.name for m in req.messages for c in m.tool_calls}
-    messages = [{"role": "system", "content": req.system}] if req.system else []
-    messages += [_wire_message(m, names) for m in req.messages]
-    body: dict[str, Any] = {"model": model, "messages": messages, "stream": req.stream}
-    tools = _wire_tools(req)
-    if tools:
-        body["tools"] = tools
-    fmt = _wire_format(req.response_format)
-    if fmt is not None:
-        body["format"] = fmt
-    options = _wire_options(req)
-    if options:
-        body["options"] = options
-    return _encode(body)
-
-
-def upstream_path(*, model: str, stream: bool) -> str:
-    return "/api/chat"
-
-
-# ---------------------------------------------------------------- provider: decode
-
-
-def _reply_id(reply: _ChatReply) -> str:
-    """Ollama responses have no id; one is derived from the creation time."""
-    digits = re.sub(r"\D", "", reply.created_at)
-    return f"ollama-{digits or '0'}"
-
-
-def _reply_calls(reply: _ChatReply, first: int) -> list[ir.ToolCall]:
-    wire = reply.message.tool_calls if reply.message else None
-    return [
-        ir.ToolCall(c.id or f"call_{i}", c.function.name, _arguments_text(c.function.arguments))
-        for i, c in enumerate(wire or [], first)
-    ]
-
-
-def _finish_reason(reply: _ChatReply, tools: bool) -> ir.FinishReason:
-    if tools:
-        return "tool_calls"
-    return "length" if reply.done_reason == "length" else "stop"
-
-
-def _usage(reply: _ChatReply) -> ir.Usage:
-    return ir.Usage(input_tokens=reply.prompt_eval_count, output_tokens=reply.eval_count)
-
-
-def _upstream_error(message: Any) -> ir.ErrorInfo:
-    text = message if isinstance(message, str) else "upstream reported an error"
-    return ir.ErrorInfo(kind="server_error", message=text)
-
-
-def decode_response(body: bytes) -> ir.ChatResponse:
-    """An Ollama /api/chat (stream false) response body as an IR response."""
-    try:
-        reply = _chat_reply.decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
-        raise ir.GatewayError(
-            ir.ErrorInfo(kind="bad_gateway", message="invalid response from the ollama upstream")
-        ) from None
-    if reply.error is not None:
-        raise ir.GatewayError(_upstream_error(reply.error))
-    calls = _reply_calls(reply, 0)
-    content = reply.message.content if reply.message else None
-    return ir.ChatResponse(
-        id=_reply_id(reply),
-        model=reply.model,
-        content=[ir.TextPart(content)] if content else [],
-        tool_calls=calls,
-        finish_reason=_finish_reason(reply, bool(calls)),
-        usage=_usage(reply),
-        created=_unix(reply.created_at),
-    )
-
-
-class StreamDecoder:
-    """Ollama /api/chat NDJSON lines -> IR stream events."""
-
-    def __init__(self) -> None:
-        self._lines = NDJSONSplitter()
-        self._started = False
-        self._ended = False
-        self._tool_count = 0
-
-    def feed(self, chunk: bytes) -> list[ir.StreamEvent]:
-        events: list[ir.StreamEvent] = []
-        for line in self._lines.feed(chunk):
-            self._line(line, events)
-        return events
-
-    def finish(self) -> list[ir.StreamEvent]:
-        events: list[ir.StreamEvent] = []
-        for line in self._lines.finish():
-            self._line(line, events)
-        if not self._ended:
-            self._ended = True
-            message = "the ollama stream ended before its final (done) line"
-            events.append(ir.StreamError(ir.ErrorInfo(kind="bad_gateway", message=message)))
-        return events
-
-    def _line(self, line: bytes, events: list[ir.StreamEvent]) -> None:
-        if self._ended:
-            return
-        try:
-            reply = _chat_reply.decode(line)
-        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
-            self._end(
-                ir.ErrorInfo(kind="bad_gateway", message="malformed ollama stream line"), events
-            )
-            return
-        if reply.error is not None:
-            self._end(_upstream_error(reply.error), events)
-            return
-        if not self._started:
-            self._started = True
-            events.append(ir.StreamStart(_reply_id(reply), reply.model, _unix(reply.created_at)))
-        self._content(reply, events)
-        if reply.done:
-            self._ended = True
-            events.append(ir.StreamFinish(_finish_reason(reply, self._tool_count > 0)))
-            events.append(ir.StreamUsage(_usage(reply)))
-
-    def _content(self, reply: _ChatReply, events: list[ir.StreamEvent]) -> None:
-        if reply.message and reply.message.content:
-            events.append(ir.TextDelta(reply.message.content))
-        for call in _reply_calls(reply, self._tool_count):
-            events.append(ir.ToolCallStart(self._tool_count, call.id, call.name))
-            events.append(ir.ToolCallDelta(self._tool_count, call.arguments))
-            self._tool_count += 1
-
-    def _end(self, error: ir.ErrorInfo, events: list[ir.StreamEvent]) -> None:
-        self._ended = True
-        events.append(ir.StreamError(error))
-
-
-def decode_error(status: int, body: bytes) -> ir.ErrorInfo:
-    """An Ollama error body ({"error": "..."}) as an IR error; non-JSON is not echoed."""
-    kind = ir.error_kind_for_status(status)
-    try:
-        error = _error_body.decode(body).error
-    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
-        error = None
-    if isinstance(error, dict):
-        error = error.get("message")
-    if not isinstance(error, str) or not error:
-        error = f"the ollama upstream answered HTTP {status}"
-    return ir.ErrorInfo(kind=kind, message=error, status=status)
-
-
-# ---------------------------------------------------------------- embeddings
-
-
 def decode_embedding_request(body: bytes) -> ir.EmbeddingRequest:
     """An Ollama /api/embed request body as an IR embedding request."""
     req: _EmbedRequest = _decode_client(_embed_request, body)
@@ -812,24 +473,3 @@ def encode_embedding_response(resp: ir.EmbeddingResponse) -> bytes:
             "prompt_eval_count": usage.input_tokens,
         }
     )
-
-
-def encode_embedding_request(req: ir.EmbeddingRequest, *, model: str) -> bytes:
-    body: dict[str, Any] = {"model": model, "input": req.inputs}
-    if req.dimensions is not None:
-        body["dimensions"] = req.dimensions
-    return _encode(body)
-
-
-def decode_embedding_response(body: bytes) -> ir.EmbeddingResponse:
-    try:
-        reply = _embed_reply.decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
-        message = "invalid embedding response from the ollama upstream"
-        raise ir.GatewayError(ir.ErrorInfo(kind="bad_gateway", message=message)) from None
-    usage = ir.Usage(input_tokens=reply.prompt_eval_count)
-    return ir.EmbeddingResponse(model=reply.model, vectors=reply.embeddings, usage=usage)
-
-
-def embedding_path() -> str:
-    return "/api/embed"

@@ -1,0 +1,51 @@
+"""The one table of codecs: which client codec serves a dialect, which provider codec a type.
+
+Client codecs are keyed by the dialect an endpoint speaks (an operation with a
+dialect of its own, Ollama's /api/generate, is keyed by both); provider codecs by
+the config's provider type, built from the provider's wire options (Azure's API
+version, Anthropic's). Lookups only: no codec is special-cased anywhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from extproc.formats import (
+    anthropic_messages,
+    azure_openai,
+    gemini_generate,
+    ollama_chat,
+    openai_chat,
+    smart_api,
+)
+from extproc.formats.base import ClientCodec, ProviderCodec, UpstreamOptions
+
+CLIENT_CODECS: dict[str, ClientCodec] = {
+    "openai": openai_chat.CLIENT,
+    "anthropic": anthropic_messages.CLIENT,
+    "gemini": gemini_generate.CLIENT,
+    "ollama": ollama_chat.CLIENT,
+    "smart": smart_api.CLIENT,  # the simple prompt API: client side only
+}
+# An operation whose bodies differ from its dialect's chat: (dialect, operation) -> codec.
+_OPERATION_CODECS: dict[tuple[str, str], ClientCodec] = {
+    ("ollama", "generate"): ollama_chat.GENERATE,
+}
+
+PROVIDER_CODECS: dict[str, Callable[[UpstreamOptions], ProviderCodec]] = {
+    "openai": lambda _options: openai_chat.PROVIDER,
+    "azure_openai": lambda options: azure_openai.provider(options.api_version),
+    "anthropic": lambda options: anthropic_messages.provider(options.anthropic_version),
+    "gemini": lambda _options: gemini_generate.PROVIDER,
+    "ollama": lambda _options: ollama_chat.PROVIDER,
+}
+
+
+def client_codec(dialect: str, operation: str = "chat") -> ClientCodec:
+    """The codec for a client's dialect and operation (chat, generate, embeddings)."""
+    return _OPERATION_CODECS.get((dialect, operation)) or CLIENT_CODECS[dialect]
+
+
+def provider_codec(kind: str, options: UpstreamOptions) -> ProviderCodec:
+    """The codec for a provider type, set up with that provider's wire options."""
+    return PROVIDER_CODECS[kind](options)
