@@ -1,0 +1,204 @@
+"""Routing strategies and providers' own limits through real Envoy, Valkey and the simulators.
+
+The simulated providers are slowed down per model (`model_delays`) or limited per model
+(`rate_limits`: a window of N requests, 429 beyond, and the provider's rate-limit
+headers on every answer); which target served comes back in `x-llmux-model`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+import redis
+
+from extproc.config.settings import Config
+from extproc.decisions.routing import credential_tag
+from tests.harness import Gateway, Valkey, provider_config
+from tests.simulated import SimulatedProviders
+
+pytestmark = pytest.mark.integration
+HELLO = [{"role": "user", "content": "Say hello"}]
+
+
+def targets(*models: str, provider: str = "sim-openai") -> list[dict[str, Any]]:
+    return [{"provider": provider, "model": m} for m in models]
+
+
+def strategies_config(sim: SimulatedProviders) -> dict[str, Any]:
+    return {
+        "providers": [
+            provider_config("sim-openai", "openai", sim.base_url, "sk-openai"),
+            provider_config("sim-anthropic", "anthropic", sim.base_url, "sk-anthropic"),
+            # Providers' limits are kept per credential (an API key): one provider each.
+            provider_config("lim-openai", "openai", sim.base_url, "sk-lim-openai"),
+            provider_config("lim-anthropic", "anthropic", sim.base_url, "sk-lim-anthropic"),
+        ],
+        "models": [
+            {
+                "name": "rr",
+                "strategy": "round_robin",
+                "targets": [
+                    *targets("rr-a", "rr-b"),
+                    *targets("rr-c", provider="sim-anthropic"),
+                ],
+            },
+            {"name": "busy", "strategy": "least_busy", "targets": targets("busy-a", "busy-b")},
+            # The same target as busy's first, alone: its streams count against busy-a.
+            {"name": "hold", "strategy": "least_busy", "targets": targets("busy-a")},
+            {"name": "fast", "strategy": "least_latency", "targets": targets("ll-f", "ll-s")},
+            {
+                "name": "limited",
+                "strategy": "round_robin",
+                "targets": [
+                    *targets("lim-20s", provider="lim-openai"),
+                    *targets("free"),
+                    *targets("lim-short", provider="lim-anthropic"),
+                ],
+            },
+        ],
+        "timeouts": {"connect_ms": 1000, "attempt_s": 5, "idle_s": 10},
+    }
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    sim: SimulatedProviders, valkey: Valkey, gateway_factory: Callable[..., Gateway]
+) -> Gateway:
+    return gateway_factory(strategies_config(sim), store_url=valkey.url)
+
+
+@pytest.fixture
+def http() -> Any:
+    with httpx.Client(timeout=30) as client:
+        yield client
+
+
+def served_by(http: httpx.Client, gateway: Gateway, model: str, **extra: Any) -> str:
+    """The upstream model that answered one request (200 expected)."""
+    body = {"model": model, "messages": HELLO, **extra}
+    response = http.post(f"{gateway.url}/v1/chat/completions", json=body)
+    assert response.status_code == 200, response.text
+    return response.headers["x-llmux-model"]
+
+
+def test_round_robin_spreads_300_requests_evenly(
+    gateway: Gateway, sim: SimulatedProviders, db: redis.Redis
+) -> None:
+    def one(_: int) -> str:
+        with httpx.Client(timeout=30) as client:
+            return served_by(client, gateway, "rr")
+
+    with ThreadPoolExecutor(8) as pool:
+        counts = Counter(pool.map(one, range(300)))
+    assert set(counts) == {"rr-a", "rr-b", "rr-c"}
+    assert all(99 <= n <= 101 for n in counts.values()), counts
+    assert Counter(r.body["model"] for r in sim.requests) == counts  # first attempts only
+
+
+def test_least_busy_steers_away_from_a_target_holding_20_slow_streams(
+    gateway: Gateway, sim: SimulatedProviders, db: redis.Redis, http: httpx.Client
+) -> None:
+    sim.configure(model_delays={"busy-a": 2.0})
+    holds = [
+        threading.Thread(
+            target=served_by,
+            args=(httpx.Client(timeout=30), gateway, "hold"),
+            kwargs={"stream": True},
+        )
+        for _ in range(20)
+    ]
+    for thread in holds:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while sum(r.body["model"] == "busy-a" for r in sim.requests) < 20:
+        assert time.monotonic() < deadline, "the 20 streams did not reach the provider"
+        time.sleep(0.02)
+    sim.configure(model_delays={})  # new requests to busy-a would be fast: only load steers
+    during = Counter(served_by(http, gateway, "busy") for _ in range(20))
+    for thread in holds:
+        thread.join()
+    after = Counter(served_by(http, gateway, "busy") for _ in range(40))
+    assert during == {"busy-b": 20}
+    assert after["busy-a"] >= 8 and after["busy-b"] >= 8, after  # idle again: shared
+
+
+def test_least_latency_moves_to_a_5x_faster_target_and_back_when_the_other_recovers(
+    gateway: Gateway, sim: SimulatedProviders, db: redis.Redis, http: httpx.Client
+) -> None:
+    sim.configure(model_delays={"ll-f": 0.02, "ll-s": 0.1})
+    first = [served_by(http, gateway, "fast") for _ in range(100)]
+    assert first.count("ll-f") >= 80, Counter(first)
+    # ll-s recovers and is now the faster one: only the exploration share can tell.
+    sim.configure(model_delays={"ll-f": 0.02, "ll-s": 0.002})
+    second = [served_by(http, gateway, "fast") for _ in range(150)]
+    assert second[-50:].count("ll-s") >= 40, Counter(second[-50:])
+
+
+def test_a_provider_that_says_it_is_spent_is_skipped_until_its_reset_without_a_429(
+    gateway: Gateway, sim: SimulatedProviders, db: redis.Redis, http: httpx.Client
+) -> None:
+    sim.configure(
+        rate_limits={
+            "lim-20s": {"requests": 1, "reset_s": 20},
+            "lim-short": {"requests": 1, "reset_s": 1.5},
+        }
+    )
+    served = [served_by(http, gateway, "limited") for _ in range(12)]
+    assert served.count("lim-20s") == 1 and served.count("lim-short") == 1, served
+    live = db.hgetall(f"llmux:{credential_tag('lim-openai', 'default')}:live")
+    reset_in = int(live[b"req_until"]) / 1000 - time.time()
+    assert live[b"req"] == b"0" and 17 < reset_in <= 20
+    time.sleep(2.1)  # past lim-short's reset (Anthropic names it in whole seconds)
+    later = [served_by(http, gateway, "limited") for _ in range(6)]
+    assert "lim-short" in later and "lim-20s" not in later, later
+    assert [r.status for r in sim.requests if r.status != 200] == []  # never a 429
+    assert sum(r.body["model"] == "lim-20s" for r in sim.requests) == 1
+
+
+@pytest.mark.skipif(
+    "pricing" not in {f.name for f in msgspec.structs.fields(Config)},
+    reason="needs the price table (`pricing`, from branch r18-cost)",
+)
+def test_lowest_cost_picks_the_cheaper_target_and_falls_back_when_it_is_out_of_quota(
+    sim: SimulatedProviders,
+    valkey: Valkey,
+    db: redis.Redis,
+    gateway_factory: Callable[..., Gateway],
+    http: httpx.Client,
+) -> None:
+    config = {
+        "providers": [
+            provider_config("pricey", "openai", sim.base_url, "sk-pricey"),
+            {
+                "name": "cheap",
+                "type": "anthropic",
+                "base_url": sim.base_url,
+                "credentials": [{"name": "only", "api_key": "sk-cheap", "rpm": 3}],
+            },
+        ],
+        "models": [
+            {
+                "name": "thrifty",
+                "strategy": "lowest_cost",
+                "targets": [
+                    {"provider": "pricey", "model": "big-model"},
+                    {"provider": "cheap", "model": "small-model"},
+                ],
+            }
+        ],
+        "pricing": {
+            "pricey/big-model": {"input": 10.0, "output": 30.0},
+            "cheap/small-model": {"input": 0.1, "output": 0.4},
+        },
+    }
+    gateway = gateway_factory(config, store_url=valkey.url)
+    served = [served_by(http, gateway, "thrifty") for _ in range(5)]
+    assert served == ["small-model"] * 3 + ["big-model"] * 2
