@@ -22,6 +22,11 @@ from typing import NamedTuple
 # Without a reset header (Azure often omits it) an exhausted limit is trusted this long:
 # the provider's windows are minutes, and the next response corrects it anyway.
 DEFAULT_RESET_MS = 10_000
+# A reading is kept (one Redis write) only near exhaustion: at most this share of the
+# limit left, or this few when the limit is not said. Far from it nothing can go wrong
+# before the window resets, and most responses cost no write.
+LOW_SHARE = 0.05
+LOW_FLOOR = 2
 
 
 class ProviderLimits(NamedTuple):
@@ -31,6 +36,18 @@ class ProviderLimits(NamedTuple):
     requests_reset_ms: int | None
     tokens_remaining: int | None
     tokens_reset_ms: int | None
+    requests_limit: int | None = None
+    tokens_limit: int | None = None
+
+    def near_exhaustion(self) -> bool:
+        """Whether this reading is worth keeping (see LOW_SHARE)."""
+        return any(
+            left is not None and left <= max(LOW_FLOOR, LOW_SHARE * (limit or 0))
+            for left, limit in (
+                (self.requests_remaining, self.requests_limit),
+                (self.tokens_remaining, self.tokens_limit),
+            )
+        )
 
     def exhausted_ms(self) -> int:
         """How long the provider will refuse the next request; 0 when it will not."""
@@ -47,12 +64,16 @@ _OPENAI = (
     "x-ratelimit-reset-requests",
     "x-ratelimit-remaining-tokens",
     "x-ratelimit-reset-tokens",
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-limit-tokens",
 )
 _ANTHROPIC = (
     "anthropic-ratelimit-requests-remaining",
     "anthropic-ratelimit-requests-reset",
     "anthropic-ratelimit-tokens-remaining",
     "anthropic-ratelimit-tokens-reset",
+    "anthropic-ratelimit-requests-limit",
+    "anthropic-ratelimit-tokens-limit",
 )
 _UNIT_MS = {"h": 3_600_000.0, "m": 60_000.0, "s": 1000.0, "ms": 1.0, "us": 0.001, "µs": 0.001}
 _PART = re.compile(r"(\d+(?:\.\d*)?)(ms|us|µs|ns|h|m|s)")
@@ -66,12 +87,14 @@ def read(provider_type: str, headers: Mapping[str, str], now: float) -> Provider
         names, reset = _ANTHROPIC, lambda text: until_ms(text, now)
     else:
         return None
-    req_left, req_reset, tok_left, tok_reset = (headers.get(n) for n in names)
+    req_left, req_reset, tok_left, tok_reset, req_limit, tok_limit = (headers.get(n) for n in names)
     limits = ProviderLimits(
         _count(req_left),
         reset(req_reset) if req_reset else None,
         _count(tok_left),
         reset(tok_reset) if tok_reset else None,
+        _count(req_limit),
+        _count(tok_limit),
     )
     if limits.requests_remaining is None and limits.tokens_remaining is None:
         return None

@@ -148,12 +148,12 @@ class AttemptFeedback:
         self.leased = True
 
     def answered(self, headers: Mapping[str, str], credential: Credential | None) -> None:
-        """Keep what the provider's rate-limit headers say of the credential used."""
+        """Keep what the provider's rate-limit headers say of the credential used, when low."""
         store = self.context.store
         if store is None or credential is None:
             return
         limits = provider_limits.read(self.provider.type, headers, self.context.clock())
-        if limits is None:
+        if limits is None or not limits.near_exhaustion():
             return
         if limits.exhausted_ms() > 0:
             self.context.telemetry.metrics.provider_limit_exhausted(self.provider.name)

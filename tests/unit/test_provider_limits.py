@@ -56,7 +56,7 @@ def test_openai_headers() -> None:
         "x-ratelimit-reset-tokens": "9ms",
     }
     limits = read("openai", headers, NOW)
-    assert limits == ProviderLimits(0, 20_000, 159_976, 9)
+    assert limits == ProviderLimits(0, 20_000, 159_976, 9, 5000, None)
     assert limits.exhausted_ms() == 20_000
     assert read("azure_openai", headers, NOW) == limits
 
@@ -81,7 +81,7 @@ def test_anthropic_headers() -> None:
         "anthropic-ratelimit-tokens-reset": "2026-01-01T00:00:30Z",
     }
     limits = read("anthropic", headers, NOW)
-    assert limits == ProviderLimits(49, 1_000, 0, 30_000)
+    assert limits == ProviderLimits(49, 1_000, 0, 30_000, 50, None)
     assert limits.exhausted_ms() == 30_000
 
 
@@ -97,3 +97,12 @@ def test_providers_without_such_headers_and_responses_without_them() -> None:
 def test_room_left_is_not_exhausted() -> None:
     assert ProviderLimits(3, 1_000, 10, 1_000).exhausted_ms() == 0
     assert ProviderLimits(None, None, None, None).exhausted_ms() == 0
+
+
+def test_only_readings_near_exhaustion_are_worth_a_write() -> None:
+    assert not ProviderLimits(600, 1_000, None, None, 10_000).near_exhaustion()
+    assert ProviderLimits(500, 1_000, None, None, 10_000).near_exhaustion()  # 5 % left
+    assert ProviderLimits(2, 1_000, None, None).near_exhaustion()  # no limit said: 2 left
+    assert not ProviderLimits(3, 1_000, None, None).near_exhaustion()
+    assert ProviderLimits(600, 1_000, 0, 1_000, 10_000).near_exhaustion()  # tokens spent
+    assert not ProviderLimits(None, None, None, None).near_exhaustion()
