@@ -7,6 +7,7 @@ headers on every answer); which target served comes back in `x-llmux-model`.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import Counter
@@ -20,9 +21,9 @@ import pytest
 import redis
 
 from extproc.config.settings import Config
-from extproc.decisions.routing import credential_tag
+from extproc.decisions.routing import credential_tag, target_tag
 from tests.harness import Gateway, Valkey, provider_config
-from tests.simulated import SimulatedProviders
+from tests.simulated import Fault, SimulatedProviders
 
 pytestmark = pytest.mark.integration
 HELLO = [{"role": "user", "content": "Say hello"}]
@@ -128,6 +129,46 @@ def test_least_busy_steers_away_from_a_target_holding_20_slow_streams(
     after = Counter(served_by(http, gateway, "busy") for _ in range(40))
     assert during == {"busy-b": 20}
     assert after["busy-a"] >= 8 and after["busy-b"] >= 8, after  # idle again: shared
+    settled(lambda: in_flight(db, "busy-a") == 0)
+
+
+def in_flight(db: redis.Redis, model: str) -> int:
+    return int(db.zcard(f"llmux:{target_tag('sim-openai', model)}:busy"))
+
+
+def test_in_flight_counts_end_when_the_client_leaves_or_the_attempt_fails(
+    gateway: Gateway, sim: SimulatedProviders, db: redis.Redis
+) -> None:
+    sim.configure(model_delays={"busy-a": 3.0})
+
+    def leave_early() -> None:
+        with httpx.Client(timeout=0.5) as client, contextlib.suppress(httpx.TimeoutException):
+            served_by(client, gateway, "hold", stream=True)
+
+    leaving = [threading.Thread(target=leave_early) for _ in range(3)]
+    for thread in leaving:
+        thread.start()
+    for thread in leaving:
+        thread.join()
+    deadline = time.monotonic() + 2  # well before the provider would have answered
+    while in_flight(db, "busy-a"):
+        assert time.monotonic() < deadline, "a cancelled attempt kept its count"
+        time.sleep(0.02)
+    sim.configure(model_delays={})
+    sim.inject(Fault.error(500), count=1)
+    with httpx.Client(timeout=10) as client:
+        response = client.post(
+            f"{gateway.url}/v1/chat/completions", json={"model": "hold", "messages": HELLO}
+        )
+    assert response.status_code == 500
+    settled(lambda: in_flight(db, "busy-a") == 0)  # released in the background
+
+
+def settled(condition: Callable[[], bool], timeout: float = 1.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "not settled in time"
+        time.sleep(0.02)
 
 
 def test_least_latency_moves_to_a_5x_faster_target_and_back_when_the_other_recovers(
