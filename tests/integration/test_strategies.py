@@ -253,3 +253,32 @@ def test_lowest_cost_picks_the_cheaper_target_and_falls_back_when_it_is_out_of_q
     gateway = gateway_factory(config, store_url=valkey.url)
     served = [served_by(http, gateway, "thrifty") for _ in range(5)]
     assert served == ["small-model"] * 3 + ["big-model"] * 2
+
+
+def test_a_strategy_set_by_a_reload_takes_over_without_a_failed_request(
+    sim: SimulatedProviders,
+    valkey: Valkey,
+    db: redis.Redis,
+    gateway_factory: Callable[..., Gateway],
+    http: httpx.Client,
+) -> None:
+    config = {
+        "providers": [provider_config("sim-openai", "openai", sim.base_url, "sk-openai")],
+        "models": [
+            {
+                "name": "later",
+                "targets": [
+                    {"provider": "sim-openai", "model": "w-a", "weight": 50},
+                    {"provider": "sim-openai", "model": "w-b", "weight": 1},
+                ],
+            }
+        ],
+    }
+    gateway = gateway_factory(config, store_url=valkey.url)
+    config["models"][0]["strategy"] = "round_robin"  # Envoy gets two ordered clusters more
+    gateway.rewrite_config(config)
+    deadline = time.monotonic() + 15
+    seen: list[str] = []
+    while seen[-4:] not in (["w-a", "w-b"] * 2, ["w-b", "w-a"] * 2):  # weights 50:1 no more
+        assert time.monotonic() < deadline, seen[-20:]
+        seen.append(served_by(http, gateway, "later"))  # every one a 200 meanwhile
