@@ -254,6 +254,11 @@ class Load:
         with self.lock:
             return [r for r in self.results if start <= r.started < end]
 
+    def finished_before(self, moment: float) -> list[Result]:
+        """Requests that ended before `moment` (a fault then cannot have touched them)."""
+        with self.lock:
+            return [r for r in self.results if r.started + r.seconds < moment]
+
 
 def child_processes() -> dict[int, list[int]]:
     """Each parent pid with its children's pids, from /proc (Linux)."""

@@ -68,7 +68,8 @@ def test_envoy_fails_closed_while_the_extproc_is_down_and_recovers_by_itself(
     results = load.results
     slowest = max(r.seconds for r in results)
     assert slowest < REQUEST_BOUND_S, slowest
-    before = load.between(0, killed - 0.05)
+    # Requests still in flight at the kill are lost with the process: not counted here.
+    before = load.finished_before(killed)
     assert before and all(r.ok for r in before), [r for r in before if not r.ok][:5]
     down = load.between(killed + 0.05, restarting)
     assert len(down) >= 8, f"too little load while the ext_proc was down: {len(down)}"
