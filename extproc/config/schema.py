@@ -35,7 +35,8 @@ def problems(value: Any, kind: Any, path: str = "$") -> list[str]:
         ]
     if typing.get_origin(kind) is Literal and value not in args:
         allowed = ", ".join(repr(a) for a in args)
-        return [f"{path}: {value!r} is not one of {allowed}"]
+        hint = did_you_mean(value, [str(a) for a in args]) if isinstance(value, str) else ""
+        return [f"{path}: {value!r} is not one of {allowed}{hint}"]
     try:
         msgspec.convert(value, kind)
     except msgspec.ValidationError as exc:

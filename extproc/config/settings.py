@@ -136,9 +136,14 @@ class Tenant(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     budget_usd: MoneyBudget | None = None  # shared by every key of the tenant
 
 
+# How a model orders the eligible targets of its best priority tier (README, Routing).
+Strategy = Literal["weighted", "round_robin", "least_busy", "least_latency", "lowest_cost"]
+
+
 class Model(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str
     targets: list[Target]
+    strategy: Strategy = "weighted"
 
 
 class Store(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -35,6 +35,13 @@ class CredentialState(NamedTuple):
     requests: int  # in the current window
     tokens: int  # in the current window
     cooldown_ms: int  # > 0 while cooling down after a 429
+    # > 0 while the provider's own rate-limit headers said it is exhausted: ms until
+    # the reset they named (provider_limits.py); configured rpm/tpm stay caps beside it.
+    exhausted_ms: int = 0
+
+    @property
+    def waiting_ms(self) -> int:
+        return max(self.cooldown_ms, self.exhausted_ms)
 
 
 class CredentialRef(NamedTuple):
@@ -84,8 +91,9 @@ def plan_for(config: Config, model: Model) -> ModelPlan:
 
 
 def headroom(ref: CredentialRef, state: CredentialState) -> float:
-    """Fraction of quota left (1.0 for unlimited); 0 when exhausted or cooling down."""
-    if state.cooldown_ms > 0:
+    """Fraction of quota left (1.0 for unlimited); 0 when exhausted, by our count or the
+    provider's word, or cooling down."""
+    if state.waiting_ms > 0:
         return 0.0
     fractions = [1.0]
     if ref.credential.rpm:
@@ -114,7 +122,7 @@ def decide(
             continue
         rate_limited = True
         for p in positions:
-            cooling = states[p].cooldown_ms
+            cooling = states[p].waiting_ms
             retry_ms.append(cooling if cooling > 0 else window_left_s * 1000)
     preferred = prefer_credentials(plan, room, rng)
     retry_after = max(1, -(-min(retry_ms) // 1000)) if retry_ms and not mask else None

@@ -29,6 +29,7 @@ from extproc.envoy.contract import (
     TARGET_KEY,
     UPSTREAM_PHASE,
     model_cluster_name,
+    ordered_cluster_name,
 )
 from extproc.envoy.local_replies import EXTPROC_FAILURE_STATUS, local_reply_config
 
@@ -70,7 +71,40 @@ def model_resources(config: Config) -> dict[str, ModelResources]:
         resources[name] = ModelResources(
             _model_cluster(config, name, model), _model_route(config, name, model)
         )
+        if not has_ordered_clusters(model):
+            continue
+        for first in range(len(model.targets)):
+            ordered = ordered_cluster_name(name, first)
+            order = attempt_order(model, first)
+            resources[ordered] = ModelResources(
+                _model_cluster(config, ordered, model, order),
+                _model_route(config, ordered, model, ordered=True),
+            )
     return resources
+
+
+def has_ordered_clusters(model: Model) -> bool:
+    """A strategy picks the first target: one cluster per possible first target.
+
+    Envoy's load balancer cannot be told per request which host to try first and
+    still fall back (the eligible-set subset binds every attempt of a request). So each
+    ordered cluster puts every target on its own priority level, the chosen one at 0,
+    and its route's retries leave each tried level behind (previous_priorities with
+    update_frequency 1): attempt k goes to the k-th eligible target of that order.
+    """
+    return model.strategy != "weighted" and len(model.targets) > 1
+
+
+def attempt_order(model: Model, first: int) -> list[int]:
+    """The targets in the order attempts try them when `first` goes first.
+
+    The rest follow by tier, then weight (heaviest first), then config order.
+    """
+    rest = sorted(
+        (i for i in range(len(model.targets)) if i != first),
+        key=lambda i: (model.targets[i].priority, -model.targets[i].weight, i),
+    )
+    return [first, *rest]
 
 
 def xds_documents(resources: dict[str, ModelResources], version: str) -> dict[str, Any]:
@@ -252,13 +286,15 @@ def _route_config(model_routes: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _model_route(config: Config, cluster: str, model: Model) -> dict[str, Any]:
+def _model_route(
+    config: Config, cluster: str, model: Model, *, ordered: bool = False
+) -> dict[str, Any]:
     route: dict[str, Any] = {
         "cluster": cluster,
         "timeout": _seconds(config.timeouts.request_s),
         "idle_timeout": _seconds(config.timeouts.idle_s),
         "auto_host_rewrite": True,
-        "retry_policy": _retry_policy(config, model),
+        "retry_policy": _retry_policy(config, model, ordered=ordered),
     }
     return {
         "match": {
@@ -270,11 +306,12 @@ def _model_route(config: Config, cluster: str, model: Model) -> dict[str, Any]:
     }
 
 
-def _retry_policy(config: Config, model: Model) -> dict[str, Any]:
+def _retry_policy(config: Config, model: Model, *, ordered: bool = False) -> dict[str, Any]:
     """Fallback to the next target before the first byte reaches the client.
 
     previous_hosts moves a retry to another target of the tier; previous_priorities
-    drops a tier once it had as many attempts as the largest tier has targets.
+    drops a tier once it had as many attempts as the largest tier has targets. In an
+    ordered cluster every target is a tier of its own: each attempt drops the last.
     """
     if len(model.targets) == 1:
         # Nothing to fall back to: only resend a request that never reached the provider
@@ -286,7 +323,7 @@ def _retry_policy(config: Config, model: Model) -> dict[str, Any]:
             "per_try_idle_timeout": _seconds(config.timeouts.idle_s),
         }
     tiers = [t.priority for t in model.targets]
-    largest_tier = max(tiers.count(p) for p in set(tiers))
+    largest_tier = 1 if ordered else max(tiers.count(p) for p in set(tiers))
     attempts = config.routing.max_attempts or len(model.targets)
     return {
         "retry_on": "connect-failure,refused-stream,reset-before-request,retriable-status-codes,5xx",
@@ -423,21 +460,28 @@ def _extproc_cluster(config: Config, ports: list[int]) -> dict[str, Any]:
     return cluster
 
 
-def _model_cluster(config: Config, name: str, model: Model) -> dict[str, Any]:
-    priorities = sorted({t.priority for t in model.targets})
+def _model_cluster(
+    config: Config, name: str, model: Model, order: list[int] | None = None
+) -> dict[str, Any]:
+    """Tiers as Envoy priorities; with `order`, one priority per target in that order."""
+    if order is None:
+        priorities = sorted({t.priority for t in model.targets})
+        levels = [[i for i, t in enumerate(model.targets) if t.priority == p] for p in priorities]
+    else:
+        levels = [[i] for i in order]
     localities = []
-    any_tls = False
-    for priority in priorities:
-        lb_endpoints = []
-        for t_index, target in enumerate(model.targets):
-            if target.priority != priority:
-                continue
-            provider = config.provider(target.provider)
-            any_tls = any_tls or provider.url.tls
-            lb_endpoints.append(
-                _target_endpoint(provider, t_index, target.weight, len(model.targets))
+    for level, members in enumerate(levels):
+        lb_endpoints = [
+            _target_endpoint(
+                config.provider(model.targets[i].provider),
+                i,
+                model.targets[i].weight,
+                len(model.targets),
             )
-        localities.append({"priority": priorities.index(priority), "lb_endpoints": lb_endpoints})
+            for i in members
+        ]
+        localities.append({"priority": level, "lb_endpoints": lb_endpoints})
+    any_tls = any(config.provider(t.provider).url.tls for t in model.targets)
     cluster: dict[str, Any] = {
         "name": name,
         "type": "STRICT_DNS",

@@ -44,6 +44,16 @@ DIALECT_NAMESPACE = "llmux"
 DIALECT_KEY = "dialect"
 
 
+def ordered_cluster_name(cluster: str, first: int) -> str:
+    """The variant of a model's cluster whose attempts try target `first` first.
+
+    A model with a routing strategy other than `weighted` has one per target: the
+    router phase names the one its strategy chose (README, Routing: how a strategy's
+    choice reaches Envoy).
+    """
+    return f"{cluster}_first{first}"
+
+
 def model_cluster_name(config: Config, model: Model) -> str:
     """Named by what gives its endpoints their meaning: the targets and their providers.
 

@@ -29,6 +29,7 @@ from extproc.phases.context import (
     store_unavailable,
 )
 from extproc.phases.plan import AttemptPlan, AttemptState
+from extproc.phases.strategies import AttemptFeedback
 from extproc.phases.translation import encode_upstream_body
 from extproc.phases.translator import ResponseTranslator, parse_retry_after
 from extproc.store import Store, StoreError
@@ -83,6 +84,7 @@ async def open_attempt(
     attempt = Attempt(context, plan)
     if isinstance(chosen, Respond):
         return attempt, chosen
+    await attempt.feedback.dispatched()
     try:
         return attempt, upstream_request(plan, chosen, internal, start.stale_headers)
     except ir.GatewayError as exc:
@@ -177,19 +179,24 @@ def upstream_request(
 class Attempt:
     """A planned attempt: follows its response and does its bookkeeping once it ends."""
 
-    __slots__ = ("context", "plan", "state", "translator")
+    __slots__ = ("context", "feedback", "plan", "state", "translator")
 
     def __init__(self, context: Context, plan: AttemptPlan) -> None:
         self.context = context
         self.plan = plan
         self.state = AttemptState()
         self.translator = ResponseTranslator(plan, self.state)
+        attempt_id = f"{plan.info.request_id}/{plan.number}"
+        self.feedback = AttemptFeedback(
+            context, plan.route.model, plan.provider, plan.upstream_model, attempt_id
+        )
 
     def response_headers(self, headers: dict[str, str]) -> Continue:
         plan, state = self.plan, self.state
         state.status = int(headers.get(":status", "0") or 0)
         state.retry_after = headers.get("retry-after")
         self.note_failure(state.retry_after)
+        self.feedback.answered(headers, plan.credential)
         set_headers = [
             (PROVIDER_HEADER, plan.provider.name),
             (MODEL_HEADER, plan.upstream_model),
@@ -271,6 +278,12 @@ class Attempt:
         if succeeded:
             state.cost = spend.attempt_cost(self.context, plan.provider, plan.upstream_model, usage)
         self.observe()
+        self.feedback.ended(
+            succeeded=succeeded,
+            stream=plan.stream,
+            started=plan.started,
+            first_token=state.first_token,
+        )
         if credential is not None and credential.tpm and succeeded:
             tag, tokens = credential_tag(plan.provider.name, credential.name), usage.total_tokens
             self.schedule(lambda store: store.charge_tokens(tag, tokens))

@@ -17,7 +17,7 @@ from extproc.decisions.usage import estimate_tokens
 from extproc.envoy.contract import CACHE_HEADER, CLUSTER_HEADER, INTERNAL_PREFIX, MODEL_HEADER
 from extproc.formats import smart_api
 from extproc.formats.endpoints import Endpoint, allowed_methods, classify, dialect_for_path
-from extproc.phases import envelope, spend
+from extproc.phases import envelope, spend, strategies
 from extproc.phases.actions import CONTINUE, JSON, Action, Continue, Respond, error_response
 from extproc.phases.attempt import Attempt, AttemptStart, open_attempt
 from extproc.phases.context import (
@@ -66,6 +66,7 @@ class RouterStream:
         self.span: Span | None = None
         self.started = time.perf_counter()
         self.attempt: Attempt | None = None  # single-target models: the one attempt
+        self.route_attributes: dict[str, str] = {}  # the strategy's choice and reason
 
     async def request_headers(
         self, headers: dict[str, str], end_of_stream: bool, target: int | None
@@ -161,10 +162,11 @@ class RouterStream:
         internal = envelope.seal(info, request)
         if len(route.model.targets) == 1:
             return await self.single_target(route, internal)
+        cluster = await self.first_target(route, decision, chat, len(body))
         encoded = envelope.encode(internal)
         return Continue(
             set_headers=[
-                (CLUSTER_HEADER, route.cluster),
+                (CLUSTER_HEADER, cluster),
                 ("content-type", envelope.CONTENT_TYPE),
                 ("content-length", str(len(encoded))),
             ],
@@ -173,6 +175,25 @@ class RouterStream:
             clear_route_cache=True,
             eligible_mask=decision.mask if decision is not None else None,
         )
+
+    async def first_target(
+        self,
+        route: ModelRoute,
+        decision: routing.Decision | None,
+        chat: ir.ChatRequest | None,
+        client_bytes: int,
+    ) -> str:
+        """The cluster to name: the model's own, or the variant its strategy's choice leads."""
+        first = await strategies.first_target(
+            self.context,
+            route,
+            decision.mask if decision is not None else None,
+            stream=chat is not None and chat.stream,
+            tokens=(estimate_tokens(client_bytes), chat.max_tokens if chat is not None else None),
+            prices=self.context.prices,
+        )
+        self.route_attributes = first.span_attributes()
+        return first.cluster
 
     async def single_target(self, route: ModelRoute, internal: envelope.Envelope) -> Action:
         """One target: translate here and handle the response too (one ext_proc stream).
@@ -386,7 +407,12 @@ class RouterStream:
         if not isinstance(action, Respond):
             if phase == "request_body":
                 end_span(
-                    self.span, {"llmux.cache": self.cache_outcome, "llmux.tenant": self.tenant}
+                    self.span,
+                    {
+                        "llmux.cache": self.cache_outcome,
+                        "llmux.tenant": self.tenant,
+                        **self.route_attributes,
+                    },
                 )
             return
         status = str(action.status)

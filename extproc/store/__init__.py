@@ -2,7 +2,8 @@
 The `Store` Protocol (protocol.py) is what the phases depend on; RedisStore implements it.
 
 Owns the shared state every replica agrees on: quota windows, cooldowns, circuit
-breakers, virtual keys, usage, money budgets and cost, cache entries, dashboard
+breakers, providers' own limits, the strategies' turns, in-flight counts and latency
+averages, virtual keys, usage, money budgets and cost, cache entries, dashboard
 activity. Decides nothing; callers choose fail-open or fail-closed on a StoreError.
 """
 

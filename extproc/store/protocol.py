@@ -9,11 +9,15 @@ Callers catch `StoreError` and decide fail-open or fail-closed (`store.on_error`
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple, Protocol
+from typing import Literal, NamedTuple, Protocol
 
+from extproc.decisions.provider_limits import ProviderLimits
 from extproc.decisions.routing import CredentialState
+from extproc.decisions.strategy import TargetLoad
 
 WINDOW_S = 60  # quota windows are fixed calendar minutes
+LATENCY_TTL_S = 86400  # a target unused for a day starts its average afresh
+LatencyKind = Literal["ttft", "total"]  # streams' time to first token; whole responses' time
 
 
 class StoreError(Exception):
@@ -82,6 +86,36 @@ class RoutingState(Protocol):
         self, tag: str, *, window_ms: int, threshold: int, open_ms: int
     ) -> bool:
         """Count a failure of a target; True when its circuit breaker (re)opened."""
+        ...
+
+    async def note_provider_limits(self, tag: str, limits: ProviderLimits) -> None:
+        """What a provider's rate-limit headers said of a credential, kept until the resets.
+
+        A limit said to be exhausted makes the credential ineligible (`exhausted_ms` in
+        request_state) and refused by `reserve` until its reset.
+        """
+        ...
+
+
+class StrategyState(Protocol):
+    """What routing strategies share across replicas (decisions/strategy.py)."""
+
+    async def next_turn(self, tag: str) -> int:
+        """A model's round-robin counter: 0, 1, 2, ... across every replica."""
+        ...
+
+    async def busy_start(self, tag: str, attempt_id: str, lease_ms: int) -> int:
+        """One more attempt in flight on a target (until busy_end or the lease ends)."""
+        ...
+
+    async def busy_end(self, tag: str, attempt_id: str) -> None: ...
+
+    async def record_latency(self, tag: str, kind: LatencyKind, ms: float) -> float:
+        """Fold a latency sample into the target's moving average; the new average."""
+        ...
+
+    async def target_loads(self, target_tags: Sequence[str]) -> list[TargetLoad]:
+        """Per target: attempts in flight and latency averages, in one round trip."""
         ...
 
 
@@ -207,7 +241,9 @@ class ActivityLog(Protocol):
         ...
 
 
-class Store(RoutingState, KeyRecords, CostLedger, CacheEntries, ActivityLog, Protocol):
+class Store(
+    RoutingState, StrategyState, KeyRecords, CostLedger, CacheEntries, ActivityLog, Protocol
+):
     """Everything above, plus health and shutdown."""
 
     async def ping(self) -> bool:

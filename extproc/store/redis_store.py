@@ -19,8 +19,12 @@ import redis.asyncio as aioredis
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
 from extproc.decisions.keys import key_tag, tenant_tag
+from extproc.decisions.provider_limits import DEFAULT_RESET_MS, ProviderLimits
 from extproc.decisions.routing import CredentialState
+from extproc.decisions.strategy import EWMA_ALPHA, TargetLoad
 from extproc.store.protocol import (
+    LATENCY_TTL_S,
+    LatencyKind,
     RequestState,
     Reservation,
     SpendReservation,
@@ -65,11 +69,23 @@ async def unusable(url: str, timeout_s: float) -> str | None:
     return None
 
 
-# KEYS: rpm, tpm, cool. ARGV: rpm limit (0 = none), tpm limit (0 = none),
-# estimated tokens, window ttl seconds. Returns {ok, retry_after_ms}.
+# KEYS: rpm, tpm, cool, live. ARGV: rpm limit (0 = none), tpm limit (0 = none),
+# estimated tokens, window ttl seconds, now (ms). Returns {ok, retry_after_ms}.
+# `live` is what the provider's headers last said (see _LIVE): a limit it called
+# exhausted refuses until its reset, and each reservation takes one request off what
+# it said is left, so replicas stop before the provider would answer 429.
 _RESERVE = """
 local cool = redis.call('PTTL', KEYS[3])
 if cool > 0 then return {0, cool} end
+local now = tonumber(ARGV[5])
+local live = redis.call('HMGET', KEYS[4], 'req', 'req_until', 'tok', 'tok_until')
+local wait = 0
+for i = 1, 3, 2 do
+  if live[i] and tonumber(live[i + 1]) > now and tonumber(live[i]) <= 0 then
+    wait = math.max(wait, tonumber(live[i + 1]) - now)
+  end
+end
+if wait > 0 then return {0, wait} end
 local rpm_limit = tonumber(ARGV[1])
 local tpm_limit = tonumber(ARGV[2])
 local rpm = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -82,7 +98,49 @@ if rpm_limit > 0 then
   redis.call('INCR', KEYS[1])
   redis.call('EXPIRE', KEYS[1], ARGV[4])
 end
+if live[1] and tonumber(live[2]) > now then redis.call('HINCRBY', KEYS[4], 'req', -1) end
 return {1, 0}
+"""
+
+# KEYS: live. ARGV: now (ms), then per limit (requests, tokens) remaining and reset ms,
+# '' when the provider did not say. Each limit keeps its own deadline; the key lives
+# until the later one (after a reset the provider's count starts afresh).
+_LIVE = """
+local now = tonumber(ARGV[1])
+local fields = {'req', 'tok'}
+for i = 1, 2 do
+  local left, reset = ARGV[2 * i], ARGV[2 * i + 1]
+  if left ~= '' then
+    redis.call('HSET', KEYS[1], fields[i], left, fields[i] .. '_until', now + tonumber(reset))
+  end
+end
+local untils = redis.call('HMGET', KEYS[1], 'req_until', 'tok_until')
+local last = math.max(tonumber(untils[1] or '0'), tonumber(untils[2] or '0'))
+if last > now then redis.call('PEXPIRE', KEYS[1], last - now) else redis.call('DEL', KEYS[1]) end
+return 1
+"""
+
+# KEYS: busy (a sorted set: attempt id -> deadline ms). ARGV: attempt id, now (ms),
+# lease ms. A lease that is never ended (a crashed replica) stops counting at its
+# deadline, and whoever starts the next one sweeps it out.
+_BUSY = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+redis.call('ZADD', KEYS[1], tonumber(ARGV[2]) + tonumber(ARGV[3]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return redis.call('ZCARD', KEYS[1])
+"""
+
+# KEYS: latency hash. ARGV: field ('ttft' or 'total'), sample ms, alpha, ttl seconds.
+# An exponentially weighted moving average (decisions/strategy.py `ewma`), as a string:
+# Lua numbers would come back truncated to integers.
+_LATENCY = """
+local old = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
+local sample = tonumber(ARGV[2])
+local new = sample
+if old then new = old + tonumber(ARGV[3]) * (sample - old) end
+redis.call('HSET', KEYS[1], ARGV[1], tostring(new))
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return tostring(new)
 """
 
 # KEYS: tpm. ARGV: tokens, window ttl seconds.
@@ -153,6 +211,9 @@ class RedisStore:
         self._cool = self.redis.register_script(_COOL)
         self._fail = self.redis.register_script(_FAIL)
         self._reserve_spend = self.redis.register_script(_RESERVE_SPEND)
+        self._live = self.redis.register_script(_LIVE)
+        self._busy = self.redis.register_script(_BUSY)
+        self._latency = self.redis.register_script(_LATENCY)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -168,6 +229,9 @@ class RedisStore:
             f"{PREFIX}:{tag}:cool",
         )
 
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
     async def request_state(
         self,
         credential_tags: Sequence[str],
@@ -182,15 +246,21 @@ class RedisStore:
                 for tag in credential_tags:
                     rpm, tpm, cool = self.keys(tag, window)
                     pipe.get(rpm).get(tpm).pttl(cool)  # type: ignore[attr-defined]
+                    pipe.hmget(f"{PREFIX}:{tag}:live", _LIVE_FIELDS)
                 for tag in target_tags:
                     pipe.pttl(f"{PREFIX}:{tag}:open")
                 pipe.get(cache_key or f"{PREFIX}:none")
                 pipe.get(budget_key or f"{PREFIX}:none")
                 replies = await pipe.execute()
-        n = 3 * len(credential_tags)
+        n, now = 4 * len(credential_tags), self.now_ms()
         states = [
-            CredentialState(int(replies[i] or 0), int(replies[i + 1] or 0), max(0, replies[i + 2]))
-            for i in range(0, n, 3)
+            CredentialState(
+                int(replies[i] or 0),
+                int(replies[i + 1] or 0),
+                max(0, replies[i + 2]),
+                exhausted_ms(replies[i + 3], now),
+            )
+            for i in range(0, n, 4)
         ]
         opened = [max(0, int(ms)) for ms in replies[n : n + len(target_tags)]]
         cached = replies[-2] if cache_key is not None else None
@@ -202,7 +272,8 @@ class RedisStore:
         window, ttl = self.window()
         with _redis_errors():
             ok, retry_ms = await self._reserve(
-                keys=self.keys(tag, window), args=[rpm or 0, tpm or 0, estimate, ttl + 60]
+                keys=[*self.keys(tag, window), f"{PREFIX}:{tag}:live"],
+                args=[rpm or 0, tpm or 0, estimate, ttl + 60, self.now_ms()],
             )
         if int(retry_ms) < 0:
             retry_ms = ttl * 1000
@@ -215,10 +286,10 @@ class RedisStore:
             return int(await self._charge(keys=[tpm], args=[tokens, ttl + 60]))
 
     async def reset_credential(self, tag: str) -> int:
-        """Forget a credential's counters and cooldown (the current window's)."""
+        """Forget a credential's counters, cooldown and provider limits (this window's)."""
         window, _ = self.window()
         with _redis_errors():
-            return int(await self.redis.delete(*self.keys(tag, window)))
+            return int(await self.redis.delete(*self.keys(tag, window), f"{PREFIX}:{tag}:live"))
 
     async def cool_down(self, tag: str, milliseconds: int) -> int:
         with _redis_errors():
@@ -231,6 +302,53 @@ class RedisStore:
         keys = [f"{PREFIX}:{tag}:fail", f"{PREFIX}:{tag}:open"]
         with _redis_errors():
             return bool(await self._fail(keys=keys, args=[window_ms, threshold, open_ms]))
+
+    async def note_provider_limits(self, tag: str, limits: ProviderLimits) -> None:
+        """Keep what a provider's headers said of a credential's limits until their reset."""
+        args: list[str | int] = [self.now_ms()]
+        for left, reset in (
+            (limits.requests_remaining, limits.requests_reset_ms),
+            (limits.tokens_remaining, limits.tokens_reset_ms),
+        ):
+            args += ["", ""] if left is None else [left, reset or DEFAULT_RESET_MS]
+        with _redis_errors():
+            await self._live(keys=[f"{PREFIX}:{tag}:live"], args=args)
+
+    async def next_turn(self, tag: str) -> int:
+        """The model's shared round-robin counter, advanced by one: this request's turn."""
+        with _redis_errors():
+            return int(await self.redis.incr(f"{PREFIX}:{tag}:turn")) - 1
+
+    async def busy_start(self, tag: str, attempt_id: str, lease_ms: int) -> int:
+        """Count an attempt in flight on a target until busy_end or its lease runs out."""
+        with _redis_errors():
+            keys = [f"{PREFIX}:{tag}:busy"]
+            return int(await self._busy(keys=keys, args=[attempt_id, self.now_ms(), lease_ms]))
+
+    async def busy_end(self, tag: str, attempt_id: str) -> None:
+        with _redis_errors():
+            await self.redis.zrem(f"{PREFIX}:{tag}:busy", attempt_id)
+
+    async def record_latency(self, tag: str, kind: LatencyKind, ms: float) -> float:
+        """Fold one sample into the target's average of this kind; the new average."""
+        keys = [f"{PREFIX}:{tag}:latency"]
+        with _redis_errors():
+            found = await self._latency(keys=keys, args=[kind, ms, EWMA_ALPHA, LATENCY_TTL_S])
+        return float(found)
+
+    async def target_loads(self, target_tags: Sequence[str]) -> list[TargetLoad]:
+        """Per target: attempts in flight and its latency averages (one round trip)."""
+        now = self.now_ms()
+        with _redis_errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for tag in target_tags:
+                    pipe.zcount(f"{PREFIX}:{tag}:busy", f"({now}", "+inf")
+                    pipe.hmget(f"{PREFIX}:{tag}:latency", ["ttft", "total"])
+                replies = await pipe.execute()
+        return [
+            TargetLoad(int(busy), _float(ttft), _float(total))
+            for busy, (ttft, total) in zip(replies[::2], replies[1::2], strict=True)
+        ]
 
     # ------------------------------------------------------------------ virtual keys
 
@@ -458,6 +576,22 @@ class RedisStore:
             return bool(await self.redis.ping())
         except RedisError:
             return False
+
+
+_LIVE_FIELDS = ["req", "req_until", "tok", "tok_until"]
+
+
+def exhausted_ms(live: Sequence[bytes | None], now_ms: int) -> int:
+    """From a credential's `live` fields: ms until a limit the provider called spent resets."""
+    wait = 0
+    for left, until in (live[0:2], live[2:4]):
+        if left is not None and until is not None and int(left) <= 0:
+            wait = max(wait, int(until) - now_ms)
+    return wait
+
+
+def _float(value: bytes | None) -> float | None:
+    return None if value is None else float(value)
 
 
 def _glob_escape(text: str) -> str:

@@ -157,6 +157,18 @@ class Metrics:
             "US dollars spent upstream, by the price table",
             "provider model key",
         )
+        self._route_choices = _counter(
+            r,
+            "llmux_route_choices",
+            "Targets a routing strategy chose to try first, and why",
+            "model strategy provider upstream_model reason",
+        )
+        self._provider_limits = _counter(
+            r,
+            "llmux_provider_limit_exhausted",
+            "Responses whose rate-limit headers said a credential is spent until a reset",
+            "provider",
+        )
 
     def request(self, client_api: str, provider: str, model: str, status: str) -> None:
         """A client request answered (`provider` is "cache" or "gateway" when no upstream)."""
@@ -212,6 +224,15 @@ class Metrics:
     def cost(self, provider: str, model: str, key: str | None, usd: float) -> None:
         """What one attempt cost (`llmux_cost_usd_total`); key is a key id, "" without one."""
         self._cost.labels(provider, model, key or "").inc(usd)
+
+    def route_choice(
+        self, model: str, strategy: str, provider: str, upstream_model: str, reason: str
+    ) -> None:
+        """A strategy's first target (`reason`: decisions/strategy.py's Reason values)."""
+        self._route_choices.labels(model, strategy, provider, upstream_model, reason).inc()
+
+    def provider_limit_exhausted(self, provider: str) -> None:
+        self._provider_limits.labels(provider).inc()
 
 
 def exposition_registry(metrics: Metrics) -> CollectorRegistry:

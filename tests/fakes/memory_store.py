@@ -13,8 +13,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from extproc.decisions.keys import key_tag, tenant_tag
+from extproc.decisions.provider_limits import DEFAULT_RESET_MS, ProviderLimits
 from extproc.decisions.routing import CredentialState
+from extproc.decisions.strategy import TargetLoad, ewma
 from extproc.store.protocol import (
+    LATENCY_TTL_S,
+    LatencyKind,
     RequestState,
     Reservation,
     SpendReservation,
@@ -108,6 +112,7 @@ class MemoryStore:
                 int(data.get(f"{tag}:rpm:{window}", 0)),
                 int(data.get(f"{tag}:tpm:{window}", 0)),
                 data.ttl_ms(f"{tag}:cool"),
+                self._exhausted_ms(tag),
             )
             for tag in credential_tags
         ]
@@ -123,6 +128,9 @@ class MemoryStore:
         cooling = data.ttl_ms(f"{tag}:cool")
         if cooling > 0:
             return Reservation(False, cooling)
+        exhausted = self._exhausted_ms(tag)
+        if exhausted > 0:
+            return Reservation(False, exhausted)
         requests = int(data.get(f"{tag}:rpm:{window}", 0))
         tokens = int(data.get(f"{tag}:tpm:{window}", 0))
         if rpm and requests >= rpm:
@@ -132,6 +140,10 @@ class MemoryStore:
         if rpm:
             self._incr(f"{tag}:rpm:{window}", 1)
             data.expire(f"{tag}:rpm:{window}", ttl + 60)
+        live = dict(data.get(f"{tag}:live", {}))
+        if "req" in live and live["req_until"] > self._now_ms():
+            live["req"] -= 1
+            data.keep(f"{tag}:live", live)
         return Reservation(True, 0)
 
     async def charge_tokens(self, tag: str, tokens: int, window: int | None = None) -> int:
@@ -143,7 +155,7 @@ class MemoryStore:
 
     async def reset_credential(self, tag: str) -> int:
         window, _ = self.window()
-        names = (f"{tag}:rpm:{window}", f"{tag}:tpm:{window}", f"{tag}:cool")
+        names = (f"{tag}:rpm:{window}", f"{tag}:tpm:{window}", f"{tag}:cool", f"{tag}:live")
         data = self._check()
         return sum(data.get(n) is not None and data.delete(n) for n in names)
 
@@ -167,6 +179,64 @@ class MemoryStore:
             self._data.set(f"{tag}:open", 1, open_ms / 1000)
         self._data.delete(f"{tag}:fail")
         return True
+
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def _exhausted_ms(self, tag: str) -> int:
+        live, now, wait = self._data.get(f"{tag}:live", {}), self._now_ms(), 0
+        for kind in ("req", "tok"):
+            if kind in live and live[kind] <= 0:
+                wait = max(wait, live[f"{kind}_until"] - now)
+        return wait
+
+    async def note_provider_limits(self, tag: str, limits: ProviderLimits) -> None:
+        data, now = self._check(), self._now_ms()
+        live = dict(data.get(f"{tag}:live", {}))
+        for kind, left, reset in (
+            ("req", limits.requests_remaining, limits.requests_reset_ms),
+            ("tok", limits.tokens_remaining, limits.tokens_reset_ms),
+        ):
+            if left is not None:
+                live[kind] = left
+                live[f"{kind}_until"] = now + (reset or DEFAULT_RESET_MS)
+        last = max(live.get("req_until", 0), live.get("tok_until", 0))
+        if last > now:
+            data.set(f"{tag}:live", live, (last - now) / 1000)
+        else:
+            data.delete(f"{tag}:live")
+
+    # ------------------------------------------------------------------ strategies
+
+    async def next_turn(self, tag: str) -> int:
+        return self._incr(f"{tag}:turn", 1) - 1
+
+    async def busy_start(self, tag: str, attempt_id: str, lease_ms: int) -> int:
+        data, now = self._check(), self._now_ms()
+        leases = {k: v for k, v in data.get(f"{tag}:busy", {}).items() if v > now}
+        leases[attempt_id] = now + lease_ms
+        data.set(f"{tag}:busy", leases, lease_ms / 1000)
+        return len(leases)
+
+    async def busy_end(self, tag: str, attempt_id: str) -> None:
+        leases = dict(self._check().get(f"{tag}:busy", {}))
+        if leases.pop(attempt_id, None) is not None:
+            self._data.keep(f"{tag}:busy", leases)
+
+    async def record_latency(self, tag: str, kind: LatencyKind, ms: float) -> float:
+        averages = dict(self._check().get(f"{tag}:latency", {}))
+        averages[kind] = ewma(averages.get(kind), ms)
+        self._data.set(f"{tag}:latency", averages, LATENCY_TTL_S)
+        return float(averages[kind])
+
+    async def target_loads(self, target_tags: Sequence[str]) -> list[TargetLoad]:
+        data, now = self._check(), self._now_ms()
+        loads = []
+        for tag in target_tags:
+            busy = sum(1 for v in data.get(f"{tag}:busy", {}).values() if v > now)
+            averages = data.get(f"{tag}:latency", {})
+            loads.append(TargetLoad(busy, averages.get("ttft"), averages.get("total")))
+        return loads
 
     # ------------------------------------------------------------------ virtual keys
 

@@ -106,6 +106,14 @@ def gateway(
                         {"provider": "backup", "model": "claude-f", "priority": 1},
                     ],
                 },
+                {
+                    "name": "rotating",
+                    "strategy": "round_robin",
+                    "targets": [
+                        {"provider": "primary", "model": "gpt-r"},
+                        {"provider": "backup", "model": "claude-r"},
+                    ],
+                },
             ],
             "cache": {"enabled": True},
             "telemetry": {"otlp_endpoint": f"http://127.0.0.1:{receiver[1]}"},
@@ -221,6 +229,28 @@ def test_a_fallback_shows_both_attempts(
     assert failed["attributes"]["http.response.status_code"] == 500
     assert served["attributes"]["llmux.attempt"] == 2
     assert served["attributes"]["gen_ai.provider.name"] == "anthropic"
+
+
+def test_the_route_span_says_which_strategy_chose_and_why(
+    gateway: Gateway, receiver: tuple[Receiver, int]
+) -> None:
+    body = {"model": "rotating", "messages": HELLO}
+    response, spans = traced_request(
+        gateway, receiver[0], body, lambda s: bool(by_name(s, "llmux.route"))
+    )
+    assert response.status_code == 200
+    (route,) = by_name(spans, "llmux.route")
+    assert route["attributes"]["llmux.route.strategy"] == "round_robin"
+    assert route["attributes"]["llmux.route.reason"] == "turn"
+    labels = {
+        "model": "rotating",
+        "strategy": "round_robin",
+        "provider": response.headers["x-llmux-provider"],
+        "upstream_model": response.headers["x-llmux-model"],
+        "reason": "turn",
+    }
+    metrics = httpx.get(f"{gateway.extproc_admin_url}/metrics").text
+    assert metric(metrics, "llmux_route_choices_total", **labels) == 1
 
 
 def test_a_cache_hit_is_traced(gateway: Gateway, receiver: tuple[Receiver, int]) -> None:

@@ -13,6 +13,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from tests.simulated.rate_limits import RequestWindows
+
 PROVIDERS = ("openai", "azure", "anthropic", "gemini", "ollama")
 
 FAULT_NAMES = (
@@ -106,13 +108,18 @@ class Scenario:
     # provider's cache and tokens written to it (only Anthropic reports writes).
     cached_tokens: int = 0
     cache_write_tokens: int = 0
+    # Per requested model: seconds to wait before the response headers (a slow target).
+    model_delays: dict[str, float] = field(default_factory=dict)
+    # Per requested model: {"requests": N, "reset_s": S}: N requests per S-second window,
+    # 429 beyond, and rate-limit headers on every answer (rate_limits.py).
+    rate_limits: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def update(self, **values: Any) -> None:
         known = {f.name for f in dataclasses.fields(self)}
         for key, value in values.items():
             if key not in known:
                 raise ValueError(f"unknown scenario setting {key!r}")
-            setattr(self, key, type(getattr(self, key))(value))
+            setattr(self, key, type(getattr(self, key))(value))  # a dict: a fresh copy
 
 
 @dataclass(frozen=True)
@@ -157,6 +164,7 @@ class SimState:
     _requests: list[RecordedRequest] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _sequence: int = 0
+    windows: RequestWindows = field(default_factory=RequestWindows)
 
     def inject(
         self,
@@ -206,4 +214,5 @@ class SimState:
         with self._lock:
             self._faults.clear()
             self._requests.clear()
+        self.windows.clear()
         self.scenario = scenario

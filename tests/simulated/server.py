@@ -9,8 +9,10 @@ control API (``/__control/...``) for other processes.
 from __future__ import annotations
 
 import asyncio
+import math
 import socket
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +20,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.simulated import anthropic_wire, gemini_wire, ollama_wire, openai_wire
+from tests.simulated import anthropic_wire, gemini_wire, ollama_wire, openai_wire, rate_limits
 from tests.simulated.control import add_control_routes
 from tests.simulated.framing import Call, Rendered, broken_framing, broken_json_frame
 from tests.simulated.scenario import Fault, RecordedRequest, SimState
@@ -82,6 +84,15 @@ def _record(request: web.Request, provider: str, raw: bytes) -> RecordedRequest:
     )
 
 
+def _requested_model(body: Any, params: dict[str, str]) -> str:
+    """The model a request names: in the body, Azure's deployment or Gemini's path."""
+    if isinstance(body, dict) and isinstance(body.get("model"), str):
+        return str(body["model"])
+    if "deployment" in params:
+        return params["deployment"]
+    return params.get("target", "").partition(":")[0]
+
+
 def _fault_reply(provider: _Provider, fault: Fault | None) -> Rendered | None:
     if fault is None:
         return None
@@ -118,8 +129,12 @@ def _handler(
         seq = state.record(record)
         fault = state.take_fault(provider_name, request.path)
         record.fault = fault.name if fault else None
+        model = _requested_model(record.body, dict(request.match_info))
+        slow = state.scenario.model_delays.get(model, 0.0)
         if fault is not None and fault.name == "delay":
-            await asyncio.sleep(fault.seconds)
+            slow += fault.seconds
+        if slow:
+            await asyncio.sleep(slow)
         if fault is not None and fault.name == "reset":
             _reset(request)
             raise asyncio.CancelledError  # nothing may be written any more
@@ -130,6 +145,17 @@ def _handler(
             and not provider.authorized(record.headers, record.query)
         ):
             rendered = provider.error(401, None, None)
+        limited = state.scenario.rate_limits.get(model)
+        limit_headers: dict[str, str] = {}
+        if rendered is None and limited is not None:
+            now = time.time()
+            allowance = state.windows.take(
+                model, int(limited["requests"]), float(limited["reset_s"]), now
+            )
+            limit_headers = rate_limits.headers(provider_name, allowance, now)
+            if not allowance.ok:
+                rendered = provider.error(429, None, None)
+                rendered.headers["Retry-After"] = str(math.ceil(allowance.reset_s))
         if rendered is None:
             call = Call(
                 record.body,
@@ -140,6 +166,7 @@ def _handler(
                 seq,
             )
             rendered = endpoint(call)
+        rendered.headers.update(limit_headers)
         record.status = rendered.status
         record.usage = rendered.usage if rendered.status == 200 else None
         return await _send(request, rendered, fault, state.scenario.chunk_delay)

@@ -40,10 +40,23 @@ def test_two_schema_problems_are_both_reported_with_suggestions() -> None:
         p.startswith("$.providers[0].type: 'opnai' is not one of 'openai', 'azure_openai'")
         for p in found
     )
-    assert "$.store.on_error: 'clsed' is not one of 'open', 'closed'" in found
+    assert (
+        "$.store.on_error: 'clsed' is not one of 'open', 'closed'; did you mean `closed`?" in found
+    )
     assert "$.listen.prt: unknown field; did you mean `port`?" in found
     assert any(p.startswith("$.store.url: the database must be a number") for p in found)
     assert len(found) == 6
+
+
+def test_a_routing_strategy_is_one_of_the_five_with_a_suggestion() -> None:
+    assert config.parse(VALID, env={}).models[0].strategy == "weighted"
+    chosen = config.parse(VALID + "    strategy: least_latency\n", env={})
+    assert chosen.models[0].strategy == "least_latency"
+    (found,) = problems_of(VALID + "    strategy: round-robin\n")
+    assert found == (
+        "$.models[0].strategy: 'round-robin' is not one of 'weighted', 'round_robin', "
+        "'least_busy', 'least_latency', 'lowest_cost'; did you mean `round_robin`?"
+    )
 
 
 def test_nested_type_errors_name_their_path() -> None:

@@ -114,3 +114,68 @@ def test_dynamic_metadata_the_router_phase_sets_reaches_envoy() -> None:
     # Envoy's own error replies read the dialect from the same place.
     readers = [n["path"] for n in walk(document) if n.get("filter") == contract.DIALECT_NAMESPACE]
     assert readers and all(path == [{"key": contract.DIALECT_KEY}] for path in readers)
+
+
+ORDERED = """
+providers:
+  - {name: oa, type: openai, base_url: "http://127.0.0.1:9", api_key: KEY}
+  - {name: an, type: anthropic, base_url: "http://127.0.0.1:10", api_key: KEY}
+models:
+  - name: trio
+    strategy: least_busy
+    targets:
+      - {provider: oa, model: a}
+      - {provider: an, model: b, weight: 3}
+      - {provider: oa, model: c, priority: 1}
+  - name: weighted
+    targets: [{provider: oa, model: a}, {provider: an, model: b}]
+  - name: single
+    strategy: round_robin
+    targets: [{provider: oa, model: a}]
+"""
+
+
+def test_a_strategy_gets_one_ordered_cluster_per_first_target_with_a_route_each() -> None:
+    cfg = config.parse(ORDERED, env={})
+    resources = bootstrap.model_resources(cfg)
+    trio, weighted, single = (contract.model_cluster_name(cfg, m) for m in cfg.models)
+    ordered = [contract.ordered_cluster_name(trio, i) for i in range(3)]
+    assert sorted(resources) == sorted([trio, *ordered, weighted, single])
+    for name in ordered:
+        cluster, route = resources[name]
+        assert cluster["name"] == name
+        assert route["match"]["headers"][0]["string_match"] == {"exact": name}
+        policy = route["route"]["retry_policy"]
+        assert policy["retry_priority"]["typed_config"]["update_frequency"] == 1
+        assert policy["num_retries"] == 2
+    # The main cluster keeps the tiers: previous_priorities moves on after a full tier.
+    main_policy = resources[trio].route["route"]["retry_policy"]
+    assert main_policy["retry_priority"]["typed_config"]["update_frequency"] == 2
+
+
+def test_an_ordered_cluster_gives_each_target_its_own_priority_chosen_first() -> None:
+    cfg = config.parse(ORDERED, env={})
+    trio = contract.model_cluster_name(cfg, cfg.models[0])
+
+    def levels(first: int) -> list[tuple[int, list[int]]]:
+        cluster = bootstrap.model_resources(cfg)[contract.ordered_cluster_name(trio, first)].cluster
+        return [
+            (
+                locality["priority"],
+                [
+                    e["metadata"]["filter_metadata"][contract.METADATA_NAMESPACE][
+                        contract.TARGET_KEY
+                    ]
+                    for e in locality["lb_endpoints"]
+                ],
+            )
+            for locality in cluster["load_assignment"]["endpoints"]
+        ]
+
+    # After the chosen target: the rest by tier, then the heaviest weight, then config order.
+    assert levels(0) == [(0, [0]), (1, [1]), (2, [2])]
+    assert levels(1) == [(0, [1]), (1, [0]), (2, [2])]
+    assert levels(2) == [(0, [2]), (1, [1]), (2, [0])]
+    assert bootstrap.attempt_order(cfg.models[0], 2) == [2, 1, 0]
+    main = bootstrap.model_resources(cfg)[trio].cluster["load_assignment"]["endpoints"]
+    assert [len(locality["lb_endpoints"]) for locality in main] == [2, 1]

@@ -48,6 +48,21 @@ def test_counters_carry_their_labels() -> None:
     assert sample(metrics, "llmux_store_errors_total") == 2
 
 
+def test_route_choices_and_provider_limits() -> None:
+    metrics = Metrics(CollectorRegistry())
+    metrics.route_choice("chat", "least_latency", "openai", "gpt-4o", "fastest")
+    metrics.provider_limit_exhausted("anthropic")
+    choice = {
+        "model": "chat",
+        "strategy": "least_latency",
+        "provider": "openai",
+        "upstream_model": "gpt-4o",
+        "reason": "fastest",
+    }
+    assert sample(metrics, "llmux_route_choices_total", **choice) == 1
+    assert sample(metrics, "llmux_provider_limit_exhausted_total", provider="anthropic") == 1
+
+
 def test_tokens_feed_the_counter_and_the_genai_histogram() -> None:
     metrics = Metrics(CollectorRegistry())
     metrics.tokens("azure-east", "azure.ai.openai", "gpt-4o", "input", 12)

@@ -145,3 +145,13 @@ def test_credential_order_puts_the_preferred_first_then_config_order() -> None:
     assert [c.name for c in routing.credential_order(creds, "x")] == ["x", "y", "z"]
     assert [c.name for c in routing.credential_order(creds, None)] == ["x", "y", "z"]
     assert [c.name for c in routing.credential_order(creds, "gone")] == ["x", "y", "z"]
+
+
+def test_a_credential_its_provider_called_spent_is_out_until_the_reset_it_named() -> None:
+    said_spent = CredentialState(0, 0, 0, exhausted_ms=20_000)
+    decision = decide([FRESH, FRESH, said_spent])
+    assert decision.mask == 0b101  # b's only credential is out; a's targets stay
+    both = decide([said_spent, said_spent, CredentialState(0, 0, 0, exhausted_ms=4_200)])
+    assert both.mask == 0 and both.rate_limited and both.retry_after_s == 5
+    cooling_longer = CredentialState(0, 0, 9_000, exhausted_ms=3_000)
+    assert cooling_longer.waiting_ms == 9_000

@@ -20,7 +20,9 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
+from extproc.decisions import provider_limits
 from tests.simulated import Fault, SimulatedProviders
+from tests.simulated.rate_limits import go_duration
 from tests.simulated.scenario import Usage
 
 WEATHER_SCHEMA = {
@@ -512,3 +514,66 @@ def test_stall_and_control_api(sim: SimulatedProviders, http: httpx.Client) -> N
     assert len(reply.text.splitlines()) == 4
     control.reset()
     assert sim.scenario.chunks == 5 and control.requests() == []
+
+
+# Rate limits and slow models
+
+
+def test_openai_rate_limit_headers_count_down_then_429(
+    sim: SimulatedProviders, oai: openai.OpenAI
+) -> None:
+    sim.configure(rate_limits={"gpt-limited": {"requests": 2, "reset_s": 20}})
+    hello = [{"role": "user", "content": "hi"}]
+    raw = oai.chat.completions.with_raw_response.create(model="gpt-limited", messages=hello)
+    assert raw.headers["x-ratelimit-limit-requests"] == "2"
+    assert raw.headers["x-ratelimit-remaining-requests"] == "1"
+    assert raw.headers["x-ratelimit-reset-requests"] in ("20s", "19.999s", "19.998s")
+    raw = oai.chat.completions.with_raw_response.create(model="gpt-limited", messages=hello)
+    limits = provider_limits.read("openai", dict(raw.headers), time.time())
+    assert limits is not None and limits.requests_remaining == 0
+    assert 19_000 < limits.exhausted_ms() <= 20_000
+    with pytest.raises(openai.RateLimitError) as caught:
+        oai.chat.completions.create(model="gpt-limited", messages=hello)
+    assert caught.value.response.headers["retry-after"] == "20"
+    assert caught.value.response.headers["x-ratelimit-remaining-requests"] == "0"
+    assert [r.status for r in sim.requests] == [200, 200, 429]
+    oai.chat.completions.create(model="gpt-other", messages=hello)  # another model: its own
+
+
+def test_anthropic_rate_limit_headers_are_rfc3339_times(
+    sim: SimulatedProviders, claude: anthropic.Anthropic
+) -> None:
+    sim.configure(rate_limits={"claude-limited": {"requests": 1, "reset_s": 5}})
+    raw = claude.messages.with_raw_response.create(
+        model="claude-limited", max_tokens=16, messages=[{"role": "user", "content": "hi"}]
+    )
+    assert raw.headers["anthropic-ratelimit-requests-remaining"] == "0"
+    assert raw.headers["anthropic-ratelimit-requests-reset"].endswith("Z")
+    limits = provider_limits.read("anthropic", dict(raw.headers), time.time())
+    assert limits is not None and 4_000 < limits.exhausted_ms() <= 6_000
+    with pytest.raises(anthropic.RateLimitError):
+        claude.messages.create(
+            model="claude-limited", max_tokens=16, messages=[{"role": "user", "content": "hi"}]
+        )
+
+
+def test_a_slow_model_waits_before_its_headers(sim: SimulatedProviders, oai: openai.OpenAI) -> None:
+    sim.configure(model_delays={"gpt-slow": 0.3})
+    hello = [{"role": "user", "content": "hi"}]
+    started = time.monotonic()
+    oai.chat.completions.create(model="gpt-fast", messages=hello)
+    fast = time.monotonic() - started
+    started = time.monotonic()
+    oai.chat.completions.create(model="gpt-slow", messages=hello)
+    assert time.monotonic() - started >= 0.3 > fast
+
+
+def test_go_durations_as_openai_prints_them() -> None:
+    assert [go_duration(s) for s in (360, 1, 0.02, 19.5, 61.25, 0)] == [
+        "6m0s",
+        "1s",
+        "20ms",
+        "19.5s",
+        "1m1.25s",
+        "0s",
+    ]

@@ -17,7 +17,9 @@ import pytest
 import redis
 
 from extproc.decisions.keys import key_tag
+from extproc.decisions.provider_limits import DEFAULT_RESET_MS, ProviderLimits
 from extproc.decisions.routing import CredentialState, credential_tag, target_tag
+from extproc.decisions.strategy import TargetLoad, ewma, model_tag
 from extproc.run.children import free_port
 from extproc.store import RedisStore, Store, StoreError
 from tests.fakes.clock import FakeClock
@@ -27,6 +29,8 @@ from tests.harness import Valkey
 CRED = credential_tag("openai", "primary")
 OTHER = credential_tag("openai", "backup")
 TARGET = target_tag("openai", "gpt-4o-mini")
+SLOW = target_tag("anthropic", "claude-haiku-4-5")
+MODEL = model_tag("chat")
 
 
 @dataclass
@@ -178,6 +182,114 @@ def test_a_cooling_credential_refuses_reservations_until_it_cooled(
         await s.later(0.2)
         assert await s.store.reserve(CRED, None, None, 1) == (True, 0)
         assert (await credential(s.store)).cooldown_ms == 0
+
+    run(case)
+
+
+# ---------------------------------------------------------------------- provider limits
+
+
+def test_a_limit_the_provider_calls_spent_makes_the_credential_wait_for_its_reset(
+    run: Callable[[Case], None],
+) -> None:
+    async def case(s: Subject) -> None:
+        await s.store.note_provider_limits(CRED, ProviderLimits(0, 300, 5000, 60_000))
+        state = await credential(s.store)
+        assert 200 < state.exhausted_ms <= 300 and state.cooldown_ms == 0
+        ok, retry_ms = await s.store.reserve(CRED, 100, None, 1)
+        assert not ok and 200 < retry_ms <= 300
+        assert (await credential(s.store)).requests == 0  # a refusal counts nothing
+        await s.later(0.35)
+        assert (await credential(s.store)).exhausted_ms == 0
+        assert await s.store.reserve(CRED, 100, None, 1) == (True, 0)
+
+    run(case)
+
+
+def test_spent_tokens_count_as_exhausted_too_and_the_later_reset_wins(
+    run: Callable[[Case], None],
+) -> None:
+    async def case(s: Subject) -> None:
+        await s.store.note_provider_limits(CRED, ProviderLimits(10, 100, 0, 400))
+        assert 300 < (await credential(s.store)).exhausted_ms <= 400
+        await s.store.note_provider_limits(CRED, ProviderLimits(None, None, 50, 400))
+        assert (await credential(s.store)).exhausted_ms == 0  # the newest word counts
+        assert (await credential(s.store, OTHER)).exhausted_ms == 0
+
+    run(case)
+
+
+def test_reservations_use_up_what_the_provider_said_is_left(
+    run: Callable[[Case], None],
+) -> None:
+    async def case(s: Subject) -> None:
+        await s.store.note_provider_limits(CRED, ProviderLimits(2, 5_000, None, None))
+        assert await s.store.reserve(CRED, 100, None, 1) == (True, 0)
+        assert await s.store.reserve(CRED, 100, None, 1) == (True, 0)
+        ok, retry_ms = await s.store.reserve(CRED, 100, None, 1)
+        assert not ok and 4_000 < retry_ms <= 5_000
+        assert 4_000 < (await credential(s.store)).exhausted_ms <= 5_000
+        assert await s.store.reset_credential(CRED) == 2  # rpm count and live limits
+        assert await s.store.reserve(CRED, 100, None, 1) == (True, 0)
+
+    run(case)
+
+
+def test_a_limit_without_a_reset_is_trusted_for_the_default_time(
+    run: Callable[[Case], None],
+) -> None:
+    async def case(s: Subject) -> None:
+        await s.store.note_provider_limits(CRED, ProviderLimits(0, None, None, None))
+        wait = (await credential(s.store)).exhausted_ms
+        assert DEFAULT_RESET_MS - 1_000 < wait <= DEFAULT_RESET_MS
+
+    run(case)
+
+
+# ---------------------------------------------------------------------- strategies' state
+
+
+def test_turns_count_up_per_model(run: Callable[[Case], None]) -> None:
+    async def case(s: Subject) -> None:
+        assert [await s.store.next_turn(MODEL) for _ in range(3)] == [0, 1, 2]
+        assert await s.store.next_turn(model_tag("other")) == 0
+
+    run(case)
+
+
+def test_in_flight_attempts_count_until_ended_or_their_lease_runs_out(
+    run: Callable[[Case], None],
+) -> None:
+    async def case(s: Subject) -> None:
+        async def busy() -> list[int]:
+            return [load.in_flight for load in await s.store.target_loads([TARGET, SLOW])]
+
+        assert await busy() == [0, 0]
+        assert await s.store.busy_start(TARGET, "a1", 60_000) == 1
+        assert await s.store.busy_start(TARGET, "a2", 200) == 2
+        assert await s.store.busy_start(SLOW, "a3", 60_000) == 1
+        assert await busy() == [2, 1]
+        await s.store.busy_end(TARGET, "a1")
+        await s.store.busy_end(TARGET, "a1")  # twice: still one less, not two
+        assert await busy() == [1, 1]
+        await s.later(0.25)  # a2 leaked: its lease ran out
+        assert await busy() == [0, 1]
+        assert await s.store.busy_start(TARGET, "a4", 60_000) == 1
+
+    run(case)
+
+
+def test_latency_averages_are_moving_averages_per_kind(run: Callable[[Case], None]) -> None:
+    async def case(s: Subject) -> None:
+        assert await s.store.target_loads([TARGET]) == [TargetLoad(0, None, None)]
+        assert await s.store.record_latency(TARGET, "total", 100.0) == 100.0
+        assert await s.store.record_latency(TARGET, "total", 200.0) == pytest.approx(
+            ewma(100.0, 200.0)
+        )
+        assert await s.store.record_latency(TARGET, "ttft", 12.5) == 12.5
+        (load,) = await s.store.target_loads([TARGET])
+        assert load == TargetLoad(0, 12.5, pytest.approx(ewma(100.0, 200.0)))
+        assert (await s.store.target_loads([SLOW]))[0].total_ms is None
 
     run(case)
 
@@ -430,6 +542,12 @@ def test_an_unreachable_store_raises_store_error_and_pings_false() -> None:
             store.reserve_spend("s", 1, 1, 1),
             store.settle_spend("s", 1, 1),
             store.record_cost("p", "m", 1),
+            store.note_provider_limits(CRED, ProviderLimits(0, 1, None, None)),
+            store.next_turn(MODEL),
+            store.busy_start(TARGET, "a", 1),
+            store.busy_end(TARGET, "a"),
+            store.record_latency(TARGET, "ttft", 1.0),
+            store.target_loads([TARGET]),
         ):
             with pytest.raises(StoreError):
                 await call
@@ -479,6 +597,10 @@ def test_redis_keys_keep_their_names(valkey: Valkey, db: redis.Redis) -> None:
             await store.reserve_spend(store.spend_key("key", "key_1", "202701"), 10, 1, 60)
             await store.reserve_spend(store.spend_key("tenant", "acme", "202701"), 10, 1, 60)
             await store.record_cost("openai", "gpt-4o-mini", 1)
+            await store.note_provider_limits(CRED, ProviderLimits(0, 5_000, None, None))
+            await store.next_turn(MODEL)
+            await store.busy_start(TARGET, "a1", 5_000)
+            await store.record_latency(TARGET, "ttft", 1.0)
         finally:
             await store.close()
 
@@ -496,5 +618,9 @@ def test_redis_keys_keep_their_names(valkey: Valkey, db: redis.Redis) -> None:
             "llmux:{tenant:acme}:spend:202701",
             "llmux:cost:providers",
             "llmux:cost:models",
+            "llmux:{c:openai:primary}:live",
+            "llmux:{m:chat}:turn",
+            "llmux:{t:openai/gpt-4o-mini}:busy",
+            "llmux:{t:openai/gpt-4o-mini}:latency",
         ]
     )

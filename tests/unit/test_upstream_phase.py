@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from extproc import ir
-from extproc.decisions.routing import credential_tag, target_tag
+from extproc.decisions.routing import CredentialState, credential_tag, target_tag
 from extproc.phases import envelope
 from extproc.phases.actions import Action
 from extproc.phases.context import Context
@@ -226,8 +226,8 @@ def test_usage_is_charged_when_the_answer_ends(new_store: Callable[[], Store]) -
         return reserved, await state(store), await store.usage("key", "k1")
 
     reserved, charged, usage = with_store(new_store, work)
-    assert reserved.credentials[0] == (1, 0, 0)  # one request reserved, no tokens yet
-    assert charged.credentials[0] == (1, 7, 0)  # 5 in + 2 out, from the provider's usage
+    assert reserved.credentials[0] == CredentialState(1, 0, 0)  # one request, no tokens yet
+    assert charged.credentials[0] == CredentialState(1, 7, 0)  # 5 in + 2 out, the provider's
     assert usage == {"requests": 1, "input_tokens": 5, "output_tokens": 2}
 
 
