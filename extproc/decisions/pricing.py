@@ -68,9 +68,17 @@ class PriceTable:
             {k: rates_of(p) for k, p in configured.items()},
             {k: rates_of(p) for k, p in defaults.items()},
         )
+        # Every request prices its target: remember each answer (one table per config).
+        self._found: dict[tuple[str, str, str], Rates | None] = {}
 
     def lookup(self, provider: Provider, model: str) -> Rates | None:
         """The target's rates, or None when neither table prices it."""
+        target = (provider.name, provider.type, model)
+        if target not in self._found:
+            self._found[target] = self._search(provider, model)
+        return self._found[target]
+
+    def _search(self, provider: Provider, model: str) -> Rates | None:
         for table in self._tables:
             for key in _candidates(provider, model):
                 found = table.get(key)
