@@ -9,8 +9,10 @@ A message handler's coroutine is stepped inline in `data_received`, inside a
 Task made for it (so `asyncio.timeout` and contextvars behave as in any task):
 when it finishes without waiting, the answer is written at once; when it waits
 (Redis), the Task carries on. Messages of one call are handled in order, one
-at a time. A protocol violation closes the stream or the connection with a logged
-reason; it never reaches the process.
+at a time. A handler may also push answers between its steps (a held answer
+released by a timer); a call whose handler still holds answers does not end
+when the peer's input does. A protocol violation closes the stream or the
+connection with a logged reason; it never reaches the process.
 """
 
 from __future__ import annotations
@@ -316,7 +318,7 @@ class Connection(asyncio.Protocol):
         if open_stream is not None:
             call.context = contextvars.copy_context()
             try:  # one call failing to open must not reset every call of the connection
-                call.handler = open_stream(headers)
+                call.handler = open_stream(headers, functools.partial(self._push, call))
             except Exception:
                 log.exception("opening a gRPC call failed")
                 self._finish(call, INTERNAL, "internal error")
@@ -450,7 +452,7 @@ class Connection(asyncio.Protocol):
                 break
             message = call.queue.popleft()
         if call.input_ended and not call.finished and call.task is None:
-            self._finish(call, OK)
+            self._finish_unless_holding(call)
 
     def _resumed(self, call: _Call, task: asyncio.Task[Any]) -> None:
         self._resume(call, task)
@@ -468,6 +470,24 @@ class Connection(asyncio.Protocol):
         if call.queue:
             self._step(call, call.queue.popleft())
         elif call.input_ended and not call.finished:
+            self._finish_unless_holding(call)
+
+    def _push(self, call: _Call, answer: bytes) -> None:
+        """An answer the handler writes outside its message steps (a released hold)."""
+        if call.ended or call.finished:
+            return
+        self._send(call, answer)
+        if call.input_ended:  # once the step that may be pushing now has answered too
+            self.loop.call_soon(self._settle, call)
+        self._send_out()
+
+    def _settle(self, call: _Call) -> None:
+        if not call.ended and not call.finished and call.task is None and not call.queue:
+            self._finish_unless_holding(call)
+            self._send_out()
+
+    def _finish_unless_holding(self, call: _Call) -> None:
+        if call.handler is None or not call.handler.holding:
             self._finish(call, OK)
 
     def _answered(self, call: _Call, answer: bytes | None) -> None:
@@ -485,8 +505,10 @@ class Connection(asyncio.Protocol):
         elif call.finished:
             if not call.trailers and not call.outbox:
                 self._end(call)
-        elif call.unary is not None or call.task is None:
+        elif call.unary is not None:
             self._finish(call, OK)
+        elif call.task is None:
+            self._finish_unless_holding(call)
 
     def _send(self, call: _Call, message: bytes) -> None:
         data = f.grpc_message(message)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from grpc_health.v1 import health_pb2  # type: ignore[import-untyped]
 
 from extproc.phases.context import Context
-from extproc.transport.grpc_api import NOT_FOUND, GrpcError, Services
+from extproc.transport.grpc_api import NOT_FOUND, GrpcError, Push, Services
 from extproc.transport.pb import ext_proc_pb2
 from extproc.transport.session import Session
 
@@ -43,15 +43,25 @@ class Health:
 class _ProcessCall:
     """One Process stream: protobuf bytes to the Session and back."""
 
-    __slots__ = ("session",)
+    __slots__ = ("push", "session")
 
-    def __init__(self, context: Context, metadata: dict[str, str]) -> None:
+    def __init__(self, context: Context, metadata: dict[str, str], push: Push) -> None:
         self.session = Session(context, metadata)
+        self.session.sink = self._sink
+        self.push = push
 
     async def on_message(self, message: bytes) -> bytes | None:
         request = ext_proc_pb2.ProcessingRequest.FromString(message)
         response = await self.session.handle(request)
         return None if response is None else response.SerializeToString()
+
+    @property
+    def holding(self) -> bool:
+        return self.session.holding
+
+    def _sink(self, responses: list[ext_proc_pb2.ProcessingResponse]) -> None:
+        for response in responses:
+            self.push(response.SerializeToString())
 
     def close(self) -> None:
         self.session.close()
@@ -59,6 +69,6 @@ class _ProcessCall:
 
 def services(context: Context, health: Health) -> Services:
     return Services(
-        bidi={PROCESS: lambda metadata: _ProcessCall(context, metadata)},
+        bidi={PROCESS: lambda metadata, push: _ProcessCall(context, metadata, push)},
         unary={HEALTH_CHECK: health.check},
     )

@@ -1,7 +1,8 @@
 """What a lean-server method is: gRPC status codes, errors, handler Protocols, the table.
 
 Handlers know nothing of HTTP/2: a bidirectional call gets its messages in order and
-answers each (or not); a unary method maps one message to one answer.
+answers each (or not), and may write more answers at any time through the `Push` it
+was opened with; a unary method maps one message to one answer.
 """
 
 from __future__ import annotations
@@ -27,11 +28,18 @@ class MessageStream(Protocol):
 
     def on_message(self, message: bytes) -> Coroutine[Any, Any, bytes | None]: ...
 
+    @property
+    def holding(self) -> bool:
+        """Answers are still to come through `Push`: the call must not end yet."""
+        ...
+
     def close(self) -> None:
         """The call ended for any reason; called once."""
 
 
-OpenStream = Callable[[dict[str, str]], MessageStream]  # request metadata -> handler
+# Writes one answer on the call now, outside `on_message` (a released hold, a timer).
+Push = Callable[[bytes], None]
+OpenStream = Callable[[dict[str, str], Push], MessageStream]  # metadata, push -> handler
 Unary = Callable[[bytes], bytes]  # may raise GrpcError
 
 

@@ -6,6 +6,7 @@ Kept to check the lean server against (`extproc.transport: grpcio`); it costs
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import grpc  # type: ignore[import-untyped]
@@ -22,6 +23,49 @@ _UNLIMITED = [
 ]
 
 
+_END = object()  # the call is over: no message left to answer, nothing held
+
+
+class _Answers:
+    """One call's answers in order: inline ones from the reader, pushed ones from the session.
+
+    A task reads the messages while the call's generator yields the answers, so an
+    answer released by a timer goes out with no message coming in to carry it.
+    """
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.queue: asyncio.Queue[object] = asyncio.Queue()
+        self.input_ended = False
+        session.sink = self._sink
+
+    async def read(self, requests: AsyncIterator[ext_proc_pb2.ProcessingRequest]) -> None:
+        try:
+            async for request in requests:
+                response = await self.session.handle(request)
+                if response is not None:
+                    self.queue.put_nowait(response)
+        except Exception as exc:  # handed to the call, which ends with it
+            self.queue.put_nowait(exc)
+            return
+        self.input_ended = True
+        if not self.session.holding:
+            self.queue.put_nowait(_END)
+
+    def _sink(self, responses: list[ext_proc_pb2.ProcessingResponse]) -> None:
+        for response in responses:
+            self.queue.put_nowait(response)
+        if self.input_ended and not self.session.holding:
+            self.queue.put_nowait(_END)
+
+    async def __aiter__(self) -> AsyncIterator[ext_proc_pb2.ProcessingResponse]:
+        while (answer := await self.queue.get()) is not _END:
+            if isinstance(answer, Exception):
+                raise answer
+            assert isinstance(answer, ext_proc_pb2.ProcessingResponse)
+            yield answer
+
+
 class _ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     def __init__(self, context: Context) -> None:
         self.context = context
@@ -34,13 +78,14 @@ class _ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):  # type: igno
     ) -> AsyncIterator[ext_proc_pb2.ProcessingResponse]:
         metadata = {str(k): str(v) for k, v in context.invocation_metadata() or ()}
         session = Session(self.context, metadata)
+        answers = _Answers(session)
+        reader = asyncio.create_task(answers.read(request_iterator))
         self.active += 1
         try:
-            async for request in request_iterator:
-                response = await session.handle(request)
-                if response is not None:
-                    yield response
+            async for response in answers:
+                yield response
         finally:
+            reader.cancel()
             self.active -= 1
             session.close()
 

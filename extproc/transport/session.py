@@ -4,13 +4,22 @@ Both transports (the lean HTTP/2 server and grpcio) open one `Session` per
 Process stream and hand it every message in order. The per-stream guard lives
 here: the one place that catches every exception, so the client gets a clean
 error in its own dialect instead of a broken stream.
+
+Holding (issue #19): a phase handler may answer a message with a `Hold` instead
+of an Action and release it later, from a later message's handler, a timer or a
+task. Until then the answers to later messages wait behind it; on release the
+session hands them all, in Envoy's order, to the `sink` the transport installed.
+The common case, one Action per message, takes none of this path: it costs one
+`is None` test and one isinstance.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import final
 
 from extproc import ir
 from extproc.envoy.contract import PHASE_METADATA, ROUTER_PHASE, UPSTREAM_PHASE
@@ -31,10 +40,57 @@ HANDLERS: dict[str, Callable[[Context, dict[str, str]], PhaseHandler]] = {
 }
 
 
-class Session:
-    """The phase handler of one stream, its metrics and its guard."""
+Sink = Callable[[list[ext_proc_pb2.ProcessingResponse]], None]
 
-    __slots__ = ("_active", "_closed", "_metrics", "filter_name", "stream")
+
+@final  # `handle` tells it apart by `type(...) is Hold`
+class Hold:
+    """A handler's "not now": returned in place of an Action, answered by `release` later.
+
+    The seam for a phase handler that must keep receiving messages before it can
+    answer one (issue #19: hold `response_headers` while `response_body` messages
+    arrive, answer from a timer if the upstream stalls). It knows nothing of
+    protobuf or of the session, so it can move to phases/actions.py when a phase
+    handler first uses it (phases may not import the transport). `release` and
+    `fail` may be called before or after the handler returns the Hold, from any
+    code on the stream's event loop; after the first, or once the stream has
+    closed, they do nothing.
+    """
+
+    __slots__ = ("action", "done", "error", "on_done", "phase")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.action: Action | None = None
+        self.error: BaseException | None = None
+        self.phase = ""  # set by the session when the handler returns it
+        self.on_done: Callable[[], None] | None = None  # the session's, while it waits
+
+    def release(self, action: Action) -> None:
+        """Answer the held message with `action`."""
+        self._settle(action, None)
+
+    def fail(self, error: BaseException) -> None:
+        """Answer with the guard's clean error, as if the phase had raised `error`."""
+        self._settle(None, error)
+
+    def _settle(self, action: Action | None, error: BaseException | None) -> None:
+        if self.done:
+            return
+        self.done, self.action, self.error = True, action, error
+        if self.on_done is not None:
+            self.on_done()
+
+
+class Session:
+    """The phase handler of one stream, its metrics and its guard.
+
+    `sink`: installed by the transport; takes answers that are not the return
+    value of `handle` (released holds and the answers queued behind them) and
+    writes them on the stream, in order, at once.
+    """
+
+    __slots__ = ("_active", "_closed", "_metrics", "_pending", "filter_name", "sink", "stream")
 
     def __init__(self, context: Context, metadata: dict[str, str]) -> None:
         """`metadata`: the stream's gRPC metadata (the calling filter, trace context)."""
@@ -47,16 +103,31 @@ class Session:
         self._active = metrics.active_streams(self.filter_name)
         self._active.inc()
         self._closed = False
+        self.sink: Sink | None = None
+        # Answers waiting behind an unreleased Hold, in message order; None when none is.
+        self._pending: deque[Hold | ext_proc_pb2.ProcessingResponse] | None = None
+
+    @property
+    def holding(self) -> bool:
+        """Some answer waits for a Hold's release: the stream is not done answering."""
+        return self._pending is not None and self._pending is not _ENDED
 
     async def handle(
         self, request: ext_proc_pb2.ProcessingRequest
     ) -> ext_proc_pb2.ProcessingResponse | None:
-        """The answer to one message (None for a message with no phase set)."""
+        """The answer to one message, or None: a message with no phase set, or held.
+
+        A held answer, and those of later messages while it is held, go to `sink`.
+        """
         phase = request.WhichOneof("request")
         if phase is None:
             return None
         started = time.perf_counter()
         action = await self._guarded(phase, request)
+        if self._pending is not None or type(action) is Hold:  # cheaper than isinstance
+            self._defer(phase, action)
+            self._metrics.phase(self.filter_name, phase, time.perf_counter() - started)
+            return None
         response = envoy_msgs.response_for(phase, action)
         self._metrics.phase(self.filter_name, phase, time.perf_counter() - started)
         # Before answering: after an immediate response Envoy may close the
@@ -68,19 +139,98 @@ class Session:
         """The stream ended (done, reset or lost): idempotent."""
         if not self._closed:
             self._closed = True
+            self._abandon()
             self._active.dec()
             self.stream.closed()
 
-    async def _guarded(self, phase: str, request: ext_proc_pb2.ProcessingRequest) -> Action:
+    async def _guarded(self, phase: str, request: ext_proc_pb2.ProcessingRequest) -> Action | Hold:
         try:
             return await dispatch(self.stream, phase, request)
         except Exception:  # the per-stream guard: answer cleanly, never a stack trace
             log.exception("ext_proc phase %s failed", phase)
-            info = ir.ErrorInfo(kind="server_error", message="internal error in the gateway")
-            return error_response(self.stream.dialect, info)
+            error = self._error()
+            if self.holding:  # the error goes out now, ahead of what is held, and ends it
+                self._end([self._answer(phase, error)])
+            return error
+
+    def _error(self) -> Action:
+        info = ir.ErrorInfo(kind="server_error", message="internal error in the gateway")
+        return error_response(self.stream.dialect, info)
+
+    def _defer(self, phase: str, action: Action | Hold) -> None:
+        """Queue this message's answer behind what is held, then write what is ready."""
+        if self._pending is _ENDED:  # the guard's error ended the stream: answer nothing
+            if isinstance(action, Hold):
+                _forget(action)
+            return
+        if self._pending is None:
+            self._pending = deque()
+        if isinstance(action, Hold):
+            action.phase, action.on_done = phase, self._flush
+            self._pending.append(action)
+        else:
+            self._pending.append(self._answer(phase, action))
+        self._flush()
+
+    def _flush(self) -> None:
+        """Hand the sink every answer ready at the head of the queue, in order."""
+        pending = self._pending
+        ready: list[ext_proc_pb2.ProcessingResponse] = []
+        while pending:
+            head = pending[0]
+            if not isinstance(head, Hold):
+                pending.popleft()
+                ready.append(head)
+                continue
+            if not head.done:
+                break
+            pending.popleft()
+            if head.error is not None or head.action is None:
+                log.error("ext_proc phase %s failed", head.phase, exc_info=head.error)
+                ready.append(self._answer(head.phase, self._error()))
+                self._end(ready)
+                return
+            ready.append(self._answer(head.phase, head.action))
+        if not pending and pending is not _ENDED:
+            self._pending = None
+        self._emit(ready)
+
+    def _answer(self, phase: str, action: Action) -> ext_proc_pb2.ProcessingResponse:
+        response = envoy_msgs.response_for(phase, action)
+        self.stream.observe(phase, action)  # before answering, as in `handle`
+        return response
+
+    def _emit(self, responses: list[ext_proc_pb2.ProcessingResponse]) -> None:
+        if responses and not self._closed and self.sink is not None:
+            self.sink(responses)
+
+    def _end(self, responses: list[ext_proc_pb2.ProcessingResponse]) -> None:
+        """A failure while holding: its clean error is the stream's last answer.
+
+        Envoy ends the stream on an immediate response, so what was held or
+        queued is dropped and later messages are answered with nothing.
+        """
+        self._abandon()
+        self._pending = _ENDED
+        self._emit(responses)
+
+    def _abandon(self) -> None:
+        """Forget what is held: a later release does nothing."""
+        pending, self._pending = self._pending, None
+        for entry in pending or ():
+            if isinstance(entry, Hold):
+                _forget(entry)
 
 
-Step = Callable[[PhaseHandler, ext_proc_pb2.ProcessingRequest], Awaitable[Action]]
+def _forget(hold: Hold) -> None:
+    hold.on_done = None
+    hold.done = True
+
+
+# `Session._pending` once a failure while holding has ended the stream; never appended to.
+_ENDED: deque[Hold | ext_proc_pb2.ProcessingResponse] = deque()
+
+Step = Callable[[PhaseHandler, ext_proc_pb2.ProcessingRequest], Awaitable[Action | Hold]]
 
 
 def _request_headers(
@@ -124,7 +274,7 @@ STEPS: dict[str, Step] = {
 
 async def dispatch(
     stream: PhaseHandler, phase: str, request: ext_proc_pb2.ProcessingRequest
-) -> Action:
+) -> Action | Hold:
     step = STEPS.get(phase)
     if step is None:
         raise ValueError(f"unexpected ext_proc phase {phase}")

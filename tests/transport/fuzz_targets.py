@@ -65,6 +65,8 @@ def feed_message_reader(data: bytes) -> list[bytes]:
 class _Handler:
     """Answers inline, or after yielding to the loop when the message starts with an odd byte."""
 
+    holding = False
+
     async def on_message(self, message: bytes) -> bytes | None:
         if message and message[0] % 2:
             await asyncio.sleep(0)
@@ -111,7 +113,7 @@ class ConnectionFuzzer:
         self.loop.set_exception_handler(
             lambda _loop, ctx: self.problems.seen.append(ctx["message"])
         )
-        self.services = Services(bidi={ECHO: lambda _m: _Handler()}, unary={UNARY: bytes})
+        self.services = Services(bidi={ECHO: lambda _m, _p: _Handler()}, unary={UNARY: bytes})
 
     def close(self) -> None:
         self.loop.close()

@@ -13,13 +13,21 @@ import concurrent.futures
 import logging
 import threading
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from extproc.transport.grpc_api import Services
 from extproc.transport.lean_server import LeanServer
 
 T = TypeVar("T")
 TIMEOUT_S = 30.0
+
+
+class Server(Protocol):
+    """What the thread drives: the lean server or grpcio's (GrpcioServer)."""
+
+    async def start(self, host: str, port: int) -> int: ...
+
+    async def drain(self, grace_s: float) -> None: ...
 
 
 class _Recorder(logging.Handler):
@@ -32,9 +40,14 @@ class _Recorder(logging.Handler):
 
 
 class ServerThread:
-    """Start with `ServerThread(services)`; `stop()` drains at once and joins the thread."""
+    """Start with `ServerThread(services)`; `stop()` drains at once and joins the thread.
 
-    def __init__(self, services: Services) -> None:
+    `make_server`, instead of services: builds another server, on the thread's loop.
+    """
+
+    def __init__(
+        self, services: Services | None = None, make_server: Callable[[], Server] | None = None
+    ) -> None:
         self.problems: list[str] = []
         self.loop = asyncio.new_event_loop()
         self.loop.set_exception_handler(lambda _loop, ctx: self.problems.append(ctx["message"]))
@@ -42,7 +55,11 @@ class ServerThread:
         self._thread.start()
         self._recorder = _Recorder(self.problems)
         logging.getLogger("llmux.transport").addHandler(self._recorder)
-        self.server = LeanServer(services)
+        if make_server is None:
+            assert services is not None
+            self.server: Any = LeanServer(services)
+        else:
+            self.server = self.call(make_server)
         self.port = self.run(self.server.start("127.0.0.1", 0))
 
     @property

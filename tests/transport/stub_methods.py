@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from extproc.transport.grpc_api import INTERNAL, GrpcError, Services
+from extproc.transport.grpc_api import INTERNAL, GrpcError, Push, Services
 
 ECHO = "/test.Echo/Echo"
 SCRIPT = "/test.Echo/Script"
@@ -58,6 +58,8 @@ class Record:
 
 
 class Echo:
+    holding = False
+
     def __init__(self, record: Record, metadata: dict[str, str]) -> None:
         self.record = record
         record.open(metadata)
@@ -100,15 +102,15 @@ def unary(message: bytes) -> bytes:
     return message[::-1]
 
 
-def _failing_open(metadata: dict[str, str]) -> Echo:
+def _failing_open(metadata: dict[str, str], push: Push) -> Echo:
     raise RuntimeError("cannot open")
 
 
 def services(record: Record) -> Services:
     return Services(
         bidi={
-            ECHO: lambda metadata: Echo(record, metadata),
-            SCRIPT: lambda metadata: Script(record, metadata),
+            ECHO: lambda metadata, _push: Echo(record, metadata),
+            SCRIPT: lambda metadata, _push: Script(record, metadata),
             FAILING_OPEN: _failing_open,
         },
         unary={UNARY: unary},
