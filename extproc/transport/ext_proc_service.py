@@ -65,6 +65,14 @@ class _ProcessCall:
 
     def close(self) -> None:
         self.session.close()
+        # The session's sink and the connection's push point back here: without
+        # these cycles the stream is freed at once, not by the garbage collector.
+        self.session.sink = None
+        self.push = _closed
+
+
+def _closed(answer: bytes) -> None:
+    """The push of a closed call: its session answers nothing more."""
 
 
 def services(context: Context, health: Health) -> Services:

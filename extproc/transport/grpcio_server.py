@@ -88,6 +88,7 @@ class _ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):  # type: igno
             reader.cancel()
             self.active -= 1
             session.close()
+            session.sink = None  # a cycle through `answers` otherwise
 
 
 class GrpcioServer:
