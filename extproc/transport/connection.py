@@ -5,10 +5,10 @@ It handles what a gRPC server needs — preface and SETTINGS, HEADERS + CONTINUA
 length-prefixed messages, trailers — and nothing else (no push, no priorities, no
 compression). Every frame an event produces leaves in one write.
 
-A message handler's coroutine is stepped inline in `data_received`, inside a
-Task made for it (so `asyncio.timeout` and contextvars behave as in any task):
-when it finishes without waiting, the answer is written at once; when it waits
-(Redis), the Task carries on. Messages of one call are handled in order, one
+A message handler's coroutine is stepped inline in `data_received` (calls.py:
+inside a Task made for it, so `asyncio.timeout` and contextvars behave as in any
+task): when it finishes without waiting, the answer is written at once; when it
+waits (Redis), the Task carries on. Messages of one call are handled in order, one
 at a time. A handler may also push answers between its steps (a held answer
 released by a timer); a call whose handler still holds answers does not end
 when the peer's input does. A protocol violation closes the stream or the
@@ -21,21 +21,17 @@ import asyncio
 import contextvars
 import functools
 import logging
-import types
-from collections import deque
-from collections.abc import Coroutine, Generator
 from typing import Any, Protocol
 
 from extproc.transport import frames as f
 from extproc.transport import header_blocks
+from extproc.transport.calls import Call, step_inline
 from extproc.transport.grpc_api import (
     INTERNAL,
     OK,
     UNIMPLEMENTED,
     GrpcError,
-    MessageStream,
     Services,
-    Unary,
 )
 
 log = logging.getLogger("llmux.transport")
@@ -60,107 +56,12 @@ class Owner(Protocol):
     draining: bool
 
 
-class _Call:
-    __slots__ = (
-        "context",
-        "ended",
-        "finished",
-        "handler",
-        "headers_sent",
-        "id",
-        "input_ended",
-        "outbox",
-        "queue",
-        "reader",
-        "recv_unacked",
-        "send_window",
-        "task",
-        "trailers",
-        "unary",
-    )
-
-    def __init__(self, stream_id: int, send_window: int) -> None:
-        self.id = stream_id
-        self.send_window = send_window
-        self.recv_unacked = 0
-        self.reader = f.MessageReader()
-        self.handler: MessageStream | None = None
-        self.unary: Unary | None = None
-        self.context: contextvars.Context | None = None
-        self.queue: deque[bytes] = deque()
-        self.task: asyncio.Task[Any] | None = None  # the handler step now waiting
-        self.input_ended = False  # the peer sent END_STREAM
-        self.finished = False  # our trailers are queued or sent
-        self.ended = False  # closed on both sides, or reset
-        self.headers_sent = False
-        self.outbox = bytearray()  # framed messages waiting for send window
-        self.trailers: bytes | None = None  # sent once the outbox is empty
-
-
-class _Waiting:
-    """What an inline step left for its task: the coroutine and what it awaits."""
-
-    __slots__ = ("awaited", "coro")
-
-    def __init__(self) -> None:
-        self.coro: Coroutine[Any, Any, bytes | None] | None = None
-        self.awaited: Any = None
-
-
-@types.coroutine
-def _carry_on(waiting: _Waiting) -> Generator[Any, Any, bytes | None]:
-    """A task's body: nothing if the inline step finished, else drive the coroutine on.
-
-    What the task sends or throws in (a result, a cancellation from `asyncio.timeout`)
-    goes on into the coroutine, as `await` would. `_step` primes it to the bare
-    `yield` before the task exists: a task cancelled before its first step throws
-    into an unstarted generator, which would drop the cancellation and leave the
-    coroutine suspended (its `except CancelledError` and `finally` never run).
-    """
-    try:
-        yield  # where the priming stops; the task's first step resumes here
-    except GeneratorExit:
-        raise
-    except BaseException as exc:  # cancelled before the task's first step
-        if waiting.coro is None:
-            raise
-        finished, awaited = _advance(waiting.coro, None, exc)
-    else:
-        if waiting.coro is None:
-            return None
-        finished, awaited = False, waiting.awaited
-    coro = waiting.coro
-    while not finished:
-        error: BaseException | None = None
-        value = None
-        try:
-            value = yield awaited
-        except GeneratorExit:
-            coro.close()
-            raise
-        except BaseException as exc:
-            error = exc
-        finished, awaited = _advance(coro, value, error)
-    answer: bytes | None = awaited
-    return answer
-
-
-def _advance(
-    coro: Coroutine[Any, Any, bytes | None], value: Any, error: BaseException | None
-) -> tuple[bool, Any]:
-    """One step of `coro`: (False, what it awaits next) or (True, its answer)."""
-    try:
-        return False, coro.throw(error) if error is not None else coro.send(value)
-    except StopIteration as done:
-        return True, done.value
-
-
 class Connection(asyncio.Protocol):
     def __init__(self, server: Owner) -> None:
         self.server = server
         self.services = server.services
         self.transport: asyncio.Transport | None = None
-        self.calls: dict[int, _Call] = {}
+        self.calls: dict[int, Call] = {}
         self.reader = f.FrameReader(MAX_FRAME)
         self.decoder = header_blocks.BlockDecoder(max_header_list_size=1 << 20)
         self.preface = b""  # bytes of the client preface seen so far
@@ -169,7 +70,7 @@ class Connection(asyncio.Protocol):
         self.initial_send_window = 65_535
         self.peer_max_frame = f.DEFAULT_MAX_FRAME
         self.recv_unacked = 0
-        self.blocked: dict[int, _Call] = {}  # calls with data waiting for send window
+        self.blocked: dict[int, Call] = {}  # calls with data waiting for send window
         self.header_block: list[bytes] = []  # fragments of a HEADERS + CONTINUATION
         self.header_stream = 0
         self.header_end_stream = False
@@ -300,14 +201,14 @@ class Connection(asyncio.Protocol):
         if self.going_away:
             self._write(f.rst_stream(stream_id, f.REFUSED_STREAM))
             return
-        call = _Call(stream_id, self.initial_send_window)
+        call = Call(stream_id, self.initial_send_window)
         self.calls[stream_id] = call
         call.input_ended = end_stream  # so a call refused in _open is not also reset
         self._open(call, headers)
         if end_stream and not call.ended:
             self._input_ended(call)
 
-    def _open(self, call: _Call, headers: dict[str, str]) -> None:
+    def _open(self, call: Call, headers: dict[str, str]) -> None:
         path = headers.get(":path", "")
         if headers.get(":method") != "POST" or not headers.get("content-type", "").startswith(
             "application/grpc"
@@ -402,7 +303,7 @@ class Connection(asyncio.Protocol):
 
     # --- calls --------------------------------------------------------------------
 
-    def _message(self, call: _Call, message: bytes) -> None:
+    def _message(self, call: Call, message: bytes) -> None:
         if call.unary is not None:
             self._unary(call, message)
         elif call.task is not None:
@@ -410,7 +311,7 @@ class Connection(asyncio.Protocol):
         elif call.handler is not None:
             self._step(call, message)
 
-    def _unary(self, call: _Call, message: bytes) -> None:
+    def _unary(self, call: Call, message: bytes) -> None:
         assert call.unary is not None
         try:
             answer = call.unary(message)
@@ -424,41 +325,33 @@ class Connection(asyncio.Protocol):
         self._send(call, answer)
         self._finish(call, OK)
 
-    def _step(self, call: _Call, message: bytes) -> None:
+    def _step(self, call: Call, message: bytes) -> None:
         """Run the handler on this message (and queued ones) while none of them waits."""
         assert call.handler is not None and call.context is not None
         while True:
-            coro = call.handler.on_message(message)
-            waiting = _Waiting()
-            body = _carry_on(waiting)
-            body.send(None)  # primed: see _carry_on
-            task = self.loop.create_task(body, context=call.context)
-            asyncio.tasks._enter_task(self.loop, task)  # the inline step runs as that task
             try:
-                awaited = call.context.run(coro.send, None)
-            except StopIteration as done:
-                self._answered(call, done.value)
+                answer, task = step_inline(
+                    self.loop, call.context, call.handler.on_message(message)
+                )
             except BaseException as exc:
                 self._failed(call, exc)
                 return
-            else:  # it waits: its task carries on from here
-                waiting.coro, waiting.awaited = coro, awaited
+            if task is not None:  # it waits: its task carries on from here
                 call.task = task
                 task.add_done_callback(functools.partial(self._resumed, call))
                 return
-            finally:
-                asyncio.tasks._leave_task(self.loop, task)
+            self._answered(call, answer)
             if call.ended or not call.queue:
                 break
             message = call.queue.popleft()
         if call.input_ended and not call.finished and call.task is None:
             self._finish_unless_holding(call)
 
-    def _resumed(self, call: _Call, task: asyncio.Task[Any]) -> None:
+    def _resumed(self, call: Call, task: asyncio.Task[Any]) -> None:
         self._resume(call, task)
         self._send_out()
 
-    def _resume(self, call: _Call, task: asyncio.Task[Any]) -> None:
+    def _resume(self, call: Call, task: asyncio.Task[Any]) -> None:
         call.task = None
         if call.ended or task.cancelled():
             return
@@ -472,7 +365,7 @@ class Connection(asyncio.Protocol):
         elif call.input_ended and not call.finished:
             self._finish_unless_holding(call)
 
-    def _push(self, call: _Call, answer: bytes) -> None:
+    def _push(self, call: Call, answer: bytes) -> None:
         """An answer the handler writes outside its message steps (a released hold)."""
         if call.ended or call.finished:
             return
@@ -481,24 +374,24 @@ class Connection(asyncio.Protocol):
             self.loop.call_soon(self._settle, call)
         self._send_out()
 
-    def _settle(self, call: _Call) -> None:
+    def _settle(self, call: Call) -> None:
         if not call.ended and not call.finished and call.task is None and not call.queue:
             self._finish_unless_holding(call)
             self._send_out()
 
-    def _finish_unless_holding(self, call: _Call) -> None:
+    def _finish_unless_holding(self, call: Call) -> None:
         if call.handler is None or not call.handler.holding:
             self._finish(call, OK)
 
-    def _answered(self, call: _Call, answer: bytes | None) -> None:
+    def _answered(self, call: Call, answer: bytes | None) -> None:
         if answer is not None and not call.finished:
             self._send(call, answer)
 
-    def _failed(self, call: _Call, error: BaseException) -> None:
+    def _failed(self, call: Call, error: BaseException) -> None:
         log.error("gRPC handler failed", exc_info=error)
         self._finish(call, INTERNAL, "internal error")
 
-    def _input_ended(self, call: _Call) -> None:
+    def _input_ended(self, call: Call) -> None:
         call.input_ended = True
         if call.reader.pending and not call.finished:
             self._finish(call, INTERNAL, "the stream ended inside a message")
@@ -510,7 +403,7 @@ class Connection(asyncio.Protocol):
         elif call.task is None:
             self._finish_unless_holding(call)
 
-    def _send(self, call: _Call, message: bytes) -> None:
+    def _send(self, call: Call, message: bytes) -> None:
         data = f.grpc_message(message)
         if not call.headers_sent:
             call.headers_sent = True
@@ -523,7 +416,7 @@ class Connection(asyncio.Protocol):
         call.send_window -= len(data)
         self._write(f.frame(f.DATA, 0, call.id, data))
 
-    def _flush(self, call: _Call) -> None:
+    def _flush(self, call: Call) -> None:
         outbox = call.outbox
         while outbox:
             size = min(len(outbox), self.send_window, call.send_window, self.peer_max_frame)
@@ -543,7 +436,7 @@ class Connection(asyncio.Protocol):
             else:  # gRPC servers end a call the client still sends on with RST_STREAM
                 self._reset(call, f.NO_ERROR)
 
-    def _finish(self, call: _Call, status: int, message: str = "") -> None:
+    def _finish(self, call: Call, status: int, message: str = "") -> None:
         """Queue the trailers (after any data still waiting for window)."""
         if call.finished:
             return
@@ -557,11 +450,11 @@ class Connection(asyncio.Protocol):
             log.info("gRPC call %d ended: status %d %s", call.id, status, message)
         self._flush(call)
 
-    def _reset(self, call: _Call, code: int) -> None:
+    def _reset(self, call: Call, code: int) -> None:
         self._write(f.rst_stream(call.id, code))
         self._end(call, cancel=True)
 
-    def _end(self, call: _Call, cancel: bool = False) -> None:
+    def _end(self, call: Call, cancel: bool = False) -> None:
         """The call is over on both sides: forget it and close its handler."""
         if call.ended:
             return
