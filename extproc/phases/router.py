@@ -270,8 +270,11 @@ class RouterStream:
         """Reserve the request's estimated cost on its key's and tenant's money budgets."""
         if self.key is None:
             return None
+        found = spend.budgets(self.context, self.key)
+        if not found:  # most keys: no money budget, nothing to price
+            return None
         estimate = spend.request_estimate(self.context, route, request, size)
-        return await spend.reserve(self.context, self.key, estimate, self.dialect)
+        return await spend.reserve(self.context, found, estimate, self.dialect)
 
     def budget(self) -> tuple[str, int] | None:
         """(Redis key, seconds left) of the key's current budget period."""

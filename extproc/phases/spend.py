@@ -51,16 +51,16 @@ def budgets(context: Context, record: keys.VirtualKey) -> list[tuple[str, str, M
 
 
 async def reserve(
-    context: Context, record: keys.VirtualKey, estimate: int, dialect: str
+    context: Context, found: list[tuple[str, str, MoneyBudget]], estimate: int, dialect: str
 ) -> SpendHold | Respond | None:
-    """Hold `estimate` on the key's and its tenant's current periods; a 429 when one is spent.
+    """Hold `estimate` on each of `found` (`budgets`' answer); a 429 when one is spent.
 
-    None: no money budget applies, or the store failed and `store.on_error` is open.
+    None: nothing held, or the store failed and `store.on_error` is open.
     """
     store, held = context.store, SpendHold((), estimate)
     if store is None:
         return None
-    for kind, name, budget in budgets(context, record):
+    for kind, name, budget in found:
         label, seconds_left = keys.period_id(budget.period, context.clock())
         spend_key = store.spend_key(kind, name, label)
         limit = round(budget.amount * pricing.NANO_PER_USD)
