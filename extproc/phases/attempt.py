@@ -277,7 +277,7 @@ class Attempt:
         succeeded = 200 <= state.status < 300 or state.unreadable
         if succeeded:
             state.cost = spend.attempt_cost(self.context, plan.provider, plan.upstream_model, usage)
-        self.observe()
+        self.observe(usage)
         self.feedback.ended(
             succeeded=succeeded,
             stream=plan.stream,
@@ -363,13 +363,12 @@ class Attempt:
         attempts = self.context.config.routing.max_attempts or len(self.plan.route.targets)
         return not retriable or self.plan.number >= attempts
 
-    def observe(self) -> None:
+    def observe(self, usage: ir.Usage) -> None:
         plan, state = self.plan, self.state
         metrics = self.context.telemetry.metrics
         provider, model = plan.provider.name, plan.upstream_model
         status = str(state.status or 502)
         now = time.perf_counter()
-        usage = self.usage()
         metrics.attempt(provider, model, status)
         if 200 <= state.status < 300:
             genai = GENAI_PROVIDER[plan.provider.type]
