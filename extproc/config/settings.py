@@ -163,6 +163,9 @@ class Routing(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_attempts: int | None = None  # per client request; default: one per target
     cooldown_s: float = 30.0  # after a 429 without Retry-After
     breaker: Breaker = Breaker()
+    # A streamed answer is held until its first content; no content this long after
+    # the response headers fails the attempt over (issue #19). None: timeouts.attempt_s.
+    first_token_timeout_s: float | None = None
 
 
 class Cache(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -207,6 +210,11 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # `provider/model` (provider: a configured name or a type) -> price; over the defaults
     pricing: dict[str, Price] = {}
     tenants: dict[str, Tenant] = {}  # tenant name (as virtual keys name it) -> its limits
+
+    @property
+    def first_token_timeout_s(self) -> float:
+        """How long a held stream may go without content (routing.first_token_timeout_s)."""
+        return self.routing.first_token_timeout_s or self.timeouts.attempt_s
 
     def provider(self, name: str) -> Provider:
         return next(p for p in self.providers if p.name == name)
@@ -342,6 +350,9 @@ def check_references(config: Config) -> list[str]:
             "$.timeouts.idle_s: must be longer than timeouts.attempt_s, or a slow attempt "
             "ends the whole request instead of falling back to the next target"
         )
+    first_token = config.routing.first_token_timeout_s
+    if first_token is not None and first_token <= 0:
+        problems.append("$.routing.first_token_timeout_s: must be more than 0 seconds")
     model_names = [m.name for m in config.models]
     for i, model in enumerate(config.models):
         at = f"$.models[{i}]"

@@ -22,6 +22,7 @@ from extproc.config.settings import Config, Model, Provider, UpstreamURL
 from extproc.envoy.contract import (
     CLUSTER_HEADER,
     DIALECT_NAMESPACE,
+    HOLD_MARGIN_S,
     METADATA_NAMESPACE,
     PHASE_METADATA,
     ROUTER_PHASE,
@@ -388,14 +389,25 @@ def _router_ext_proc(config: Config) -> dict[str, Any]:
 
 
 def _upstream_ext_proc(config: Config) -> dict[str, Any]:
+    """Per attempt: the response's headers are held until its first content (issue #19).
+
+    Body chunks must reach the ext_proc while it holds its answer to the headers,
+    so the body mode is STREAMED with send_body_without_waiting_for_header_response
+    (which makes Envoy ignore mode_override: non-streamed answers arrive in chunks
+    too, and the ext_proc buffers them). A hold may outlast message_timeout by
+    asking for more time, up to max_message_timeout. See README "Stream-safe failover".
+    """
+    longest_hold = max(config.first_token_timeout_s, config.timeouts.attempt_s)
     return {
         "@type": _EXT_PROC,
         "grpc_service": _grpc_service(UPSTREAM_PHASE),
         "failure_mode_allow": False,
         "message_timeout": f"{config.extproc.message_timeout_ms / 1000:g}s",
-        # Response body mode is chosen per response (stream or not) by mode_override.
-        "processing_mode": _processing_mode(response_header_mode="SEND"),
-        "allow_mode_override": True,
+        "max_message_timeout": _seconds(longest_hold + HOLD_MARGIN_S),
+        "processing_mode": _processing_mode(
+            response_header_mode="SEND", response_body_mode="STREAMED"
+        ),
+        "send_body_without_waiting_for_header_response": True,
         "request_attributes": ["xds.upstream_host_metadata"],
         "mutation_rules": {"allow_all_routing": True},
         "status_on_error": {"code": EXTPROC_FAILURE_STATUS},

@@ -31,6 +31,10 @@ PHASE_METADATA = "x-llmux-phase"
 ROUTER_PHASE = "router"
 UPSTREAM_PHASE = "upstream"
 
+# A held attempt response (issue #19) asks Envoy for its bound plus this margin; the
+# upstream filter's max_message_timeout allows the longest bound plus the same margin.
+HOLD_MARGIN_S = 5.0
+
 # Endpoint metadata: which target of the model an endpoint is.
 METADATA_NAMESPACE = "llmux"
 TARGET_KEY = "llmux_target"

@@ -218,9 +218,27 @@ class Attempt:
     async def response_body(self, body: bytes, end_of_stream: bool) -> Continue:
         action = self.translate_body(body, end_of_stream)
         if end_of_stream:
-            # Stored before the last bytes go out: the client's next identical request hits.
-            await self.fill_cache()
+            await self.ended()
         return action
+
+    async def ended(self) -> None:
+        """The response's last chunk is translated: count it, then cache it."""
+        self.finish()
+        # Stored before the last bytes go out: the client's next identical request hits.
+        await self.fill_cache()
+
+    def failed_before_content(self, reason: str, status: int, *, failover: bool) -> None:
+        """A held 200 failed before its first content (held_response.py): `status` stands
+        for it — the 503 or 429 the router retries, or the client's error on the last try.
+        """
+        plan = self.plan
+        self.state.status = status
+        self.note_failure(None)
+        if failover:
+            self.context.telemetry.metrics.failover(plan.provider.name, reason)
+        if plan.span is not None:
+            plan.span.add_event("llmux.failed_before_content", {"llmux.reason": reason})
+        self.finish()
 
     def translate_body(self, body: bytes, end_of_stream: bool) -> Continue:
         translator, state = self.translator, self.state
@@ -360,8 +378,12 @@ class Attempt:
         """Whether Envoy hands this attempt's answer to the client (no retry follows)."""
         status = self.state.status
         retriable = status == 429 or status >= 500 or status == 0
+        return not retriable or self.is_last()
+
+    def is_last(self) -> bool:
+        """No retry follows this attempt, whatever its answer."""
         attempts = self.context.config.routing.max_attempts or len(self.plan.route.targets)
-        return not retriable or self.plan.number >= attempts
+        return self.plan.number >= attempts
 
     def observe(self, usage: ir.Usage) -> None:
         plan, state = self.plan, self.state

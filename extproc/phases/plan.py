@@ -44,6 +44,7 @@ class AttemptState:
     __slots__ = (
         "cost",
         "cut",
+        "early_error",
         "finish_reason",
         "finished",
         "first_token",
@@ -63,3 +64,4 @@ class AttemptState:
         self.response_model = ""  # the model the provider says answered (often dated)
         self.cut = False  # the stream ended before the response did (either side left)
         self.cost: int | None = None  # nano-dollars, once finished; None: not billed or no price
+        self.early_error: ir.ErrorInfo | None = None  # an error event before any content

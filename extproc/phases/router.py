@@ -377,7 +377,9 @@ class RouterStream:
         info = ir.ErrorInfo(kind=kind, message=message, retry_after=decision.retry_after_s)
         return error_response(self.dialect, info)
 
-    async def response_headers(self, headers: dict[str, str]) -> Action:
+    async def response_headers(
+        self, headers: dict[str, str], end_of_stream: bool = False
+    ) -> Action:
         """Single-target models translate their response here; others pass through."""
         attempt, self.attempt = self.attempt, None
         if attempt is None:

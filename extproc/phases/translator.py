@@ -73,17 +73,16 @@ class ResponseTranslator:
 
     def note_events(self, events: list[ir.StreamEvent]) -> None:
         state = self.state
-        if (
-            events
-            and not state.first_token
-            and any(isinstance(e, ir.TextDelta | ir.ToolCallStart) for e in events)
-        ):
-            state.first_token = time.perf_counter()
         for event in events:
-            if isinstance(event, ir.StreamFinish):
+            if isinstance(event, ir.TextDelta | ir.ToolCallStart | ir.ToolCallDelta):
+                if not state.first_token and (not isinstance(event, ir.TextDelta) or event.text):
+                    state.first_token = time.perf_counter()  # the first content
+            elif isinstance(event, ir.StreamFinish):
                 state.finish_reason = event.finish_reason
             elif isinstance(event, ir.StreamStart):
                 state.response_model = event.model
+            elif isinstance(event, ir.StreamError) and not state.first_token:
+                state.early_error = event.error  # held_response.py fails the attempt over
 
     def response(self, body: bytes) -> bytes:
         """A buffered 2xx answer; raises GatewayError when the body cannot be read."""

@@ -2,7 +2,10 @@
 
 The upstream filter's ext_proc stream: reads which target Envoy picked and what
 earlier attempts left in the shared header map, opens the attempt (attempt.py)
-from the envelope the router phase sent, and hands it the response phases.
+from the envelope the router phase sent, and hands it the response phases. A 200
+answer is held until it proves good (held_response.py), so a failure before its
+first content still falls back; Envoy sends every body in chunks here (STREAMED),
+and an error's is kept until its end.
 """
 
 from __future__ import annotations
@@ -13,15 +16,16 @@ from extproc import ir
 from extproc.decisions import providers
 from extproc.envoy.contract import INTERNAL_PREFIX
 from extproc.phases import envelope
-from extproc.phases.actions import CONTINUE, Action, error_response
+from extproc.phases.actions import CONTINUE, Action, Hold, error_response
 from extproc.phases.attempt import NO_ROUTE, Attempt, AttemptStart, open_attempt
 from extproc.phases.context import Context
+from extproc.phases.held_response import EMPTY, HeldResponse
 
 
 class UpstreamStream:
     """One attempt against one target; translates both ways."""
 
-    __slots__ = ("attempt", "context", "dialect", "start", "trace_carrier")
+    __slots__ = ("attempt", "context", "dialect", "error_body", "held", "start", "trace_carrier")
 
     def __init__(self, context: Context, trace_carrier: dict[str, str]) -> None:
         self.context = context
@@ -29,6 +33,8 @@ class UpstreamStream:
         self.trace_carrier = trace_carrier
         self.start: AttemptStart | None = None  # what the request headers said
         self.attempt: Attempt | None = None
+        self.held: HeldResponse | None = None  # a 200 answer, until it proves good
+        self.error_body: bytearray | None = None  # an error answer's body, until its end
 
     async def request_headers(
         self, headers: dict[str, str], end_of_stream: bool, target: int | None
@@ -54,16 +60,38 @@ class UpstreamStream:
         self.attempt, action = await open_attempt(self.context, internal, start)
         return action
 
-    async def response_headers(self, headers: dict[str, str]) -> Action:
-        return self.opened().response_headers(headers)
+    async def response_headers(
+        self, headers: dict[str, str], end_of_stream: bool = False
+    ) -> Action | Hold:
+        attempt = self.opened()
+        # No mode_override: this filter's body mode is static (envoy/bootstrap.py).
+        action = attempt.response_headers(headers)._replace(response_body_mode=None)
+        if end_of_stream:  # no body follows: nothing to hold or keep
+            attempt.finish()
+            return action
+        if attempt.state.status != 200:
+            self.error_body = bytearray()  # answered at once: a retry starts now
+            return action
+        self.held = HeldResponse(attempt, action)
+        return self.held.hold
 
     async def response_body(self, body: bytes, end_of_stream: bool) -> Action:
+        held = self.held
+        if held is not None and (held.holding or held.failed):
+            return await held.response_body(body, end_of_stream)
+        if self.error_body is not None:
+            self.error_body += body
+            if not end_of_stream:
+                return EMPTY
+            body, self.error_body = bytes(self.error_body), None
         return await self.opened().response_body(body, end_of_stream)
 
     def observe(self, phase: str, action: Action) -> None:
         """Nothing per phase: an attempt counts itself when its response ends."""
 
     def closed(self) -> None:
+        if self.held is not None:
+            self.held.closed()
         if self.attempt is not None:
             self.attempt.closed()
 

@@ -134,6 +134,12 @@ class Metrics:
         self._fallbacks = _counter(
             r, "llmux_fallbacks", "Requests served after a failed attempt", "model"
         )
+        self._failovers = _counter(
+            r,
+            "llmux_failovers",
+            "Attempts failed over after a 200, before any content reached the client",
+            "provider reason",
+        )
         self._cooldowns = _counter(
             r, "llmux_cooldowns", "Credentials put in cooldown after a 429", "provider"
         )
@@ -204,6 +210,9 @@ class Metrics:
 
     def fallback(self, model: str) -> None:
         self._fallbacks.labels(model).inc()
+
+    def failover(self, provider: str, reason: str) -> None:
+        self._failovers.labels(provider, reason).inc()
 
     def cooldown(self, provider: str) -> None:
         self._cooldowns.labels(provider).inc()

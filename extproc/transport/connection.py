@@ -10,8 +10,8 @@ inside a Task made for it, so `asyncio.timeout` and contextvars behave as in any
 task): when it finishes without waiting, the answer is written at once; when it
 waits (Redis), the Task carries on. Messages of one call are handled in order, one
 at a time. A handler may also push answers between its steps (a held answer
-released by a timer); a call whose handler still holds answers does not end
-when the peer's input does. A protocol violation closes the stream or the
+released by a timer). The call ends when the peer's input does: Envoy half-closes
+only once it wants no more answers, so what is still held then is dropped. A protocol violation closes the stream or the
 connection with a logged reason; it never reaches the process.
 """
 
@@ -345,7 +345,7 @@ class Connection(asyncio.Protocol):
                 break
             message = call.queue.popleft()
         if call.input_ended and not call.finished and call.task is None:
-            self._finish_unless_holding(call)
+            self._finish(call, OK)
 
     def _resumed(self, call: Call, task: asyncio.Task[Any]) -> None:
         self._resume(call, task)
@@ -363,25 +363,14 @@ class Connection(asyncio.Protocol):
         if call.queue:
             self._step(call, call.queue.popleft())
         elif call.input_ended and not call.finished:
-            self._finish_unless_holding(call)
+            self._finish(call, OK)
 
     def _push(self, call: Call, answer: bytes) -> None:
         """An answer the handler writes outside its message steps (a released hold)."""
         if call.ended or call.finished:
             return
         self._send(call, answer)
-        if call.input_ended:  # once the step that may be pushing now has answered too
-            self.loop.call_soon(self._settle, call)
         self._send_out()
-
-    def _settle(self, call: Call) -> None:
-        if not call.ended and not call.finished and call.task is None and not call.queue:
-            self._finish_unless_holding(call)
-            self._send_out()
-
-    def _finish_unless_holding(self, call: Call) -> None:
-        if call.handler is None or not call.handler.holding:
-            self._finish(call, OK)
 
     def _answered(self, call: Call, answer: bytes | None) -> None:
         if answer is not None and not call.finished:
@@ -401,7 +390,7 @@ class Connection(asyncio.Protocol):
         elif call.unary is not None:
             self._finish(call, OK)
         elif call.task is None:
-            self._finish_unless_holding(call)
+            self._finish(call, OK)
 
     def _send(self, call: Call, message: bytes) -> None:
         data = f.grpc_message(message)

@@ -106,6 +106,16 @@ def response_for(phase: str, action: Action) -> ext_proc_pb2.ProcessingResponse:
     return response
 
 
+def more_time(seconds: float) -> ext_proc_pb2.ProcessingResponse:
+    """Not an answer: asks Envoy to wait `seconds` for the answer it waits for.
+
+    Bounded by the filter's `max_message_timeout`.
+    """
+    response = ProcessingResponse()
+    response.override_message_timeout.FromMilliseconds(max(1, int(seconds * 1000)))
+    return response
+
+
 def _immediate(action: Respond) -> ext_proc_pb2.ProcessingResponse:
     response = ProcessingResponse()
     immediate = response.immediate_response

@@ -55,10 +55,6 @@ class _ProcessCall:
         response = await self.session.handle(request)
         return None if response is None else response.SerializeToString()
 
-    @property
-    def holding(self) -> bool:
-        return self.session.holding
-
     def _sink(self, responses: list[ext_proc_pb2.ProcessingResponse]) -> None:
         for response in responses:
             self.push(response.SerializeToString())

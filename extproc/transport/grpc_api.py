@@ -28,11 +28,6 @@ class MessageStream(Protocol):
 
     def on_message(self, message: bytes) -> Coroutine[Any, Any, bytes | None]: ...
 
-    @property
-    def holding(self) -> bool:
-        """Answers are still to come through `Push`: the call must not end yet."""
-        ...
-
     def close(self) -> None:
         """The call ended for any reason; called once."""
 

@@ -36,7 +36,6 @@ class _Answers:
     def __init__(self, session: Session) -> None:
         self.session = session
         self.queue: asyncio.Queue[object] = asyncio.Queue()
-        self.input_ended = False
         session.sink = self._sink
 
     async def read(self, requests: AsyncIterator[ext_proc_pb2.ProcessingRequest]) -> None:
@@ -48,15 +47,12 @@ class _Answers:
         except Exception as exc:  # handed to the call, which ends with it
             self.queue.put_nowait(exc)
             return
-        self.input_ended = True
-        if not self.session.holding:
-            self.queue.put_nowait(_END)
+        # Envoy half-closes once it needs nothing more: what is still held is dropped.
+        self.queue.put_nowait(_END)
 
     def _sink(self, responses: list[ext_proc_pb2.ProcessingResponse]) -> None:
         for response in responses:
             self.queue.put_nowait(response)
-        if self.input_ended and not self.session.holding:
-            self.queue.put_nowait(_END)
 
     async def __aiter__(self) -> AsyncIterator[ext_proc_pb2.ProcessingResponse]:
         while (answer := await self.queue.get()) is not _END:

@@ -5,10 +5,12 @@ Process stream and hand it every message in order. The per-stream guard lives
 here: the one place that catches every exception, so the client gets a clean
 error in its own dialect instead of a broken stream.
 
-Holding (issue #19): a phase handler may answer a message with a `Hold` instead
-of an Action and release it later, from a later message's handler, a timer or a
-task. Until then the answers to later messages wait behind it; on release the
-session hands them all, in Envoy's order, to the `sink` the transport installed.
+Holding (issue #19): a phase handler may answer a message with a `Hold`
+(phases/actions.py) instead of an Action and release it later, from a later
+message's handler, a timer or a task. Until then the answers to later messages
+wait behind it; on release the session hands them all, in Envoy's order, to the
+`sink` the transport installed. A held message's extension of Envoy's timeout
+goes to the sink at once.
 The common case, one Action per message, takes none of this path: it costs one
 `is None` test and one isinstance.
 """
@@ -19,11 +21,10 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import final
 
 from extproc import ir
 from extproc.envoy.contract import PHASE_METADATA, ROUTER_PHASE, UPSTREAM_PHASE
-from extproc.phases.actions import Action, PhaseHandler, error_response
+from extproc.phases.actions import Action, Hold, PhaseHandler, Respond, error_response
 from extproc.phases.context import Context
 from extproc.phases.router import RouterStream
 from extproc.phases.upstream import UpstreamStream
@@ -41,45 +42,6 @@ HANDLERS: dict[str, Callable[[Context, dict[str, str]], PhaseHandler]] = {
 
 
 Sink = Callable[[list[ext_proc_pb2.ProcessingResponse]], None]
-
-
-@final  # `handle` tells it apart by `type(...) is Hold`
-class Hold:
-    """A handler's "not now": returned in place of an Action, answered by `release` later.
-
-    The seam for a phase handler that must keep receiving messages before it can
-    answer one (issue #19: hold `response_headers` while `response_body` messages
-    arrive, answer from a timer if the upstream stalls). It knows nothing of
-    protobuf or of the session, so it can move to phases/actions.py when a phase
-    handler first uses it (phases may not import the transport). `release` and
-    `fail` may be called before or after the handler returns the Hold, from any
-    code on the stream's event loop; after the first, or once the stream has
-    closed, they do nothing.
-    """
-
-    __slots__ = ("action", "done", "error", "on_done", "phase")
-
-    def __init__(self) -> None:
-        self.done = False
-        self.action: Action | None = None
-        self.error: BaseException | None = None
-        self.phase = ""  # set by the session when the handler returns it
-        self.on_done: Callable[[], None] | None = None  # the session's, while it waits
-
-    def release(self, action: Action) -> None:
-        """Answer the held message with `action`."""
-        self._settle(action, None)
-
-    def fail(self, error: BaseException) -> None:
-        """Answer with the guard's clean error, as if the phase had raised `error`."""
-        self._settle(None, error)
-
-    def _settle(self, action: Action | None, error: BaseException | None) -> None:
-        if self.done:
-            return
-        self.done, self.action, self.error = True, action, error
-        if self.on_done is not None:
-            self.on_done()
 
 
 class Session:
@@ -166,8 +128,10 @@ class Session:
         if self._pending is None:
             self._pending = deque()
         if isinstance(action, Hold):
-            action.phase, action.on_done = phase, self._flush
+            action.phase, action.on_done, action.on_extend = phase, self._flush, self._extend
             self._pending.append(action)
+            if action.extension is not None:
+                self._extend(action.extension)
         else:
             self._pending.append(self._answer(phase, action))
         self._flush()
@@ -191,6 +155,9 @@ class Session:
                 self._end(ready)
                 return
             ready.append(self._answer(head.phase, head.action))
+            if type(head.action) is Respond:  # Envoy ends the stream: nothing more is read
+                self._end(ready)
+                return
         if not pending and pending is not _ENDED:
             self._pending = None
         self._emit(ready)
@@ -199,6 +166,9 @@ class Session:
         response = envoy_msgs.response_for(phase, action)
         self.stream.observe(phase, action)  # before answering, as in `handle`
         return response
+
+    def _extend(self, seconds: float) -> None:
+        self._emit([envoy_msgs.more_time(seconds)])
 
     def _emit(self, responses: list[ext_proc_pb2.ProcessingResponse]) -> None:
         if responses and not self._closed and self.sink is not None:
@@ -223,7 +193,7 @@ class Session:
 
 
 def _forget(hold: Hold) -> None:
-    hold.on_done = None
+    hold.on_done = hold.on_extend = None
     hold.done = True
 
 
@@ -252,8 +222,9 @@ def _request_body(
 
 def _response_headers(
     stream: PhaseHandler, request: ext_proc_pb2.ProcessingRequest
-) -> Awaitable[Action]:
-    return stream.response_headers(envoy_msgs.header_dict(request.response_headers))
+) -> Awaitable[Action | Hold]:
+    message = request.response_headers
+    return stream.response_headers(envoy_msgs.header_dict(message), message.end_of_stream)
 
 
 def _response_body(

@@ -68,6 +68,20 @@ def ndjson_line(obj: Any) -> bytes:
     return dumps(obj) + b"\n"
 
 
+def in_band(error_json: bytes, framing: str) -> bytes:
+    """A provider's error body sent as one frame of a stream, the way each streams it.
+
+    Anthropic: `event: error` with the error object; OpenAI-compatible servers (vLLM,
+    Groq) and Gemini: a data frame holding `{"error": ...}`; Ollama: an NDJSON line.
+    """
+    if framing == "ndjson":
+        return error_json + b"\n"
+    if framing == "sse_crlf":
+        return b"data: " + error_json + b"\r\n\r\n"
+    head = b"event: error\n" if framing == "sse_events" else b""
+    return head + b"data: " + error_json + b"\n\n"
+
+
 def broken_json_frame(framing: str) -> bytes:
     """A frame whose framing is right but whose JSON is truncated."""
     partial = b'{"id": "sim-broken", "choices": [{"delta": {"content": "trunc'

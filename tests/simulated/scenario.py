@@ -26,6 +26,8 @@ FAULT_NAMES = (
     "reset_mid_stream",  # send headers and `after_chunks` frames, then RST
     "malformed_json",  # 200 with a truncated JSON body / a broken JSON frame
     "malformed_sse",  # after `after_chunks` frames, garbage framing, no terminator
+    "error_event",  # a 200 stream: after `after_chunks` frames, the provider's in-band
+    # error event for `status` (Anthropic's `event: error`, an OpenAI-style error chunk), end
 )
 
 
@@ -72,6 +74,10 @@ class Fault:
     @classmethod
     def malformed_json(cls, after_chunks: int = 0) -> Fault:
         return cls("malformed_json", after_chunks=after_chunks)
+
+    @classmethod
+    def error_event(cls, status: int, after_chunks: int = 0) -> Fault:
+        return cls("error_event", status=status, after_chunks=after_chunks)
 
     @classmethod
     def malformed_sse(cls, after_chunks: int = 0) -> Fault:

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from tests.simulated import anthropic_wire, gemini_wire, ollama_wire, openai_wire, rate_limits
 from tests.simulated.control import add_control_routes
-from tests.simulated.framing import Call, Rendered, broken_framing, broken_json_frame
+from tests.simulated.framing import Call, Rendered, broken_framing, broken_json_frame, in_band
 from tests.simulated.scenario import Fault, RecordedRequest, SimState
 
 HTML_502 = (
@@ -169,17 +169,26 @@ def _handler(
         rendered.headers.update(limit_headers)
         record.status = rendered.status
         record.usage = rendered.usage if rendered.status == 200 else None
-        return await _send(request, rendered, fault, state.scenario.chunk_delay)
+        failure = b""
+        if fault is not None and fault.name == "error_event":
+            record.usage = None  # the stream fails before its usage
+            failure = in_band(provider.error(fault.status, None, None).frames[0], rendered.framing)
+        return await _send(request, rendered, fault, state.scenario.chunk_delay, failure)
 
     return handle
 
 
-_STREAM_FAULTS = ("stall", "reset_mid_stream", "malformed_json", "malformed_sse")
+_STREAM_FAULTS = ("stall", "reset_mid_stream", "malformed_json", "malformed_sse", "error_event")
 
 
 async def _send(
-    request: web.Request, rendered: Rendered, fault: Fault | None, delay: float
+    request: web.Request,
+    rendered: Rendered,
+    fault: Fault | None,
+    delay: float,
+    failure: bytes,
 ) -> web.StreamResponse:
+    """`failure`: the provider's in-band error frame, for an `error_event` fault."""
     headers = {"Content-Type": rendered.content_type, **rendered.headers}
     active = fault if fault is not None and fault.name in _STREAM_FAULTS else None
     frames = rendered.frames
@@ -199,7 +208,7 @@ async def _send(
     try:
         for index in range(len(frames) + 1):
             if active is not None and index == min(active.after_chunks, len(frames)):
-                if not await _apply(request, response, active, rendered.framing):
+                if not await _apply(request, response, active, rendered.framing, failure):
                     return response
             if index == len(frames):
                 break
@@ -213,7 +222,7 @@ async def _send(
 
 
 async def _apply(
-    request: web.Request, response: web.StreamResponse, fault: Fault, framing: str
+    request: web.Request, response: web.StreamResponse, fault: Fault, framing: str, failure: bytes
 ) -> bool:
     """Apply a mid-body fault; return whether the remaining frames still go out."""
     if fault.name == "stall":
@@ -222,6 +231,10 @@ async def _apply(
     if fault.name == "reset_mid_stream":
         _reset(request)
         raise asyncio.CancelledError
+    if fault.name == "error_event":
+        await response.write(failure)
+        await response.write_eof()
+        return False
     broken = (
         broken_json_frame(framing) if fault.name == "malformed_json" else broken_framing(framing)
     )

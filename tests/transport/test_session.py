@@ -8,11 +8,11 @@ import json
 import pytest
 
 from extproc.envoy.bootstrap import PHASE_METADATA
-from extproc.phases.actions import Continue
+from extproc.phases.actions import Continue, Hold
 from extproc.phases.router import RouterStream
 from extproc.phases.upstream import UpstreamStream
 from extproc.transport.pb import ext_proc_pb2
-from extproc.transport.session import HANDLERS, Hold, Session
+from extproc.transport.session import HANDLERS, Session
 from tests.unit import phase_world as world
 
 

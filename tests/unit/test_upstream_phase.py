@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from extproc import ir
 from extproc.decisions.routing import CredentialState, credential_tag, target_tag
 from extproc.phases import envelope
-from extproc.phases.actions import Action
+from extproc.phases.actions import Action, Hold
 from extproc.phases.context import Context
 from extproc.phases.upstream import UpstreamStream
 from extproc.store import RequestState, Store
@@ -56,12 +56,18 @@ async def opened(
 async def answered(
     stream: UpstreamStream, headers: dict[str, str], chunks: list[bytes]
 ) -> tuple[Action, list[Action]]:
-    """The response phases: headers, then each chunk (the last ends the stream)."""
+    """The response phases: headers, then each chunk (the last ends the stream).
+
+    A held answer to the headers (a 200) is read once the chunks released it.
+    """
     head = await stream.response_headers(headers)
     bodies = [
         await stream.response_body(chunk, i == len(chunks) - 1) for i, chunk in enumerate(chunks)
     ]
     stream.closed()
+    if isinstance(head, Hold):
+        assert head.done and head.action is not None, "the answer is still held"
+        head = head.action
     return head, bodies
 
 
@@ -127,7 +133,7 @@ def test_a_buffered_answer_is_translated_to_the_clients_dialect() -> None:
 
     head, (body,) = asyncio.run(scenario())
     headers = headers_of(continued(head))
-    assert continued(head).response_body_mode == "BUFFERED"
+    assert continued(head).response_body_mode is None  # the filter's is static: STREAMED
     assert headers["x-llmux-provider"] == "an"
     assert headers["x-llmux-attempts"] == "2"
     assert headers["content-type"] == "application/json"
@@ -149,7 +155,7 @@ def test_a_stream_is_translated_chunk_by_chunk() -> None:
         return await answered(stream, {":status": "200"}, chunks)
 
     head, bodies = asyncio.run(scenario())
-    assert continued(head).response_body_mode == "STREAMED"
+    assert continued(head).response_body_mode is None  # the filter's is static: STREAMED
     assert headers_of(continued(head))["content-type"] == "text/event-stream"
     outs = [continued(b).body or b"" for b in bodies]
     assert b'"Hel"' in outs[2] and b'"lo"' not in outs[2]  # the first delta, as it came
@@ -179,13 +185,15 @@ def test_a_provider_error_reaches_the_client_in_its_dialect() -> None:
 def test_an_unreadable_200_answers_the_errors_status() -> None:
     ctx = world.context()
 
-    async def scenario() -> list[Action]:
+    async def scenario() -> tuple[Action, list[Action]]:
         stream, _ = await opened(ctx, sealed(ctx), 1)
-        return (await answered(stream, {":status": "200"}, [b"not json"]))[1]
+        return await answered(stream, {":status": "200"}, [b"not j", b"son"])
 
-    (body,) = asyncio.run(scenario())
-    status = headers_of(continued(body))[":status"]
+    head, (first, body) = asyncio.run(scenario())
+    assert continued(first).body == b""  # kept until the whole answer is in
+    status = headers_of(continued(head))[":status"]  # the held headers carry it
     assert status.startswith("5")
+    assert json.loads(continued(body).body or b"")["error"]
     labels = {"provider": "an", "model": "claude-x", "status": status}
     assert world.sample(ctx, "llmux_upstream_attempts_total", labels) == 1
 
