@@ -16,6 +16,7 @@ from extproc.phases import envelope
 from extproc.phases.actions import CONTINUE, Action, error_response
 from extproc.phases.attempt import NO_ROUTE, Attempt, AttemptStart, open_attempt
 from extproc.phases.context import Context
+from extproc.phases.count_tokens import CountCall, open_count
 
 
 class UpstreamStream:
@@ -28,7 +29,7 @@ class UpstreamStream:
         self.dialect = "openai"  # the client's, once the envelope tells
         self.trace_carrier = trace_carrier
         self.start: AttemptStart | None = None  # what the request headers said
-        self.attempt: Attempt | None = None
+        self.attempt: Attempt | CountCall | None = None
 
     async def request_headers(
         self, headers: dict[str, str], end_of_stream: bool, target: int | None
@@ -51,6 +52,11 @@ class UpstreamStream:
             return error_response(self.dialect, info)
         self.dialect = internal.info.dialect
         start = self.start or AttemptStart(None, "1", [], self.trace_carrier)
+        if isinstance(internal, envelope.CountEnvelope):
+            self.attempt, action = open_count(
+                self.context, internal, start.target, start.stale_headers
+            )
+            return action
         self.attempt, action = await open_attempt(self.context, internal, start)
         return action
 
@@ -67,7 +73,7 @@ class UpstreamStream:
         if self.attempt is not None:
             self.attempt.closed()
 
-    def opened(self) -> Attempt:
+    def opened(self) -> Attempt | CountCall:
         """The attempt a response belongs to (Envoy sends none for a refused request)."""
         if self.attempt is None:
             raise RuntimeError("a response to an attempt that never went upstream")

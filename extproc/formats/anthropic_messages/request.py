@@ -51,8 +51,8 @@ class _Metadata(msgspec.Struct):
 
 class _Request(msgspec.Struct):
     model: str
-    max_tokens: int
     messages: list[_Message]
+    max_tokens: int | None = None  # required by /v1/messages, absent from count_tokens
     system: str | list[Any] | None = None
     tools: list[Block] | None = None
     tool_choice: _ToolChoice | None = None
@@ -118,10 +118,20 @@ def decode_request(
 ) -> ir.ChatRequest:
     """Anthropic request body -> IR. The model and stream flag live in the body."""
     req = _load(body)
+    if req.max_tokens is None:
+        raise ir.invalid_request("max_tokens: field required", param="max_tokens")
     if req.max_tokens < 1:
         raise ir.invalid_request("max_tokens: must be at least 1", param="max_tokens")
+    return _to_ir(req, stream=bool(req.stream))
+
+
+def decode_count_request(body: bytes) -> ir.ChatRequest:
+    """A `POST /v1/messages/count_tokens` body: a messages request without max_tokens."""
+    return _to_ir(_load(body), stream=False)
+
+
+def _to_ir(req: _Request, *, stream: bool) -> ir.ChatRequest:
     choice, parallel = _decode_tool_choice(req.tool_choice)
-    stream = bool(req.stream)
     system = _decode_system(req.system)
     return ir.ChatRequest(
         model=req.model,
