@@ -100,7 +100,7 @@ def open_count(
         remove_headers=[h for h in stale if h not in setting],
         body=body,
     )
-    return CountCall(info.dialect, provider, model), action
+    return CountCall(context, info, provider, model), action
 
 
 class CountState:
@@ -111,12 +111,16 @@ class CountState:
 
 
 class CountCall:
-    """A count sent upstream: its answer in the client's shape."""
+    """A count sent upstream: its answer in the client's shape, counted once it ends."""
 
-    __slots__ = ("dialect", "model", "provider", "state")
+    __slots__ = ("context", "dialect", "info", "model", "provider", "state")
 
-    def __init__(self, dialect: str, provider: Provider, model: str) -> None:
-        self.dialect = dialect
+    def __init__(
+        self, context: Context, info: envelope.RequestInfo, provider: Provider, model: str
+    ) -> None:
+        self.context = context
+        self.info = info
+        self.dialect = info.dialect
         self.provider = provider
         self.model = model
         self.state = CountState()
@@ -135,6 +139,13 @@ class CountCall:
         )
 
     async def response_body(self, body: bytes, end_of_stream: bool) -> Continue:
+        action = self.translate(body)
+        if end_of_stream:
+            self.counted()
+        return action
+
+    def translate(self, body: bytes) -> Continue:
+        """The count, or the provider's error, in the client's shape (BUFFERED: whole)."""
         status = self.state.status
         count = provider_token_count(self.provider)
         assert count is not None  # a CountCall is only opened for a provider that counts
@@ -145,12 +156,20 @@ class CountCall:
             info = providers.codec_for(self.provider).decode_error(status, body)
         except ir.GatewayError as exc:  # a 200 without a count: the client gets a 502
             reply = error_response(self.dialect, exc.info)
+            self.state.status = reply.status
             return Continue(body=reply.body, set_headers=[(":status", str(reply.status))])
         return Continue(body=error_response(self.dialect, info).body)
 
     def local_reply(self, headers: dict[str, str]) -> None:
         """Envoy answered for the provider (timeout, reset): already in the client's shape."""
         self.state.status = int(headers.get(":status", "0") or 0)
+        self.counted()
+
+    def counted(self) -> None:
+        """In llmux_requests_total like any request (the answer, not what it counted)."""
+        status = str(self.state.status or 502)
+        metrics = self.context.telemetry.metrics
+        metrics.request(self.dialect, self.provider.name, self.info.model, status)
 
     def closed(self, *, client_left: bool = False) -> None:
         """Nothing to settle: a count reserves and charges nothing."""

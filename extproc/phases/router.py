@@ -17,7 +17,7 @@ from extproc.decisions.usage import estimate_tokens
 from extproc.envoy.contract import CACHE_HEADER, CLUSTER_HEADER, INTERNAL_PREFIX, MODEL_HEADER
 from extproc.formats import smart_api
 from extproc.formats.endpoints import Endpoint, allowed_methods, classify, dialect_for_path
-from extproc.phases import count_tokens, envelope, spend, strategies
+from extproc.phases import envelope, spend, strategies
 from extproc.phases.actions import CONTINUE, JSON, Action, Continue, Respond, error_response
 from extproc.phases.attempt import Attempt, AttemptStart, open_attempt
 from extproc.phases.context import (
@@ -27,7 +27,7 @@ from extproc.phases.context import (
     new_request_id,
     store_unavailable,
 )
-from extproc.phases.count_tokens import CountCall
+from extproc.phases.count_tokens import CountCall, route_count
 from extproc.phases.translation import decode_client_body, decode_count_request, replay_body
 from extproc.store import RequestState, StoreError
 from extproc.telemetry.core import end_span, trace_id_of
@@ -227,9 +227,7 @@ class RouterStream:
             refusal = keys.refusal(self.key, chat.model, self.context.clock())
             if refusal is not None:
                 return error_response(self.dialect, refusal)
-        self.attempt, action = count_tokens.route_count(
-            self.context, route, chat, len(body), self.dialect
-        )
+        self.attempt, action = route_count(self.context, route, chat, len(body), self.dialect)
         return to_cluster(action, route.cluster, self.client_headers)
 
     async def authenticate(self, headers: dict[str, str], path: str) -> Respond | None:

@@ -18,6 +18,7 @@ import pytest
 
 from tests.harness import Gateway, Valkey, provider_config
 from tests.integration.conftest import close_client
+from tests.integration.test_costs import metric_total
 from tests.simulated import Fault, SimulatedProviders
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("db")]
@@ -180,6 +181,23 @@ def test_a_provider_error_reaches_the_sdk_in_anthropic_s_shape(
     sim.inject(Fault.error(500), provider="gemini")
     with pytest.raises(anthropic.InternalServerError):
         claude.messages.count_tokens(model="m-gm", messages=MESSAGES)
+
+
+def test_an_unreadable_count_is_a_502_and_every_count_is_a_request_in_metrics(
+    gateway: Gateway, claude: Any, sim: SimulatedProviders
+) -> None:
+    def requests(status: str) -> float:
+        labels = {"provider": "an", "model": "m-an", "status": status}
+        return metric_total(gateway, "llmux_requests_total", **labels)
+
+    before = requests("200"), requests("502")
+    claude.messages.count_tokens(model="m-an", messages=MESSAGES)
+    sim.inject(Fault.malformed_json(), provider="anthropic")
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        claude.messages.count_tokens(model="m-an", messages=MESSAGES)
+    assert caught.value.status_code == 502
+    assert caught.value.body["error"]["type"] == "api_error"  # type: ignore[index]
+    assert (requests("200"), requests("502")) == (before[0] + 1, before[1] + 1)
 
 
 def test_a_count_is_authenticated_and_validated_like_a_message(
