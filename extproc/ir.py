@@ -56,8 +56,16 @@ def error_kind_for_status(status: int) -> ErrorKind:
 # ---------------------------------------------------------------- content parts
 
 
+class CacheBreakpoint(msgspec.Struct, frozen=True):
+    """A prompt-cache breakpoint: the prompt up to here may be cached (Anthropic's
+    `cache_control`). Providers that cache on their own (OpenAI, Gemini) drop it."""
+
+    ttl: str | None = None  # "5m" | "1h"; None: the provider's default
+
+
 class TextPart(msgspec.Struct, frozen=True, tag="text"):
     text: str
+    cache: CacheBreakpoint | None = None
 
 
 class ImagePart(msgspec.Struct, frozen=True, tag="image"):
@@ -66,6 +74,7 @@ class ImagePart(msgspec.Struct, frozen=True, tag="image"):
     url: str | None = None
     data: str | None = None  # base64, no data: prefix
     media_type: str | None = None  # e.g. "image/png"; required with data
+    cache: CacheBreakpoint | None = None
 
 
 class UnknownPart(msgspec.Struct, frozen=True, tag="unknown"):
@@ -96,12 +105,15 @@ class Message(msgspec.Struct, frozen=True):
     tool_calls: list[ToolCall] = []
     tool_call_id: str | None = None
     name: str | None = None
+    # A breakpoint after the turn's last block (an Anthropic tool_use or tool_result).
+    cache: CacheBreakpoint | None = None
 
 
 class Tool(msgspec.Struct, frozen=True):
     name: str
     description: str | None = None
     parameters: dict[str, object] = {}  # JSON schema of the arguments object
+    cache: CacheBreakpoint | None = None
 
 
 class ToolChoice(msgspec.Struct, frozen=True):
@@ -136,6 +148,12 @@ class ChatRequest(msgspec.Struct, frozen=True):
     # The client asked to receive usage in the stream (OpenAI stream_options.include_usage).
     stream_include_usage: bool = False
     user: str | None = None
+    # Prompt caching: OpenAI's routing hint, Anthropic's top-level (automatic) breakpoint,
+    # and the system prompt as the client's blocks when one of them is a breakpoint
+    # (`system` is always their text joined).
+    prompt_cache_key: str | None = None
+    cache: CacheBreakpoint | None = None
+    system_parts: list[TextPart] = []
 
 
 # ---------------------------------------------------------------- responses

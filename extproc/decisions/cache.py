@@ -25,8 +25,10 @@ _entry_decoder = msgspec.msgpack.Decoder(ir.ChatResponse)
 
 
 def key_for(tenant: str, request: ir.ChatRequest) -> str:
-    """The cache key; `stream` and `stream_include_usage` do not change the answer."""
-    neutral = msgspec.structs.replace(request, stream=False, stream_include_usage=False)
+    """The cache key; the stream flags and the prompt-cache hint do not change the answer."""
+    neutral = msgspec.structs.replace(
+        request, stream=False, stream_include_usage=False, prompt_cache_key=None
+    )
     digest = hashlib.sha256(tenant.encode() + b"\0" + _canonical.encode(neutral)).hexdigest()
     return digest
 

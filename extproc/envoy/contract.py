@@ -25,6 +25,8 @@ MODEL_HEADER = "x-llmux-model"  # the upstream model that answered
 PROVIDER_HEADER = "x-llmux-provider"
 CACHE_HEADER = "x-llmux-cache"
 ATTEMPTS_HEADER = "x-llmux-attempts"
+# count_tokens answers: "provider" (the target's own count endpoint) or "estimate" (ours).
+TOKEN_COUNT_HEADER = "x-llmux-token-count"
 
 # gRPC metadata on each ext_proc stream naming the filter that calls, and its values.
 PHASE_METADATA = "x-llmux-phase"

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
+import msgspec
+
 from extproc import ir
 
 Header = tuple[str, str]
@@ -185,6 +187,35 @@ class FormatProvider:
     StreamDecoder: Callable[[], StreamDecoder]
     decode_error: Callable[[int, bytes], ir.ErrorInfo]
     embeddings: ProviderEmbeddings | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTokenCount:
+    """A dialect's token-counting endpoint (Anthropic's /v1/messages/count_tokens)."""
+
+    decode_count_request: Callable[[bytes], ir.ChatRequest]
+    encode_count_response: Callable[[int], bytes]  # the prompt's input tokens
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderTokenCount:
+    """A provider's own token-counting endpoint, when it has one."""
+
+    count_path: Callable[[str], str]  # for the upstream model
+    encode_count_request: _EncodeFor
+    decode_count_response: Callable[[bytes], int]  # raises ir.GatewayError(bad_gateway)
+
+
+def count_in(body: bytes, field: str, provider: str) -> int:
+    """The integer `field` of a provider's token-count JSON answer; 502 when it has none."""
+    try:
+        obj = msgspec.json.decode(body)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        obj = None
+    tokens = obj.get(field) if isinstance(obj, dict) else None
+    if not isinstance(tokens, int) or isinstance(tokens, bool):
+        raise ir.bad_gateway(f"{provider} returned a token count without {field}")
+    return tokens
 
 
 def bearer(api_key: str) -> list[Header]:

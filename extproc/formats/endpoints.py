@@ -13,7 +13,7 @@ from extproc.formats import registry
 from extproc.formats.base import ClientCodec, RequestLine
 
 Dialect = Literal["openai", "anthropic", "gemini", "ollama", "smart"]
-Operation = Literal["chat", "embeddings", "models", "tags", "generate"]
+Operation = Literal["chat", "embeddings", "models", "tags", "generate", "count_tokens"]
 
 
 class Endpoint(NamedTuple):
@@ -37,6 +37,7 @@ _EXACT: dict[tuple[str, str], Endpoint] = {
     ("POST", "/v1/embeddings"): Endpoint("openai", "embeddings"),
     ("GET", "/v1/models"): Endpoint("openai", "models"),
     ("POST", "/v1/messages"): Endpoint("anthropic", "chat"),
+    ("POST", "/v1/messages/count_tokens"): Endpoint("anthropic", "count_tokens"),
     ("POST", "/api/chat"): Endpoint("ollama", "chat"),
     ("POST", "/api/embed"): Endpoint("ollama", "embeddings"),
     ("POST", "/api/generate"): Endpoint("ollama", "generate"),

@@ -18,7 +18,15 @@ from extproc.formats import (
     openai_chat,
     smart_api,
 )
-from extproc.formats.base import ClientCodec, ProviderCodec, UpstreamOptions
+from extproc.formats.anthropic_messages import count as anthropic_count
+from extproc.formats.base import (
+    ClientCodec,
+    ClientTokenCount,
+    ProviderCodec,
+    ProviderTokenCount,
+    UpstreamOptions,
+)
+from extproc.formats.gemini_generate import count as gemini_count
 
 CLIENT_CODECS: dict[str, ClientCodec] = {
     "openai": openai_chat.CLIENT,
@@ -38,6 +46,14 @@ PROVIDER_CODECS: dict[str, Callable[[UpstreamOptions], ProviderCodec]] = {
     "anthropic": lambda options: anthropic_messages.provider(options.anthropic_version),
     "gemini": lambda _options: gemini_generate.PROVIDER,
     "ollama": lambda _options: ollama_chat.PROVIDER,
+}
+
+# Token counting (POST /v1/messages/count_tokens): the dialects that offer it, and the
+# provider types with a count endpoint of their own (the others get the gateway's estimate).
+CLIENT_TOKEN_COUNTS: dict[str, ClientTokenCount] = {"anthropic": anthropic_count.CLIENT_COUNT}
+PROVIDER_TOKEN_COUNTS: dict[str, ProviderTokenCount] = {
+    "anthropic": anthropic_count.PROVIDER_COUNT,
+    "gemini": gemini_count.PROVIDER_COUNT,
 }
 
 

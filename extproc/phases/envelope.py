@@ -7,7 +7,7 @@ this envelope: the decoded IR request plus what each attempt needs to know.
 Each attempt translates it afresh for its provider; no routing state travels in
 headers that would reach a provider. Encoded as msgpack with msgspec (µs).
 
-An envelope is a chat or an embeddings request (a tagged union: the IR requests
+An envelope is a chat, an embeddings or a token-count request (a tagged union: the IR requests
 carry no tag of their own, and adding one would change the cache keys hashed
 from them). Holds data only: no decisions, no I/O.
 """
@@ -25,7 +25,7 @@ class RequestInfo(msgspec.Struct, frozen=True, array_like=True):
     """What the router phase learned and decided about the client request."""
 
     dialect: str  # client API: openai | anthropic | gemini | ollama | smart
-    operation: str  # chat | generate | embeddings
+    operation: str  # chat | generate | embeddings | count_tokens
     model: str  # client-visible model name
     request_id: str
     client_bytes: int  # size of the client's body, for token estimates
@@ -57,7 +57,14 @@ class EmbeddingEnvelope(msgspec.Struct, frozen=True, array_like=True, tag="embed
     request: ir.EmbeddingRequest
 
 
-Envelope = ChatEnvelope | EmbeddingEnvelope
+class CountEnvelope(msgspec.Struct, frozen=True, array_like=True, tag="count_tokens"):
+    """A token count (phases/count_tokens.py): the chat request whose input is counted."""
+
+    info: RequestInfo
+    request: ir.ChatRequest
+
+
+Envelope = ChatEnvelope | EmbeddingEnvelope | CountEnvelope
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Envelope)

@@ -27,7 +27,8 @@ from extproc.phases.context import (
     new_request_id,
     store_unavailable,
 )
-from extproc.phases.translation import decode_client_body, replay_body
+from extproc.phases.count_tokens import CountCall, route_count
+from extproc.phases.translation import decode_client_body, decode_count_request, replay_body
 from extproc.store import RequestState, StoreError
 from extproc.telemetry.core import end_span, trace_id_of
 from extproc.telemetry.record import RequestRecord
@@ -65,7 +66,8 @@ class RouterStream:
         self.refused_by: str | None = None  # which limit answered 429
         self.span: Span | None = None
         self.started = time.perf_counter()
-        self.attempt: Attempt | None = None  # single-target models: the one attempt
+        # Single-target models: the one attempt (or token count) this stream follows.
+        self.attempt: Attempt | CountCall | None = None
         self.route_attributes: dict[str, str] = {}  # the strategy's choice and reason
 
     async def request_headers(
@@ -96,6 +98,8 @@ class RouterStream:
     async def request_body(self, body: bytes, end_of_stream: bool) -> Action:
         endpoint = self.endpoint
         assert endpoint is not None
+        if endpoint.operation == "count_tokens":
+            return self.count_tokens(endpoint, body)
         try:
             default = smart_api.DEFAULT_MODEL
             default_model = default if default in self.models else None
@@ -207,13 +211,24 @@ class RouterStream:
             spend.release(self.context, spend.hold_of(internal.info))  # nothing went out
             return action
         self.attempt = attempt
-        setting = {name for name, _ in action.set_headers}
-        removing = [*self.client_headers, *providers.CLIENT_CREDENTIAL_HEADERS]
-        return action._replace(
-            set_headers=[(CLUSTER_HEADER, route.cluster), *action.set_headers],
-            remove_headers=[h for h in removing if h not in setting],
-            clear_route_cache=True,
-        )
+        return to_cluster(action, route.cluster, self.client_headers)
+
+    def count_tokens(self, endpoint: Endpoint, body: bytes) -> Action:
+        """Authenticated and routed like a chat, then counted (count_tokens.py)."""
+        try:
+            chat = decode_count_request(endpoint, body)
+        except ir.GatewayError as exc:
+            return error_response(self.dialect, exc.info)
+        self.model = chat.model
+        route = self.models.get(chat.model)
+        if route is None:
+            return self.fail("not_found", f"The model `{chat.model}` does not exist")
+        if self.key is not None:
+            refusal = keys.refusal(self.key, chat.model, self.context.clock())
+            if refusal is not None:
+                return error_response(self.dialect, refusal)
+        self.attempt, action = route_count(self.context, route, chat, len(body), self.dialect)
+        return to_cluster(action, route.cluster, self.client_headers)
 
     async def authenticate(self, headers: dict[str, str], path: str) -> Respond | None:
         """Find the caller's virtual key; 401 when missing or invalid (fail closed)."""
@@ -460,3 +475,16 @@ class RouterStream:
 
     def fail(self, kind: ir.ErrorKind, message: str) -> Respond:
         return error_response(self.dialect, ir.ErrorInfo(kind=kind, message=message))
+
+
+def to_cluster(action: Action, cluster: str, client_headers: list[str]) -> Action:
+    """An answer that goes on to `cluster`, without what only the gateway may read."""
+    if not isinstance(action, Continue):
+        return action
+    setting = {name for name, _ in action.set_headers}
+    removing = [*client_headers, *providers.CLIENT_CREDENTIAL_HEADERS]
+    return action._replace(
+        set_headers=[(CLUSTER_HEADER, cluster), *action.set_headers],
+        remove_headers=[h for h in removing if h not in setting],
+        clear_route_cache=True,
+    )

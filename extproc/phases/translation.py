@@ -11,7 +11,7 @@ from extproc import ir
 from extproc.config.settings import Provider
 from extproc.decisions import cache, providers
 from extproc.formats import json_nesting, registry
-from extproc.formats.base import ClientEmbeddings, StreamEncoder
+from extproc.formats.base import ClientEmbeddings, ProviderTokenCount, StreamEncoder
 from extproc.formats.endpoints import Endpoint
 from extproc.phases.envelope import Envelope
 
@@ -92,3 +92,18 @@ def decode_embedding_response(provider: Provider, body: bytes) -> ir.EmbeddingRe
     """The provider's embeddings answer as IR."""
     codec = providers.codec_for(provider)
     return providers.embeddings_of(provider, codec).decode_embedding_response(body)
+
+
+def decode_count_request(endpoint: Endpoint, body: bytes) -> ir.ChatRequest:
+    """A token-count body (Anthropic's count_tokens) as the IR request it would send."""
+    json_nesting.check(body)
+    return registry.CLIENT_TOKEN_COUNTS[endpoint.dialect].decode_count_request(body)
+
+
+def encode_count_response(dialect: str, input_tokens: int) -> bytes:
+    return registry.CLIENT_TOKEN_COUNTS[dialect].encode_count_response(input_tokens)
+
+
+def provider_token_count(provider: Provider) -> ProviderTokenCount | None:
+    """The provider's own count endpoint; None when it has none (the gateway estimates)."""
+    return registry.PROVIDER_TOKEN_COUNTS.get(provider.type)

@@ -5,7 +5,7 @@ earlier attempts left in the shared header map, opens the attempt (attempt.py)
 from the envelope the router phase sent, and hands it the response phases. A 200
 answer is held until it proves good (held_response.py), so a failure before its
 first content still falls back; Envoy sends every body in chunks here (STREAMED),
-and an error's is kept until its end.
+and an error's or a token count's is kept until its end.
 """
 
 from __future__ import annotations
@@ -19,22 +19,23 @@ from extproc.phases import envelope
 from extproc.phases.actions import CONTINUE, Action, Hold, error_response
 from extproc.phases.attempt import NO_ROUTE, Attempt, AttemptStart, open_attempt
 from extproc.phases.context import Context
+from extproc.phases.count_tokens import CountCall, open_count
 from extproc.phases.held_response import EMPTY, HeldResponse
 
 
 class UpstreamStream:
     """One attempt against one target; translates both ways."""
 
-    __slots__ = ("attempt", "context", "dialect", "error_body", "held", "start", "trace_carrier")
+    __slots__ = ("attempt", "context", "dialect", "held", "kept", "start", "trace_carrier")
 
     def __init__(self, context: Context, trace_carrier: dict[str, str]) -> None:
         self.context = context
         self.dialect = "openai"  # the client's, once the envelope tells
         self.trace_carrier = trace_carrier
         self.start: AttemptStart | None = None  # what the request headers said
-        self.attempt: Attempt | None = None
+        self.attempt: Attempt | CountCall | None = None
         self.held: HeldResponse | None = None  # a 200 answer, until it proves good
-        self.error_body: bytearray | None = None  # an error answer's body, until its end
+        self.kept: bytearray | None = None  # an error's or a count's body, until its end
 
     async def request_headers(
         self, headers: dict[str, str], end_of_stream: bool, target: int | None
@@ -57,6 +58,11 @@ class UpstreamStream:
             return error_response(self.dialect, info)
         self.dialect = internal.info.dialect
         start = self.start or AttemptStart(None, "1", [], self.trace_carrier)
+        if isinstance(internal, envelope.CountEnvelope):
+            self.attempt, action = open_count(
+                self.context, internal, start.target, start.stale_headers
+            )
+            return action
         self.attempt, action = await open_attempt(self.context, internal, start)
         return action
 
@@ -66,11 +72,10 @@ class UpstreamStream:
         attempt = self.opened()
         # No mode_override: this filter's body mode is static (envoy/bootstrap.py).
         action = attempt.response_headers(headers)._replace(response_body_mode=None)
-        if end_of_stream:  # no body follows: nothing to hold or keep
-            attempt.finish()
+        if end_of_stream:  # no body follows (the attempt ends when the stream does)
             return action
-        if attempt.state.status != 200:
-            self.error_body = bytearray()  # answered at once: a retry starts now
+        if isinstance(attempt, CountCall) or attempt.state.status != 200:
+            self.kept = bytearray()  # answered at once: a retry starts now
             return action
         self.held = HeldResponse(attempt, action)
         return self.held.hold
@@ -79,11 +84,11 @@ class UpstreamStream:
         held = self.held
         if held is not None and (held.holding or held.failed):
             return await held.response_body(body, end_of_stream)
-        if self.error_body is not None:
-            self.error_body += body
+        if self.kept is not None:
+            self.kept += body
             if not end_of_stream:
                 return EMPTY
-            body, self.error_body = bytes(self.error_body), None
+            body, self.kept = bytes(self.kept), None
         return await self.opened().response_body(body, end_of_stream)
 
     def observe(self, phase: str, action: Action) -> None:
@@ -95,7 +100,7 @@ class UpstreamStream:
         if self.attempt is not None:
             self.attempt.closed()
 
-    def opened(self) -> Attempt:
+    def opened(self) -> Attempt | CountCall:
         """The attempt a response belongs to (Envoy sends none for a refused request)."""
         if self.attempt is None:
             raise RuntimeError("a response to an attempt that never went upstream")

@@ -111,6 +111,41 @@ def messages(call: Call) -> Rendered:
     return json_reply(_message(prompt, reply, message_id), usage=reply.usage)
 
 
+# The body fields POST /v1/messages/count_tokens takes (docs: Count Message tokens); the
+# API refuses others ("max_tokens: Extra inputs are not permitted").
+_COUNT_FIELDS = frozenset(
+    (
+        "model",
+        "messages",
+        "system",
+        "tools",
+        "tool_choice",
+        "thinking",
+        "output_config",
+        "output_format",
+        "cache_control",
+        "context_management",
+        "mcp_servers",
+        "speed",
+    )
+)
+
+
+def count_tokens(call: Call) -> Rendered:
+    """`{"input_tokens": N}`: the input a messages request with this body would report."""
+    body = call.body if isinstance(call.body, dict) else {}
+    if not call.headers.get("anthropic-version"):
+        return error(400, "anthropic-version: header is required")
+    for name in ("model", "messages"):
+        if name not in body:
+            return error(400, f"{name}: Field required")
+    extra = sorted(set(body) - _COUNT_FIELDS)
+    if extra:
+        return error(400, f"{extra[0]}: Extra inputs are not permitted")
+    usage = plan_reply(decode_messages(body), call.scenario).usage
+    return json_reply({"input_tokens": usage.input_tokens})
+
+
 def _usage(usage: Usage, output_tokens: int) -> dict[str, Any]:
     # Anthropic's input_tokens leave out the cache's reads and writes (docs: prompt caching).
     return {

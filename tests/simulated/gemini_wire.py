@@ -131,6 +131,25 @@ def generate(call: Call, model: str, stream: bool) -> Rendered:
     return Rendered(200, frames, "text/event-stream", "sse_crlf", usage=reply.usage)
 
 
+def count_tokens(call: Call, model: str) -> Rendered:
+    """`:countTokens` (ai.google.dev/api/tokens): `contents`, or a whole
+    `generateContentRequest` (which also counts its system instruction and tools)."""
+    body = call.body if isinstance(call.body, dict) else {}
+    wrapped = body.get("generateContentRequest")
+    if wrapped is not None and "contents" in body:
+        return error(400, "contents and generateContentRequest cannot both be set")
+    request = wrapped if isinstance(wrapped, dict) else body
+    if wrapped is not None and request.get("model") != f"models/{model}":
+        return error(400, "generateContentRequest.model: must name the model of the path")
+    if not request.get("contents"):
+        return error(400, "* CountTokensRequest.contents: contents is not specified")
+    if wrapped is None:  # bare contents: the system instruction and tools are not counted
+        request = {"contents": request["contents"]}
+    tokens = plan_reply(decode_generate(request, model, False), call.scenario).usage.input_tokens
+    details = [{"modality": "TEXT", "tokenCount": tokens}]
+    return json_reply({"totalTokens": tokens, "promptTokensDetails": details})
+
+
 def _text_parts(text: str) -> list[dict[str, Any]]:
     return [{"text": text}]
 

@@ -252,6 +252,8 @@ def _gemini(call: Call) -> Rendered:
         if call.query.get("alt") != "sse":
             return gemini_wire.error(400, "simulator: only alt=sse streaming is supported")
         return gemini_wire.generate(call, model, stream=True)
+    if action == "countTokens":
+        return gemini_wire.count_tokens(call, model)
     if action == "embedContent":
         return gemini_wire.embed_content(call)
     if action == "batchEmbedContents":
@@ -297,6 +299,7 @@ def add_provider_routes(app: web.Application) -> None:
             _azure(openai_wire.embeddings),
         ),
         ("POST", "/v1/messages", "anthropic", anthropic_wire.messages),
+        ("POST", "/v1/messages/count_tokens", "anthropic", anthropic_wire.count_tokens),
         ("POST", "/v1beta/models/{target}", "gemini", _gemini),
         # google-genai 3.x defaults to /v1 rather than /v1beta.
         ("POST", "/v1/models/{target}", "gemini", _gemini),

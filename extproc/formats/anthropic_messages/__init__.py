@@ -19,14 +19,18 @@ Quirks and deliberate losses:
   includes them (reads are also counted in cached_tokens, writes in cache_write_tokens).
 * JSON schema output is `output_config.format` (GA; the beta `output_format` is read
   too). There is no schema-less JSON mode, so IR json_object is refused upstream.
+* `cache_control` breakpoints are kept (IR `cache` on parts, tools, turns and the
+  request; system blocks with one stay blocks) and sent back to Anthropic; a
+  tool_use's breakpoint moves to the end of its assistant turn.
 * Dropped, not represented in the IR: assistant `thinking`/`redacted_thinking`
-  blocks, `tool_result.is_error`, `cache_control`, `tools[].strict`, the top-level
+  blocks, `tool_result.is_error`, `tools[].strict`, the top-level
   `thinking` / `output_config.effort` settings, and (upstream) the IR seed, which is
   a sampling hint Anthropic has no parameter for.
 * Content the IR does not model survives as `UnknownPart(source_format="anthropic")`
   and is sent back verbatim to Anthropic; other formats' unknown parts are refused.
 
-Split by side: `wire` (shapes both sides share), `client`, `provider`; this
+Split by side: `wire` (shapes both sides share), `client`, `provider`, `count`
+(/v1/messages/count_tokens); this
 module names the public functions and the codec objects the registry holds.
 """
 

@@ -113,6 +113,8 @@ class StreamEncoder:
 
     def feed(self, events: list[ir.StreamEvent]) -> bytes:
         out: list[bytes] = []
+        if not self._started:
+            self._usage = _opening_usage(events) or self._usage
         for event in events:
             if self._done:
                 break
@@ -197,6 +199,17 @@ class StreamEncoder:
         if self._open is not None:
             out.append(_sse("content_block_stop", {"index": self._open[0]}))
             self._open = None
+
+
+def _opening_usage(events: list[ir.StreamEvent]) -> ir.Usage | None:
+    """Usage that comes before any content (an Anthropic upstream's message_start): the
+    client's message_start then carries the input and its prompt-cache reads and writes."""
+    for event in events:
+        if isinstance(event, ir.StreamUsage):
+            return event.usage
+        if not isinstance(event, ir.StreamStart):
+            return None
+    return None
 
 
 def _sse(name: str, payload: dict[str, Any]) -> bytes:

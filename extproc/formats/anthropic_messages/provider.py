@@ -59,8 +59,14 @@ def encode_request(req: ir.ChatRequest, *, model: str) -> bytes:
         "max_tokens": req.max_tokens or DEFAULT_MAX_TOKENS,
         "messages": _encode_messages(req.messages),
     }
-    if req.system:
+    if req.system_parts:  # the client's blocks, for their cache breakpoints
+        body["system"] = [
+            _cached({"type": "text", "text": p.text}, p.cache) for p in req.system_parts
+        ]
+    elif req.system:
         body["system"] = req.system
+    if req.cache is not None:
+        body["cache_control"] = _cache_control(req.cache)
     body.update(_sampling(req))
     if req.stream:
         body["stream"] = True
@@ -120,15 +126,30 @@ def _encode_message(
     if message.role == "assistant":
         for call in message.tool_calls:
             blocks.append(_tool_use_block(call, _history_arguments(call.arguments, where)))
-        return blocks
-    if message.role != "tool":
-        return blocks
-    result: dict[str, Any] = {"type": "tool_result", "tool_use_id": _result_id(message, history)}
-    if len(blocks) == 1 and blocks[0]["type"] == "text":
-        result["content"] = blocks[0]["text"]
-    elif blocks:
-        result["content"] = blocks
-    return [result]
+    elif message.role == "tool":
+        result: dict[str, Any] = {
+            "type": "tool_result",
+            "tool_use_id": _result_id(message, history),
+        }
+        if len(blocks) == 1 and blocks[0].keys() == {"type", "text"}:
+            result["content"] = blocks[0]["text"]
+        elif blocks:
+            result["content"] = blocks
+        blocks = [result]
+    if message.cache is not None and blocks:
+        _cached(blocks[-1], message.cache)
+    return blocks
+
+
+def _cache_control(cache: ir.CacheBreakpoint) -> dict[str, str]:
+    return {"type": "ephemeral", "ttl": cache.ttl} if cache.ttl else {"type": "ephemeral"}
+
+
+def _cached(block: dict[str, Any], cache: ir.CacheBreakpoint | None) -> dict[str, Any]:
+    """`block` with the breakpoint's cache_control (none: unchanged)."""
+    if cache is not None:
+        block["cache_control"] = _cache_control(cache)
+    return block
 
 
 def _result_id(message: ir.Message, history: list[ir.Message]) -> str:
@@ -154,9 +175,11 @@ def _history_arguments(text: str, where: str) -> dict[str, Any]:
 
 def _encode_part(part: ir.Part, where: str) -> dict[str, Any] | None:
     if isinstance(part, ir.TextPart):
-        return {"type": "text", "text": part.text} if part.text else None  # empty is refused
+        if not part.text:
+            return None  # Anthropic refuses empty text blocks
+        return _cached({"type": "text", "text": part.text}, part.cache)
     if isinstance(part, ir.ImagePart):
-        return {"type": "image", "source": _image_source(part, where)}
+        return _cached({"type": "image", "source": _image_source(part, where)}, part.cache)
     if part.source_format == SOURCE_FORMAT:
         return part.raw
     kind = part.raw.get("type")
@@ -188,7 +211,7 @@ def _encode_tool(tool: ir.Tool) -> dict[str, Any]:
     if tool.description:
         out["description"] = tool.description
     out["input_schema"] = _normalise_schema(tool.parameters or {"type": "object", "properties": {}})
-    return out
+    return _cached(out, tool.cache)
 
 
 def _normalise_schema(node: Any) -> Any:

@@ -20,6 +20,11 @@ _T = TypeVar("_T")
 Block = dict[str, Any]
 
 
+class _CacheControl(msgspec.Struct):
+    type: str = "ephemeral"  # the only kind Anthropic documents
+    ttl: str | None = None
+
+
 class _Message(msgspec.Struct):
     content: str | list[Block]
     role: str | None = None  # checked by hand, to name the two roles in the error
@@ -46,8 +51,8 @@ class _Metadata(msgspec.Struct):
 
 class _Request(msgspec.Struct):
     model: str
-    max_tokens: int
     messages: list[_Message]
+    max_tokens: int | None = None  # required by /v1/messages, absent from count_tokens
     system: str | list[Any] | None = None
     tools: list[Block] | None = None
     tool_choice: _ToolChoice | None = None
@@ -59,16 +64,25 @@ class _Request(msgspec.Struct):
     stop_sequences: list[str] | None = None
     stream: bool | None = None
     metadata: _Metadata | None = None
+    cache_control: _CacheControl | None = None  # automatic caching: the last cacheable block
+
+
+class _Cached(msgspec.Struct):
+    """Any block's `cache_control` (a tool_use's or tool_result's breakpoint)."""
+
+    cache_control: _CacheControl | None = None
 
 
 class _Tool(msgspec.Struct):
     name: str
     input_schema: dict[str, Any]
     description: str | None = None
+    cache_control: _CacheControl | None = None
 
 
 class _Text(msgspec.Struct):
     text: str
+    cache_control: _CacheControl | None = None
 
 
 class _ToolUse(msgspec.Struct):
@@ -84,6 +98,7 @@ class _ToolResult(msgspec.Struct):
 
 class _Image(msgspec.Struct):
     source: dict[str, Any]
+    cache_control: _CacheControl | None = None
 
 
 class _Base64Source(msgspec.Struct):
@@ -103,14 +118,25 @@ def decode_request(
 ) -> ir.ChatRequest:
     """Anthropic request body -> IR. The model and stream flag live in the body."""
     req = _load(body)
+    if req.max_tokens is None:
+        raise ir.invalid_request("max_tokens: field required", param="max_tokens")
     if req.max_tokens < 1:
         raise ir.invalid_request("max_tokens: must be at least 1", param="max_tokens")
+    return _to_ir(req, stream=bool(req.stream))
+
+
+def decode_count_request(body: bytes) -> ir.ChatRequest:
+    """A `POST /v1/messages/count_tokens` body: a messages request without max_tokens."""
+    return _to_ir(_load(body), stream=False)
+
+
+def _to_ir(req: _Request, *, stream: bool) -> ir.ChatRequest:
     choice, parallel = _decode_tool_choice(req.tool_choice)
-    stream = bool(req.stream)
+    system = _decode_system(req.system)
     return ir.ChatRequest(
         model=req.model,
         messages=_decode_messages(req.messages),
-        system=_decode_system(req.system),
+        system="\n".join(p.text for p in system) if isinstance(system, list) else system,
         tools=[_decode_tool(tool, f"tools[{i}]") for i, tool in enumerate(req.tools or [])],
         tool_choice=choice,
         parallel_tool_calls=parallel,
@@ -123,6 +149,8 @@ def decode_request(
         stream=stream,
         stream_include_usage=stream,  # Anthropic streams always carry usage
         user=req.metadata.user_id if req.metadata else None,
+        cache=_breakpoint(req.cache_control),
+        system_parts=system if isinstance(system, list) and _any_breakpoint(system) else [],
     )
 
 
@@ -186,15 +214,24 @@ def _join(where: str, tail: str) -> str:
 # ---------------------------------------------------------------- parts of the request
 
 
-def _decode_system(value: str | list[Any] | None) -> str | None:
+def _breakpoint(control: _CacheControl | None) -> ir.CacheBreakpoint | None:
+    return None if control is None else ir.CacheBreakpoint(ttl=control.ttl)
+
+
+def _any_breakpoint(parts: list[ir.TextPart]) -> bool:
+    return any(part.cache is not None for part in parts)
+
+
+def _decode_system(value: str | list[Any] | None) -> str | list[ir.TextPart] | None:
     if value is None or isinstance(value, str):
         return value
-    texts = []
+    parts = []
     for i, block in enumerate(value):
         if not isinstance(block, dict) or block.get("type") != "text":
             raise ir.invalid_request(f"system[{i}]: only text blocks are allowed")
-        texts.append(_convert(block, _Text, f"system[{i}]").text)
-    return "\n".join(texts)
+        text = _convert(block, _Text, f"system[{i}]")
+        parts.append(ir.TextPart(text=text.text, cache=_breakpoint(text.cache_control)))
+    return parts
 
 
 def _blocks(content: str | list[Block]) -> list[Block]:
@@ -218,15 +255,23 @@ def _decode_messages(raw: list[_Message]) -> list[ir.Message]:
 def _decode_assistant(blocks: list[Block], where: str, tool_names: dict[str, str]) -> ir.Message:
     parts: list[ir.Part] = []
     calls: list[ir.ToolCall] = []
+    cache = None  # a tool_use's breakpoint moves to the turn's end (the IR marks no call)
     for j, block in enumerate(blocks):
         kind = block.get("type")
         if kind == "tool_use":
             call = _decode_tool_use(block, f"{where}.content[{j}]")
             tool_names[call.id] = call.name
             calls.append(call)
+            cache = _block_breakpoint(block, f"{where}.content[{j}]") or cache
         elif kind not in ("thinking", "redacted_thinking"):  # the IR carries no reasoning
             parts.append(_decode_part(block, f"{where}.content[{j}]"))
-    return ir.Message(role="assistant", content=parts, tool_calls=calls)
+    return ir.Message(role="assistant", content=parts, tool_calls=calls, cache=cache)
+
+
+def _block_breakpoint(block: Block, where: str) -> ir.CacheBreakpoint | None:
+    if "cache_control" not in block:  # most blocks: no second conversion
+        return None
+    return _breakpoint(_convert(block, _Cached, where).cache_control)
 
 
 def _decode_user_turn(
@@ -262,21 +307,23 @@ def _decode_tool_result(block: Block, where: str, tool_names: dict[str, str]) ->
         content=[_decode_part(p, f"{where}.content[{k}]") for k, p in enumerate(parts)],
         tool_call_id=result.tool_use_id,
         name=tool_names.get(result.tool_use_id),
+        cache=_block_breakpoint(block, where),
     )
 
 
 def _decode_part(block: Block, where: str) -> ir.Part:
     kind = block.get("type")
     if kind == "text":
-        return ir.TextPart(text=_convert(block, _Text, where).text)
+        text = _convert(block, _Text, where)
+        return ir.TextPart(text=text.text, cache=_breakpoint(text.cache_control))
     if kind == "image":
-        source = _convert(block, _Image, where).source
-        at = f"{where}.source"
+        image = _convert(block, _Image, where)
+        source, cache, at = image.source, _breakpoint(image.cache_control), f"{where}.source"
         if source.get("type") == "base64":
-            image = _convert(source, _Base64Source, at)
-            return ir.ImagePart(data=image.data, media_type=image.media_type)
+            inline = _convert(source, _Base64Source, at)
+            return ir.ImagePart(data=inline.data, media_type=inline.media_type, cache=cache)
         if source.get("type") == "url":
-            return ir.ImagePart(url=_convert(source, _UrlSource, at).url)
+            return ir.ImagePart(url=_convert(source, _UrlSource, at).url, cache=cache)
     return ir.UnknownPart(source_format=SOURCE_FORMAT, raw=block)
 
 
@@ -286,7 +333,10 @@ def _decode_tool(tool: Block, where: str) -> ir.Tool:
         raise ir.invalid_request(f"{where}: server tool type {kind!r} is not supported")
     decoded = _convert(tool, _Tool, where)
     return ir.Tool(
-        name=decoded.name, description=decoded.description, parameters=decoded.input_schema
+        name=decoded.name,
+        description=decoded.description,
+        parameters=decoded.input_schema,
+        cache=_breakpoint(decoded.cache_control),
     )
 
 

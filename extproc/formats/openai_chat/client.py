@@ -72,6 +72,7 @@ class _Request(msgspec.Struct):
     stream: bool | None = None
     stream_options: _StreamOptions | None = None
     user: str | None = None
+    prompt_cache_key: str | None = None
     n: int | None = None
     functions: Any = None  # legacy function calling: rejected, not silently ignored
 
@@ -142,6 +143,7 @@ def decode_request(
         stream=stream,
         stream_include_usage=bool(stream and options and options.include_usage),
         user=wire.user,
+        prompt_cache_key=wire.prompt_cache_key,
     )
 
 

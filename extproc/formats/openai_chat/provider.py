@@ -165,6 +165,7 @@ def _put_sampling(body: dict[str, Any], req: ir.ChatRequest) -> None:
         ("max_completion_tokens", req.max_tokens),
         ("seed", req.seed),
         ("user", req.user),
+        ("prompt_cache_key", req.prompt_cache_key),  # routes to the same cache (OpenAI docs)
     ):
         if value is not None:
             body[key] = value
