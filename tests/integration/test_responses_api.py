@@ -1,0 +1,123 @@
+"""The OpenAI Responses API (POST /v1/responses) through real Envoy, as the `openai` SDK speaks it.
+
+The conformance matrix (test_conformance.py) drives every backend with the SDK's
+Responses methods; this file covers what only this dialect has: the typed event
+stream's raw bytes, conversation state (previous_response_id, store,
+GET/DELETE /v1/responses/{id}) across provider types and tenants, and the
+refusals of what no provider behind the IR can run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.harness import Gateway, Valkey, provider_config
+from tests.integration.conftest import close_client
+from tests.simulated import SimulatedProviders
+
+pytestmark = pytest.mark.integration
+
+USER = "Say hello to the responses API"
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    sim: SimulatedProviders, valkey: Valkey, gateway_factory: Callable[..., Gateway]
+) -> Gateway:
+    return gateway_factory(
+        {
+            "providers": [
+                provider_config("openai", "openai", sim.base_url, "sk-openai"),
+                provider_config("claude", "anthropic", sim.base_url, "sk-claude"),
+                provider_config("gemini", "gemini", sim.base_url, "AIza-gemini"),
+            ],
+            "models": [
+                {"name": "gpt", "targets": [{"provider": "openai", "model": "gpt-4o-mini"}]},
+                {"name": "haiku", "targets": [{"provider": "claude", "model": "claude-haiku"}]},
+                {"name": "flash", "targets": [{"provider": "gemini", "model": "gemini-flash"}]},
+            ],
+        },
+        store_url=valkey.url,
+    )
+
+
+@pytest.fixture(scope="module")
+def client(gateway: Gateway) -> Iterator[openai.OpenAI]:
+    sdk = openai.OpenAI(base_url=gateway.url + "/v1", api_key="client-key", max_retries=0)
+    yield sdk
+    close_client(sdk)
+
+
+def sse(raw: bytes) -> list[dict[str, Any]]:
+    """Each event's JSON, after checking its `event:` line names its `type`."""
+    events = []
+    for block in raw.replace(b"\r\n", b"\n").split(b"\n\n"):
+        if not block.strip():
+            continue
+        name, data = block.split(b"\n", 1)
+        body = json.loads(data.removeprefix(b"data: "))
+        assert name == b"event: " + body["type"].encode()
+        events.append(body)
+    return events
+
+
+def test_create_answers_a_response_object(client: openai.OpenAI, sim: SimulatedProviders) -> None:
+    response = client.responses.create(model="gpt", input=USER, instructions="Be terse")
+    assert response.object == "response" and response.status == "completed"
+    assert response.id.startswith("resp_")
+    assert response.output_text.startswith("Hello from openai model gpt-4o-mini. You said: Say")
+    (item,) = response.output
+    assert item.type == "message" and item.role == "assistant"
+    rec = sim.last_request("openai")
+    assert rec.body["messages"][0] == {"role": "system", "content": "Be terse"}
+    assert rec.usage is not None and response.usage is not None
+    assert (response.usage.input_tokens, response.usage.output_tokens) == (
+        rec.usage.input_tokens,
+        rec.usage.output_tokens,
+    )
+    assert response.usage.input_tokens_details.cached_tokens == 0
+    assert response.usage.output_tokens_details.reasoning_tokens == 0
+
+
+def test_stream_helper_assembles_the_final_response(client: openai.OpenAI) -> None:
+    with client.responses.stream(model="haiku", input=USER) as stream:
+        deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert "".join(deltas) == final.output_text
+    assert final.output_text.startswith("Hello from anthropic model claude-haiku.")
+    assert final.status == "completed" and final.usage is not None
+    assert final.usage.output_tokens > 0
+
+
+def test_raw_stream_is_the_typed_event_sequence(gateway: Gateway) -> None:
+    body = {"model": "gpt", "input": USER, "stream": True}
+    with httpx.stream("POST", gateway.url + "/v1/responses", json=body, timeout=10) as reply:
+        raw = b"".join(reply.iter_bytes())
+    assert reply.status_code == 200
+    assert reply.headers["content-type"].startswith("text/event-stream")
+    events = sse(raw)
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    kinds = [e["type"] for e in events]
+    assert kinds[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    assert kinds[-4:] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    completed = events[-1]["response"]
+    text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert completed["output"][0]["content"][0]["text"] == text
+    assert completed["usage"]["total_tokens"] > 0
+    assert completed["id"] == events[0]["response"]["id"]
