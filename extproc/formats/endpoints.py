@@ -64,10 +64,8 @@ def classify(method: str, path: str) -> Endpoint | None:
         return found
     stored = _STORED_RESPONSE.match(bare)
     if stored is not None:
-        operation = _STORED_OPERATIONS.get(method)
-        return (
-            None if operation is None else Endpoint("responses", operation, resource=stored["id"])
-        )
+        kept = _STORED_OPERATIONS.get(method)
+        return None if kept is None else Endpoint("responses", kept, resource=stored["id"])
     match = _GEMINI.match(bare)
     if match is None or method != "POST":
         return None
