@@ -121,3 +121,96 @@ def test_raw_stream_is_the_typed_event_sequence(gateway: Gateway) -> None:
     assert completed["output"][0]["content"][0]["text"] == text
     assert completed["usage"]["total_tokens"] > 0
     assert completed["id"] == events[0]["response"]["id"]
+
+
+# ---------------------------------------------------------------- conversation state
+
+WEATHER_TOOL = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Current weather in a city",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+    },
+    "strict": False,
+}
+
+
+def test_a_follow_up_continues_the_conversation_on_another_provider_type(
+    client: openai.OpenAI, sim: SimulatedProviders
+) -> None:
+    first = client.responses.create(model="gpt", input=USER, instructions="Be terse")
+    second = client.responses.create(
+        model="haiku", input="And now in French", previous_response_id=first.id
+    )
+    assert second.id != first.id
+    assert second.output_text.startswith("Hello from anthropic model claude-haiku.")
+    sent = sim.last_request("anthropic").body
+    assert "system" not in sent  # instructions are not carried over
+    assert [m["role"] for m in sent["messages"]] == ["user", "assistant", "user"]
+    assert json.dumps(sent["messages"][1]).count(first.output_text) == 1
+    assert USER in json.dumps(sent["messages"][0])
+
+
+def test_a_streamed_answer_is_stored_too(client: openai.OpenAI, sim: SimulatedProviders) -> None:
+    with client.responses.stream(model="flash", input=USER) as stream:
+        first = stream.get_final_response()
+    follow = client.responses.create(model="gpt", input="Once more", previous_response_id=first.id)
+    assert follow.status == "completed"
+    sent = sim.last_request("openai").body["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "user"]
+    assert sent[1]["content"] == first.output_text
+
+
+def test_a_tool_call_is_answered_by_reference_on_gemini(
+    client: openai.OpenAI, sim: SimulatedProviders
+) -> None:
+    asked = client.responses.create(model="gpt", input="Weather in Paris?", tools=[WEATHER_TOOL])
+    (call,) = [item for item in asked.output if item.type == "function_call"]
+    output = {"type": "function_call_output", "call_id": call.call_id, "output": "21 degrees"}
+    answered = client.responses.create(
+        model="flash", input=[output], previous_response_id=asked.id, tools=[WEATHER_TOOL]
+    )
+    assert "21 degrees" in answered.output_text
+    contents = sim.last_request("gemini").body["contents"]
+    response = contents[-1]["parts"][0]["functionResponse"]
+    assert response["name"] == "get_weather"  # Gemini matches results by name
+
+
+def test_retrieve_and_delete_a_stored_response(client: openai.OpenAI) -> None:
+    created = client.responses.create(model="gpt", input=USER)
+    found = client.responses.retrieve(created.id)
+    assert (found.id, found.output_text) == (created.id, created.output_text)
+    client.responses.delete(created.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(created.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.delete(created.id)
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.responses.create(model="gpt", input="again", previous_response_id=created.id)
+    assert created.id in caught.value.message
+
+
+def test_store_false_keeps_nothing(client: openai.OpenAI) -> None:
+    created = client.responses.create(model="gpt", input=USER, store=False)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(created.id)
+
+
+def test_built_in_tools_are_refused_in_the_clients_format(
+    client: openai.OpenAI, sim: SimulatedProviders
+) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model="gpt", input=USER, tools=[{"type": "web_search"}])
+    assert caught.value.status_code == 400
+    assert "web_search" in caught.value.message
+    assert sim.requests_for("openai") == []
+
+
+def test_a_put_on_a_stored_response_is_405(gateway: Gateway) -> None:
+    reply = httpx.put(gateway.url + "/v1/responses/resp_1", timeout=10)
+    assert reply.status_code == 405
+    assert reply.headers["allow"] == "DELETE, GET"
+    assert reply.json()["error"]["type"] == "invalid_request_error"
