@@ -19,7 +19,7 @@ import pytest
 
 from tests.harness import Gateway, Valkey, provider_config
 from tests.integration.conftest import close_client
-from tests.simulated import SimulatedProviders
+from tests.simulated import Fault, SimulatedProviders
 
 pytestmark = pytest.mark.integration
 
@@ -123,6 +123,24 @@ def test_raw_stream_is_the_typed_event_sequence(gateway: Gateway) -> None:
     assert completed["id"] == events[0]["response"]["id"]
 
 
+def test_a_stream_cut_after_its_first_bytes_fails_in_band(
+    gateway: Gateway, sim: SimulatedProviders
+) -> None:
+    sim.inject(Fault.malformed_sse(2), provider="openai")
+    body = {"model": "gpt", "input": USER, "stream": True}
+    with httpx.stream("POST", gateway.url + "/v1/responses", json=body, timeout=10) as reply:
+        raw = b"".join(reply.iter_bytes())
+    assert reply.status_code == 200
+    events = sse(raw)
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert events[0]["type"] == "response.created"
+    assert [e["type"] for e in events[-2:]] == ["error", "response.failed"]
+    failed = events[-1]["response"]
+    assert failed["status"] == "failed" and failed["error"]["message"]
+    assert failed["id"] == events[0]["response"]["id"]
+    assert "response.completed" not in [e["type"] for e in events]
+
+
 # ---------------------------------------------------------------- conversation state
 
 WEATHER_TOOL = {
@@ -214,3 +232,57 @@ def test_a_put_on_a_stored_response_is_405(gateway: Gateway) -> None:
     assert reply.status_code == 405
     assert reply.headers["allow"] == "DELETE, GET"
     assert reply.json()["error"]["type"] == "invalid_request_error"
+
+
+# ---------------------------------------------------------------- tenants
+
+ADMIN = "admin-secret-for-responses"
+
+
+@pytest.fixture(scope="module")
+def keyed_gateway(
+    sim: SimulatedProviders, valkey: Valkey, gateway_factory: Callable[..., Gateway]
+) -> Gateway:
+    return gateway_factory(
+        {
+            "providers": [provider_config("openai", "openai", sim.base_url, "sk-openai")],
+            "models": [{"name": "gpt", "targets": [{"provider": "openai", "model": "gpt-4o"}]}],
+            "auth": {"required": True, "admin_key": ADMIN},
+        },
+        store_url=valkey.url,
+    )
+
+
+def tenant_client(gateway: Gateway, tenant: str) -> openai.OpenAI:
+    created = httpx.post(
+        gateway.extproc_admin_url + "/admin/keys",
+        json={"name": "responses", "tenant": tenant},
+        headers={"authorization": f"Bearer {ADMIN}"},
+    )
+    assert created.status_code == 201, created.text
+    secret = created.json()["key"]
+    return openai.OpenAI(base_url=gateway.url + "/v1", api_key=secret, max_retries=0)
+
+
+def test_stored_responses_are_tenant_isolated(keyed_gateway: Gateway) -> None:
+    acme, acme_too = tenant_client(keyed_gateway, "acme"), tenant_client(keyed_gateway, "acme")
+    globex = tenant_client(keyed_gateway, "globex")
+    try:
+        created = acme.responses.create(model="gpt", input=USER)
+        assert acme_too.responses.retrieve(created.id).output_text == created.output_text
+        with pytest.raises(openai.NotFoundError):
+            globex.responses.retrieve(created.id)
+        with pytest.raises(openai.NotFoundError):
+            globex.responses.delete(created.id)
+        with pytest.raises(openai.NotFoundError):
+            globex.responses.create(model="gpt", input="hi", previous_response_id=created.id)
+        assert acme.responses.retrieve(created.id).id == created.id  # globex deleted nothing
+        anonymous = openai.OpenAI(
+            base_url=keyed_gateway.url + "/v1", api_key="not-a-key", max_retries=0
+        )
+        with pytest.raises(openai.AuthenticationError):
+            anonymous.responses.retrieve(created.id)
+        close_client(anonymous)
+    finally:
+        for sdk in (acme, acme_too, globex):
+            close_client(sdk)
