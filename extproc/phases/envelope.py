@@ -24,7 +24,7 @@ CONTENT_TYPE = "application/x-llmux-envelope"
 class RequestInfo(msgspec.Struct, frozen=True, array_like=True):
     """What the router phase learned and decided about the client request."""
 
-    dialect: str  # client API: openai | anthropic | gemini | ollama | smart
+    dialect: str  # client API: openai | anthropic | gemini | ollama | smart | responses
     operation: str  # chat | generate | embeddings
     model: str  # client-visible model name
     request_id: str
