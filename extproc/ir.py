@@ -146,6 +146,7 @@ class Usage(msgspec.Struct, frozen=True):
     output_tokens: int = 0
     cached_tokens: int = 0  # part of input_tokens served from the provider's prompt cache
     cache_write_tokens: int = 0  # part of input_tokens written to it (Anthropic reports them)
+    reasoning_tokens: int = 0  # part of output_tokens spent thinking (OpenAI, Gemini report them)
 
     @property
     def total_tokens(self) -> int:

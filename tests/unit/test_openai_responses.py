@@ -386,3 +386,34 @@ def test_a_result_for_an_unknown_call_is_refused() -> None:
 def test_an_unreadable_record_is_as_if_expired() -> None:
     assert conversations.decode_record(b"\xc1") is None
     assert conversations.decode_record(msgspec.msgpack.encode([1])) is None
+
+
+def test_reasoning_tokens_reach_the_usage_from_openai_and_gemini() -> None:
+    from extproc.formats import gemini_generate, openai_chat
+
+    chat = {
+        "id": "c",
+        "model": "o3",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "4"}}],
+        "usage": {
+            "prompt_tokens": 9,
+            "completion_tokens": 30,
+            "completion_tokens_details": {"reasoning_tokens": 28},
+        },
+    }
+    gemini = {
+        "candidates": [{"content": {"role": "model", "parts": [{"text": "4"}]}}],
+        "usageMetadata": {
+            "promptTokenCount": 9,
+            "candidatesTokenCount": 2,
+            "thoughtsTokenCount": 28,
+        },
+    }
+    for answer in (
+        openai_chat.decode_response(json.dumps(chat).encode()),
+        gemini_generate.PROVIDER.decode_response(json.dumps(gemini).encode()),
+    ):
+        assert answer.usage is not None
+        assert (answer.usage.output_tokens, answer.usage.reasoning_tokens) == (30, 28)
+        body = json.loads(codec.encode_response(answer))
+        assert body["usage"]["output_tokens_details"] == {"reasoning_tokens": 28}

@@ -246,6 +246,7 @@ def _decode_usage(meta: object) -> ir.Usage | None:
         input_tokens=count("promptTokenCount") + count("toolUsePromptTokenCount"),
         output_tokens=count("candidatesTokenCount") + count("thoughtsTokenCount"),
         cached_tokens=count("cachedContentTokenCount"),
+        reasoning_tokens=count("thoughtsTokenCount"),
     )
 
 
