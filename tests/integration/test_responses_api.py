@@ -286,3 +286,17 @@ def test_stored_responses_are_tenant_isolated(keyed_gateway: Gateway) -> None:
     finally:
         for sdk in (acme, acme_too, globex):
             close_client(sdk)
+
+
+def test_reasoning_effort_reaches_the_provider_in_its_own_terms(
+    client: openai.OpenAI, sim: SimulatedProviders
+) -> None:
+    client.responses.create(model="gpt", input=USER, reasoning={"effort": "low"})
+    assert sim.last_request("openai").body["reasoning_effort"] == "low"
+    client.responses.create(model="flash", input=USER, reasoning={"effort": "high"})
+    config = sim.last_request("gemini").body["generationConfig"]
+    assert config["thinkingConfig"] == {"thinkingLevel": "HIGH"}
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model="haiku", input=USER, reasoning={"effort": "minimal"})
+    assert "anthropic" in caught.value.message
+    assert sim.requests_for("anthropic") == []

@@ -150,7 +150,7 @@ def test_assistant_text_and_its_calls_are_one_turn() -> None:
         ),
         ({"input": "hi", "tool_choice": {"type": "web_search"}}, "tool_choice", "function"),
         ({"input": "hi", "text": {"format": {"type": "json_schema"}}}, "text.format.schema", ""),
-        ({"input": "hi", "reasoning": {"effort": "high"}}, "reasoning.effort", "reasoning"),
+        ({"input": "hi", "reasoning": {"effort": "huge"}}, "reasoning.effort", "one of"),
         ({"input": "hi", "background": True}, "background", "background"),
         (
             {"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]},
@@ -417,3 +417,34 @@ def test_reasoning_tokens_reach_the_usage_from_openai_and_gemini() -> None:
         assert (answer.usage.output_tokens, answer.usage.reasoning_tokens) == (30, 28)
         body = json.loads(codec.encode_response(answer))
         assert body["usage"]["output_tokens_details"] == {"reasoning_tokens": 28}
+
+
+def test_reasoning_effort_maps_to_each_providers_own_or_is_refused() -> None:
+    from extproc.formats import anthropic_messages, gemini_generate, ollama_chat, openai_chat
+
+    def sent(encode: Any, effort: str) -> dict[str, Any]:
+        request = _decode(input="hi", reasoning={"effort": effort})
+        body: dict[str, Any] = json.loads(encode(request, model="x"))
+        return body
+
+    anthropic = anthropic_messages.provider("2023-06-01").encode_request
+    assert sent(openai_chat.encode_request, "minimal")["reasoning_effort"] == "minimal"
+    assert sent(anthropic, "high")["output_config"] == {"effort": "high"}
+    assert "output_config" not in sent(anthropic, "none")  # no thinking unless enabled
+    gemini = sent(gemini_generate.PROVIDER.encode_request, "low")["generationConfig"]
+    assert gemini["thinkingConfig"] == {"thinkingLevel": "LOW"}
+    assert sent(ollama_chat.encode_request, "medium")["think"] == "medium"
+    assert sent(ollama_chat.encode_request, "none")["think"] is False
+    for encode, effort, provider in (
+        (anthropic, "minimal", "anthropic"),
+        (gemini_generate.PROVIDER.encode_request, "none", "gemini"),
+        (ollama_chat.encode_request, "xhigh", "ollama"),
+    ):
+        with pytest.raises(ir.GatewayError) as caught:
+            sent(encode, effort)
+        assert caught.value.info.param == "reasoning.effort"
+        assert provider in caught.value.info.message
+    # Without an effort nothing is sent, and the cache key stays what it was.
+    plain = _decode(input="hi")
+    assert "reasoning_effort" not in json.loads(openai_chat.encode_request(plain, model="x"))
+    assert b"reasoning_effort" not in msgspec.json.encode(plain)

@@ -175,6 +175,8 @@ def _put_sampling(body: dict[str, Any], req: ir.ChatRequest) -> None:
             body[key] = value
     if req.stop:
         body["stop"] = req.stop
+    if req.reasoning_effort is not msgspec.UNSET:
+        body["reasoning_effort"] = req.reasoning_effort
 
 
 def _encode_messages(req: ir.ChatRequest) -> list[dict[str, Any]]:

@@ -24,6 +24,9 @@ _TOOL_MODES: dict[str, Literal["auto", "none", "required"]] = {
     "none": "none",
     "required": "required",
 }
+_EFFORTS: dict[str, ir.ReasoningEffort] = {
+    e: e for e in ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+}
 _INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
 
@@ -58,6 +61,7 @@ def decode_request(
         stream=bool(wire.stream),
         stream_include_usage=bool(wire.stream),  # response.completed always has usage
         user=wire.user,
+        reasoning_effort=_decode_effort(wire),
     )
 
 
@@ -85,11 +89,6 @@ def _reject_unsupported(wire: Request) -> None:
         )
     if wire.prompt is not None:
         raise ir.invalid_request("stored prompts are not supported", param="prompt")
-    if wire.reasoning is not None and wire.reasoning.effort not in (None, "none"):
-        raise ir.invalid_request(
-            "reasoning.effort cannot be translated for this gateway's providers yet",
-            param="reasoning.effort",
-        )
     if wire.metadata is not None and len(wire.metadata) > 16:
         raise ir.invalid_request("metadata takes at most 16 pairs", param="metadata")
 
@@ -244,6 +243,17 @@ def _decode_tool_choice(choice: str | dict[str, Any] | None) -> ir.ToolChoice | 
         'tool_choice must be "auto", "none", "required" or {"type": "function", "name": ...}',
         param="tool_choice",
     )
+
+
+def _decode_effort(wire: Request) -> ir.ReasoningEffort | msgspec.UnsetType:
+    effort = wire.reasoning.effort if wire.reasoning is not None else None
+    if effort is None:
+        return msgspec.UNSET
+    if effort not in _EFFORTS:
+        raise ir.invalid_request(
+            f"reasoning.effort must be one of {', '.join(_EFFORTS)}", param="reasoning.effort"
+        )
+    return _EFFORTS[effort]
 
 
 def _decode_format(wire: Request) -> ir.ResponseFormat | None:
