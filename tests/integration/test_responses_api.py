@@ -41,6 +41,13 @@ def gateway(
                 {"name": "gpt", "targets": [{"provider": "openai", "model": "gpt-4o-mini"}]},
                 {"name": "haiku", "targets": [{"provider": "claude", "model": "claude-haiku"}]},
                 {"name": "flash", "targets": [{"provider": "gemini", "model": "gemini-flash"}]},
+                {
+                    "name": "pair",
+                    "targets": [
+                        {"provider": "openai", "model": "gpt-4o-mini", "priority": 0},
+                        {"provider": "claude", "model": "claude-haiku", "priority": 1},
+                    ],
+                },
             ],
         },
         store_url=valkey.url,
@@ -300,3 +307,22 @@ def test_reasoning_effort_reaches_the_provider_in_its_own_terms(
         client.responses.create(model="haiku", input=USER, reasoning={"effort": "minimal"})
     assert "anthropic" in caught.value.message
     assert sim.requests_for("anthropic") == []
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_fallback_answer_is_named_and_stored_by_the_gateway(
+    client: openai.OpenAI, sim: SimulatedProviders, stream: bool
+) -> None:
+    """Per-attempt translation (a model with two targets): the backup's answer is kept."""
+    sim.inject(Fault.error(500), provider="openai")
+    if stream:
+        with client.responses.stream(model="pair", input=USER) as events:
+            first = events.get_final_response()
+    else:
+        first = client.responses.create(model="pair", input=USER)
+    assert first.output_text.startswith("Hello from anthropic model claude-haiku.")
+    assert first.id.startswith("resp_") and not first.id.startswith("resp_msg")
+    follow = client.responses.create(model="gpt", input="More", previous_response_id=first.id)
+    assert follow.status == "completed"
+    sent = sim.last_request("openai").body["messages"]
+    assert sent[1] == {"role": "assistant", "content": first.output_text}
