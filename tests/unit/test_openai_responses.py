@@ -217,6 +217,7 @@ def test_a_cut_answer_is_incomplete_with_its_reason() -> None:
     assert body["id"] == "resp_x1"  # a provider's id gets the Responses prefix
     assert body["status"] == "incomplete"
     assert body["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert body["output"][0]["status"] == "incomplete"
 
 
 def test_errors_are_openai_errors() -> None:
@@ -448,3 +449,15 @@ def test_reasoning_effort_maps_to_each_providers_own_or_is_refused() -> None:
     plain = _decode(input="hi")
     assert "reasoning_effort" not in json.loads(openai_chat.encode_request(plain, model="x"))
     assert b"reasoning_effort" not in msgspec.json.encode(plain)
+
+
+def test_items_cut_by_length_are_incomplete_wherever_they_appear() -> None:
+    events: list[ir.StreamEvent] = [
+        ir.StreamStart("resp_i", "m"),
+        ir.TextDelta("a"),
+        ir.StreamFinish("length"),
+    ]
+    bodies = _events(_encode(events))
+    done = [b for b in bodies if b["type"] == "response.output_item.done"]
+    assert [b["item"]["status"] for b in done] == ["incomplete"]
+    assert bodies[-1]["response"]["output"][0]["status"] == "incomplete"

@@ -314,11 +314,12 @@ def response_object(
 
 def output_items(resp: ir.ChatResponse) -> list[dict[str, Any]]:
     ident = response_id(resp.id)
+    status = "incomplete" if resp.finish_reason in _INCOMPLETE else "completed"
     items = []
     text = "".join(p.text for p in resp.content if isinstance(p, ir.TextPart))
     if text or not resp.tool_calls:
-        items.append(message_item(message_item_id(ident), text, "completed"))
-    items.extend(call_item(call, "completed") for call in resp.tool_calls)
+        items.append(message_item(message_item_id(ident), text, status))
+    items.extend(call_item(call, status) for call in resp.tool_calls)
     return items
 
 

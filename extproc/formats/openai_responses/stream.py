@@ -26,6 +26,7 @@ from extproc.formats.openai_responses.client import (
 from extproc.formats.openai_responses.wire import ENCODER
 
 _CUT_MESSAGE = "upstream stream ended before completion"
+_CUT_SHORT = ("length", "content_filter")  # the answer ended before the model was done
 _ERROR_CODES = {"rate_limit": "rate_limit_exceeded", "invalid_request": "invalid_prompt"}
 
 
@@ -72,7 +73,7 @@ class StreamEncoder:
             self._fail(ir.ErrorInfo(kind="bad_gateway", message=_CUT_MESSAGE), out)
         else:
             self._start(out)
-            response = self._snapshot(self._finish, None, "completed")
+            response = self._snapshot(self._finish, "completed")
             self._emit(out, "response.completed", response=response)
         self._done = True
         return b"".join(out)
@@ -93,8 +94,8 @@ class StreamEncoder:
             self._usage = event.usage
         elif isinstance(event, ir.StreamFinish):
             self._start(out)
-            self._close_all(out)
             self._finish = event.finish_reason
+            self._close_all(out)
         else:
             self._fail(event.error, out)
 
@@ -103,13 +104,12 @@ class StreamEncoder:
     def _start(self, out: list[bytes]) -> None:
         if self._seq:
             return
-        response = self._snapshot(None, [], "in_progress")
+        response = self._snapshot(None, "in_progress")
         self._emit(out, "response.created", response=response)
         self._emit(out, "response.in_progress", response=response)
 
-    def _snapshot(
-        self, finish: ir.FinishReason | None, output: list[dict[str, Any]] | None, status: str
-    ) -> dict[str, Any]:
+    def _snapshot(self, finish: ir.FinishReason | None, status: str) -> dict[str, Any]:
+        """The Response so far: no items while in progress; cut items are incomplete."""
         base = self._response
         response = ir.ChatResponse(
             base.id,
@@ -118,18 +118,18 @@ class StreamEncoder:
             usage=self._usage,
             created=base.created,
         )
-        items = (
-            [self._item(item, "completed") for item in self._items] if output is None else output
-        )
-        if finish is not None and finish in ("length", "content_filter"):
+        if finish in _CUT_SHORT:
             status = "incomplete"
-        return response_object(response, status=status, output=items)
+        item_status = "completed" if status == "completed" else "incomplete"
+        items = [] if status == "in_progress" else self._items
+        output = [self._item(item, item_status) for item in items]
+        return response_object(response, status=status, output=output)
 
     def _fail(self, error: ir.ErrorInfo, out: list[bytes]) -> None:
         self._start(out)
         code = _ERROR_CODES.get(error.kind, "server_error")
         self._emit(out, "error", code=code, message=error.message, param=error.param)
-        response = self._snapshot(None, None, "failed")
+        response = self._snapshot(None, "failed")
         response["error"] = {"code": code, "message": error.message}
         self._emit(out, "response.failed", response=response)
         self._done = True
@@ -188,12 +188,8 @@ class StreamEncoder:
         self._emit(out, "response.output_text.done", **at, content_index=0, text=text, logprobs=[])
         part = text_part(text)
         self._emit(out, "response.content_part.done", **at, content_index=0, part=part)
-        self._emit(
-            out,
-            "response.output_item.done",
-            output_index=item.index,
-            item=self._item(item, "completed"),
-        )
+        done = self._item(item, self._closed_status())
+        self._emit(out, "response.output_item.done", output_index=item.index, item=done)
 
     def _close_all(self, out: list[bytes]) -> None:
         self._close_message(out)
@@ -207,9 +203,12 @@ class StreamEncoder:
                 name=item.call.name,
                 arguments=arguments,
             )
-            done = self._item(item, "completed")
+            done = self._item(item, self._closed_status())
             self._emit(out, "response.output_item.done", output_index=item.index, item=done)
         self._calls = {}
+
+    def _closed_status(self) -> str:
+        return "incomplete" if self._finish in _CUT_SHORT else "completed"
 
     def _item(self, item: _Item, status: str) -> dict[str, Any]:
         text = "".join(item.text)
