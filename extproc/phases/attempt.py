@@ -341,7 +341,7 @@ class Attempt:
         answer = self.translator.cacheable() if self.state.status == 200 else None
         request = self.plan.request
         if answer is not None and isinstance(request, ir.ChatRequest):
-            await conversation.keep(self.context, self.plan.info, request, answer)
+            await conversation.keep(self.context, self.plan.info.response_key, request, answer)
 
     def closed(self, *, client_left: bool = False) -> None:
         """The ext_proc stream ended: charge a cut stream; count a silent upstream timeout."""

@@ -26,7 +26,6 @@ from extproc.formats import openai_responses
 from extproc.formats.endpoints import Endpoint
 from extproc.phases.actions import JSON, Respond, error_response
 from extproc.phases.context import Context, new_request_id, store_unavailable
-from extproc.phases.envelope import RequestInfo
 from extproc.store import StoreError
 
 DIALECT = "responses"
@@ -65,18 +64,27 @@ async def resolve(
 
 
 async def keep(
-    context: Context, info: RequestInfo, request: ir.ChatRequest, answer: ir.ChatResponse
+    context: Context, key: str | None, request: ir.ChatRequest, answer: ir.ChatResponse
 ) -> None:
-    """Store a complete answer with its conversation (before its last bytes go out:
-    a client continues at once, and its next request must find it)."""
+    """Store a complete answer with its conversation under `key` (before its last bytes
+    go out: a client continues at once, and its next request must find it)."""
     store = context.store
-    if info.response_key is None or store is None:
+    if key is None or store is None:
         return
     record = conversations.encode_record(request, answer)
     try:
-        await store.response_put(info.response_key, record, conversations.TTL_S)
+        await store.response_put(key, record, conversations.TTL_S)
     except StoreError as exc:
         context.store_failed(exc)
+
+
+async def cache_hit(
+    context: Context, thread: Thread, request: ir.ChatRequest, cached: ir.ChatResponse
+) -> ir.ChatResponse:
+    """A cached answer is a new Response: its own id, kept as this request asks."""
+    answer = msgspec.structs.replace(cached, id=thread.response_id)
+    await keep(context, thread.record_key, request, answer)
+    return answer
 
 
 async def answer_stored(context: Context, tenant: str, endpoint: Endpoint) -> Respond:

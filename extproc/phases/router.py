@@ -140,7 +140,7 @@ class RouterStream:
         if refused is not None:
             return refused
         if state is not None and state.cached is not None and chat is not None:
-            hit = self.replay(chat, state.cached)
+            hit = await self.replay(chat, state.cached, thread)
             if hit is not None:
                 return hit
         decision = self.decide(route, state)
@@ -324,11 +324,15 @@ class RouterStream:
         if lookup.read and store is not None:
             self.context.background(store.cache_count("miss"))
 
-    def replay(self, chat: ir.ChatRequest, entry: bytes) -> Respond | None:
+    async def replay(
+        self, chat: ir.ChatRequest, entry: bytes, thread: conversation.Thread | None
+    ) -> Respond | None:
         """Answer from the cache in the client's dialect, streamed if it asked so."""
         response = cache.decode_entry(entry)
         if response is None:
             return None
+        if thread is not None:
+            response = await conversation.cache_hit(self.context, thread, chat, response)
         store = self.context.store
         assert store is not None and self.endpoint is not None
         self.context.background(store.cache_count("hit"))

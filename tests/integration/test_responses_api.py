@@ -326,3 +326,36 @@ def test_a_fallback_answer_is_named_and_stored_by_the_gateway(
     assert follow.status == "completed"
     sent = sim.last_request("openai").body["messages"]
     assert sent[1] == {"role": "assistant", "content": first.output_text}
+
+
+# ---------------------------------------------------------------- the response cache
+
+
+@pytest.fixture(scope="module")
+def cached_client(
+    sim: SimulatedProviders, valkey: Valkey, gateway_factory: Callable[..., Gateway]
+) -> Iterator[openai.OpenAI]:
+    gateway = gateway_factory(
+        {
+            "providers": [provider_config("openai", "openai", sim.base_url, "sk-openai")],
+            "models": [{"name": "gpt", "targets": [{"provider": "openai", "model": "gpt-4o"}]}],
+            "cache": {"enabled": True, "ttl_seconds": 60},
+        },
+        store_url=valkey.url,
+    )
+    sdk = openai.OpenAI(base_url=gateway.url + "/v1", api_key="client-key", max_retries=0)
+    yield sdk
+    close_client(sdk)
+
+
+def test_a_cache_hit_is_a_new_response_kept_as_asked(
+    cached_client: openai.OpenAI, sim: SimulatedProviders
+) -> None:
+    question = "A question asked twice, the second time answered from the cache"
+    first = cached_client.responses.create(model="gpt", input=question, store=False)
+    again = cached_client.responses.create(model="gpt", input=question)
+    assert len(sim.requests_for("openai")) == 1  # the second was a hit
+    assert again.output_text == first.output_text and again.id != first.id
+    assert cached_client.responses.retrieve(again.id).output_text == again.output_text
+    with pytest.raises(openai.NotFoundError):
+        cached_client.responses.retrieve(first.id)  # store: false kept nothing
