@@ -7,6 +7,7 @@ to what `responses.create` / `responses.stream` accept, not to our reading of th
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -20,6 +21,11 @@ from extproc.decisions import conversations
 from extproc.formats import openai_responses as codec
 from extproc.formats.endpoints import Endpoint, allowed_methods, classify
 from extproc.formats.framing import SSEParser
+from extproc.phases import conversation
+from tests.fakes.clock import FakeClock
+from tests.fakes.memory_store import MemoryStore
+from tests.unit import phase_world as world
+from tests.unit.test_router_phase import route
 
 USAGE = ir.Usage(input_tokens=7, output_tokens=5, cached_tokens=3, cache_write_tokens=1)
 WEATHER: dict[str, object] = {"type": "object", "properties": {"city": {"type": "string"}}}
@@ -461,3 +467,43 @@ def test_items_cut_by_length_are_incomplete_wherever_they_appear() -> None:
     done = [b for b in bodies if b["type"] == "response.output_item.done"]
     assert [b["item"]["status"] for b in done] == ["incomplete"]
     assert bodies[-1]["response"]["output"][0]["status"] == "incomplete"
+
+
+# ---------------------------------------------------------------- store errors (phases)
+
+RESPONSES = {":method": "POST", ":path": "/v1/responses"}
+CONTINUED = json.dumps({"model": "solo", "input": "hi", "previous_response_id": "resp_1"}).encode()
+
+
+def _failing_store() -> MemoryStore:
+    store = MemoryStore(FakeClock())
+    store.failing = True
+    return store
+
+
+@pytest.mark.parametrize("on_error", ["open", "closed"])
+def test_an_unreadable_store_fails_what_needs_it_with_a_503(on_error: str) -> None:
+    ctx = world.context(_failing_store(), {**world.CONFIG, "store": {"on_error": on_error}})
+    for headers, body in (
+        (RESPONSES, CONTINUED),
+        ({":method": "GET", ":path": "/v1/responses/resp_1"}, None),
+        ({":method": "DELETE", ":path": "/v1/responses/resp_1"}, None),
+    ):
+        reply = world.responded(route(ctx, headers, body))
+        assert reply.status == 503
+        assert json.loads(reply.body)["error"]["type"] == "service_unavailable_error"
+
+
+def test_a_store_error_while_keeping_an_answer_never_fails_the_answer() -> None:
+    store = _failing_store()
+    ctx = world.context(store)
+    answer = ir.ChatResponse(id="resp_k", model="m", content=[ir.TextPart("ok")])
+    key = store.response_key("global", "resp_k")
+    asyncio.run(conversation.keep(ctx, key, _decode(input="hi"), answer))  # does not raise
+    assert world.sample(ctx, "llmux_store_errors_total", {}) == 1
+
+
+def test_without_a_store_a_previous_response_is_not_found() -> None:
+    reply = world.responded(route(world.context(), RESPONSES, CONTINUED))
+    assert reply.status == 404
+    assert json.loads(reply.body)["error"]["type"] == "not_found_error"
