@@ -564,9 +564,18 @@ class ResponsesClient:
             kwargs["text"] = {
                 "format": {"type": "json_schema", "name": "answer", "schema": ANSWER_SCHEMA}
             }
+        create = self.sdk.responses.create
         if not ask.stream:
-            response = self.sdk.responses.create(model=model, input=items, **kwargs)  # type: ignore[arg-type]
-        else:
+            response = create(model=model, input=items, **kwargs)  # type: ignore[arg-type]
+        elif not ask.tools:  # plain events, as create(stream=True) yields them
+            events = list(create(model=model, input=items, stream=True, **kwargs))  # type: ignore[arg-type]
+            assert [e.sequence_number for e in events] == list(range(len(events)))
+            assert events[0].type == "response.created"
+            assert events[-1].type == "response.completed"
+            response = events[-1].response
+            deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+            assert "".join(deltas) == response.output_text
+        else:  # the stream() helper, which checks the event sequence strictly
             with self.sdk.responses.stream(model=model, input=items, **kwargs) as stream:  # type: ignore[arg-type]
                 deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
                 response = stream.get_final_response()
