@@ -6,12 +6,11 @@ conversation a `previous_response_id` names, and answers GET/DELETE
 /v1/responses/{id} itself. The attempt keeps the complete answer once it ends.
 Records are per tenant (`Store.response_key`), so another tenant's id is not found.
 
-Store errors: a request that names a previous response cannot be answered without
-it (503, whatever `store.on_error` says: going on would answer another
-conversation). Keeping an answer never fails the answer (the provider's work is
-done and billed): the error is counted and logged, and with `store.on_error: open`
-the answer goes out as usual; with `closed` too, but a later request naming it
-gets 404. Other dialects never reach this module.
+Store errors, under either `store.on_error`: a request that names a previous
+response, and GET/DELETE, get 503 (going on without the record would answer
+another conversation). Keeping an answer never fails the answer, whose provider
+work is done and billed: the error is counted and logged, the answer goes out, and
+a later request naming it gets 404. Other dialects never reach this module.
 """
 
 from __future__ import annotations
@@ -48,7 +47,7 @@ async def resolve(
     if previous is None:
         return chat, Thread(response_id, key)
     if store is None:
-        return _fail("not_found", f"Previous response {previous!r} not found (no store)")
+        return _missing(previous, "previous_response_id")
     try:
         data = await store.response_get(store.response_key(tenant, previous))
     except StoreError as exc:
@@ -56,7 +55,7 @@ async def resolve(
         return error_response(DIALECT, store_unavailable())
     record = conversations.decode_record(data) if data is not None else None
     if record is None:
-        return _fail("not_found", f"Previous response with id {previous!r} not found.")
+        return _missing(previous, "previous_response_id")
     try:
         return conversations.continued(chat, record), Thread(response_id, key)
     except ir.GatewayError as exc:
@@ -91,7 +90,7 @@ async def answer_stored(context: Context, tenant: str, endpoint: Endpoint) -> Re
     """GET /v1/responses/{id} (the stored Response) and DELETE (removes it)."""
     store, response_id = context.store, endpoint.resource or ""
     if store is None:
-        return _fail("not_found", f"Response with id {response_id!r} not found.")
+        return _missing(response_id)
     key = store.response_key(tenant, response_id)
     try:
         if endpoint.operation == "delete":
@@ -116,9 +115,7 @@ def renamed(events: list[ir.StreamEvent], response_id: str) -> list[ir.StreamEve
     ]
 
 
-def _missing(response_id: str) -> Respond:
-    return _fail("not_found", f"Response with id {response_id!r} not found.")
-
-
-def _fail(kind: ir.ErrorKind, message: str) -> Respond:
-    return error_response(DIALECT, ir.ErrorInfo(kind=kind, message=message))
+def _missing(response_id: str, param: str | None = None) -> Respond:
+    """OpenAI's answer for an id it does not know (here: not stored for this tenant)."""
+    message = f"Response with id {response_id!r} not found."
+    return error_response(DIALECT, ir.ErrorInfo(kind="not_found", message=message, param=param))
