@@ -507,3 +507,8 @@ def test_without_a_store_a_previous_response_is_not_found() -> None:
     reply = world.responded(route(world.context(), RESPONSES, CONTINUED))
     assert reply.status == 404
     assert json.loads(reply.body)["error"]["type"] == "not_found_error"
+
+
+def test_a_function_tool_with_parameters_that_are_not_an_object_is_refused() -> None:
+    tool = {"type": "function", "name": "f", "parameters": [1]}
+    assert _refused(input="hi", tools=[tool]).param == "tools[0]"

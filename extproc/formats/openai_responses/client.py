@@ -218,15 +218,13 @@ def _decode_tools(tools: list[dict[str, Any]] | None) -> list[ir.Tool]:
         name = tool.get("name")
         if not isinstance(name, str) or not name:
             raise ir.invalid_request("Function tools need a 'name'", param=f"tools[{i}].name")
-        description = tool.get("description")
-        parameters = tool.get("parameters") or {}
-        out.append(
-            ir.Tool(
-                name=name,
-                description=description if isinstance(description, str) else None,
-                parameters=parameters if isinstance(parameters, dict) else {},
+        description, parameters = tool.get("description"), tool.get("parameters") or {}
+        if not isinstance(parameters, dict) or not isinstance(description, str | None):
+            raise ir.invalid_request(
+                "A function tool's 'parameters' must be an object and 'description' a string",
+                param=f"tools[{i}]",
             )
-        )
+        out.append(ir.Tool(name=name, description=description, parameters=parameters))
     return out
 
 
