@@ -14,6 +14,7 @@ from typing import Any, Literal, NamedTuple
 import msgspec
 
 from extproc import ir
+from extproc.formats.openai_chat.client import _decode_client
 from extproc.formats.openai_chat.wire import _decode_image
 from extproc.formats.openai_responses.wire import ENCODER, REQUEST, SOURCE, Request
 
@@ -72,12 +73,8 @@ def decode_conversation(body: bytes) -> Conversation:
 
 
 def _decode(body: bytes) -> Request:
-    try:
-        return REQUEST.decode(body)
-    except msgspec.ValidationError as exc:
-        raise ir.invalid_request(f"Invalid request body: {exc}") from None
-    except (msgspec.DecodeError, UnicodeDecodeError):
-        raise ir.invalid_request("Request body is not valid JSON") from None
+    wire: Request = _decode_client(body, REQUEST)  # OpenAI's messages for a bad body
+    return wire
 
 
 def _reject_unsupported(wire: Request) -> None:
