@@ -18,8 +18,9 @@ from extproc.formats.openai_chat.client import _decode_client
 from extproc.formats.openai_chat.wire import _decode_image
 from extproc.formats.openai_responses.wire import ENCODER, REQUEST, SOURCE, Request
 
-# The tools only OpenAI's own servers run; no provider behind the IR can.
-_BUILT_IN_HINT = "only function tools can be translated for this model's provider"
+# Built-in tools (web_search, file_search, ...) run on OpenAI's servers, and custom or
+# shell tools have no function schema: no provider behind the IR can take them.
+_TOOL_HINT = "only function tools can be translated for this model's provider"
 _TOOL_MODES: dict[str, Literal["auto", "none", "required"]] = {
     "auto": "auto",
     "none": "none",
@@ -209,7 +210,7 @@ def _decode_tools(tools: list[dict[str, Any]] | None) -> list[ir.Tool]:
         kind = tool.get("type")
         if kind != "function":
             raise ir.invalid_request(
-                f"Built-in tool {kind!r} cannot be run here: {_BUILT_IN_HINT}",
+                f"Tools of type {kind!r} cannot be run here: {_TOOL_HINT}",
                 param=f"tools[{i}].type",
             )
         name = tool.get("name")
