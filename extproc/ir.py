@@ -14,6 +14,8 @@ import msgspec
 
 Role = Literal["user", "assistant", "tool"]
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "error"]
+# OpenAI's reasoning effort levels; each provider codec maps them to its own or refuses.
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
 ErrorKind = Literal[
     "invalid_request",  # 400
     "authentication",  # 401
@@ -154,6 +156,9 @@ class ChatRequest(msgspec.Struct, frozen=True):
     prompt_cache_key: str | None = None
     cache: CacheBreakpoint | None = None
     system_parts: list[TextPart] = []
+    # UNSET rather than None: a request without it encodes as before the field existed,
+    # so the cache keys hashed from requests stay what they were.
+    reasoning_effort: ReasoningEffort | msgspec.UnsetType = msgspec.UNSET
 
 
 # ---------------------------------------------------------------- responses
@@ -164,6 +169,7 @@ class Usage(msgspec.Struct, frozen=True):
     output_tokens: int = 0
     cached_tokens: int = 0  # part of input_tokens served from the provider's prompt cache
     cache_write_tokens: int = 0  # part of input_tokens written to it (Anthropic reports them)
+    reasoning_tokens: int = 0  # part of output_tokens spent thinking (OpenAI, Gemini report them)
 
     @property
     def total_tokens(self) -> int:
@@ -255,6 +261,14 @@ class GatewayError(Exception):
 
 def invalid_request(message: str, *, param: str | None = None) -> GatewayError:
     return GatewayError(ErrorInfo(kind="invalid_request", message=message, param=param))
+
+
+def effort_refused(effort: str, provider: str) -> GatewayError:
+    """A reasoning effort level a provider has no equivalent for."""
+    return invalid_request(
+        f"reasoning effort {effort!r} has no equivalent in the {provider} provider",
+        param="reasoning.effort",
+    )
 
 
 def bad_gateway(message: str) -> GatewayError:

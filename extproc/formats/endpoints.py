@@ -12,8 +12,11 @@ from typing import Literal, NamedTuple
 from extproc.formats import registry
 from extproc.formats.base import ClientCodec, RequestLine
 
-Dialect = Literal["openai", "anthropic", "gemini", "ollama", "smart"]
-Operation = Literal["chat", "embeddings", "models", "tags", "generate", "count_tokens"]
+Dialect = Literal["openai", "anthropic", "gemini", "ollama", "smart", "responses"]
+# retrieve/delete: a stored Response (GET/DELETE /v1/responses/{id}), answered by the gateway.
+Operation = Literal[
+    "chat", "embeddings", "models", "tags", "generate", "count_tokens", "retrieve", "delete"
+]
 
 
 class Endpoint(NamedTuple):
@@ -22,6 +25,7 @@ class Endpoint(NamedTuple):
     path_model: str | None = None  # Gemini names the model in the path
     path_stream: bool = False  # Gemini's :streamGenerateContent
     batch: bool = False  # Gemini's :batchEmbedContents (answers a list)
+    resource: str | None = None  # the stored response a retrieve/delete names
 
     @property
     def codec(self) -> ClientCodec:
@@ -43,7 +47,10 @@ _EXACT: dict[tuple[str, str], Endpoint] = {
     ("POST", "/api/generate"): Endpoint("ollama", "generate"),
     ("GET", "/api/tags"): Endpoint("ollama", "tags"),
     ("POST", "/api/smart"): Endpoint("smart", "chat"),
+    ("POST", "/v1/responses"): Endpoint("responses", "chat"),
 }
+_STORED_RESPONSE = re.compile(r"^/v1/responses/(?P<id>[A-Za-z0-9_-]{1,200})$")
+_STORED_OPERATIONS: dict[str, Operation] = {"GET": "retrieve", "DELETE": "delete"}
 
 # google-genai 3.x calls /v1/models/..., older clients /v1beta/models/...
 # (README's endpoint table lists both).
@@ -58,6 +65,10 @@ def classify(method: str, path: str) -> Endpoint | None:
     found = _EXACT.get((method, bare))
     if found is not None:
         return found
+    stored = _STORED_RESPONSE.match(bare)
+    if stored is not None:
+        kept = _STORED_OPERATIONS.get(method)
+        return None if kept is None else Endpoint("responses", kept, resource=stored["id"])
     match = _GEMINI.match(bare)
     if match is None or method != "POST":
         return None
@@ -72,6 +83,8 @@ def allowed_methods(path: str) -> list[str]:
     """The methods a known endpoint path takes (empty when the path is not ours)."""
     bare = path.split("?", 1)[0]
     methods = sorted(method for method, known in _EXACT if known == bare)
+    if _STORED_RESPONSE.match(bare):
+        return sorted(_STORED_OPERATIONS)
     return methods or (["POST"] if _GEMINI.match(bare) else [])
 
 

@@ -16,6 +16,7 @@ from extproc.formats import (
     gemini_generate,
     ollama_chat,
     openai_chat,
+    openai_responses,
     smart_api,
 )
 from extproc.formats.anthropic_messages import count as anthropic_count
@@ -34,6 +35,7 @@ CLIENT_CODECS: dict[str, ClientCodec] = {
     "gemini": gemini_generate.CLIENT,
     "ollama": ollama_chat.CLIENT,
     "smart": smart_api.CLIENT,  # the simple prompt API: client side only
+    "responses": openai_responses.CLIENT,  # OpenAI's Responses API: client side only
 }
 # An operation whose bodies differ from its dialect's chat: (dialect, operation) -> codec.
 _OPERATION_CODECS: dict[tuple[str, str], ClientCodec] = {

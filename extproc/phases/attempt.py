@@ -21,7 +21,7 @@ from extproc.decisions import cache, pricing, providers, routing
 from extproc.decisions.routing import credential_tag, target_tag
 from extproc.decisions.usage import estimate_tokens
 from extproc.envoy.contract import ATTEMPTS_HEADER, CACHE_HEADER, MODEL_HEADER, PROVIDER_HEADER
-from extproc.phases import envelope, spend
+from extproc.phases import conversation, envelope, spend
 from extproc.phases.actions import JSON, Action, Continue, Respond, error_response
 from extproc.phases.context import (
     STREAM_TYPES,
@@ -226,6 +226,8 @@ class Attempt:
         self.finish()
         # Stored before the last bytes go out: the client's next identical request hits.
         await self.fill_cache()
+        if self.plan.info.response_key is not None:
+            await self.keep_response()
 
     def failed_before_content(self, reason: str, status: int, *, failover: bool) -> None:
         """A held 200 failed before its first content (held_response.py): `status` stands
@@ -351,6 +353,13 @@ class Attempt:
             await store.cache_put(cache_key, entry, settings.ttl_seconds)
         except StoreError as exc:
             self.context.store_failed(exc)
+
+    async def keep_response(self) -> None:
+        """A Responses API answer, kept with its conversation for the next turn."""
+        answer = self.translator.cacheable() if self.state.status == 200 else None
+        request = self.plan.request
+        if answer is not None and isinstance(request, ir.ChatRequest):
+            await conversation.keep(self.context, self.plan.info.response_key, request, answer)
 
     def closed(self, *, client_left: bool = False) -> None:
         """The ext_proc stream ended: charge a cut stream; count a silent upstream timeout."""

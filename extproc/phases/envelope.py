@@ -24,7 +24,7 @@ CONTENT_TYPE = "application/x-llmux-envelope"
 class RequestInfo(msgspec.Struct, frozen=True, array_like=True):
     """What the router phase learned and decided about the client request."""
 
-    dialect: str  # client API: openai | anthropic | gemini | ollama | smart
+    dialect: str  # client API: openai | anthropic | gemini | ollama | smart | responses
     operation: str  # chat | generate | embeddings | count_tokens
     model: str  # client-visible model name
     request_id: str
@@ -41,6 +41,9 @@ class RequestInfo(msgspec.Struct, frozen=True, array_like=True):
     # (the store's spend key, seconds left in the period) each, and the estimate.
     spend_periods: tuple[tuple[str, int], ...] = ()
     spend_estimate: int = 0  # nano-dollars
+    # Responses API: the id the answer gets, and the store key it is kept under (conversation.py).
+    response_id: str | None = None
+    response_key: str | None = None
 
     def budget(self) -> tuple[str, int] | None:
         """(Redis key, ttl) of the virtual key's budget period to charge; None without one."""

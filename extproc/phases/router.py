@@ -17,7 +17,7 @@ from extproc.decisions.usage import estimate_tokens
 from extproc.envoy.contract import CACHE_HEADER, CLUSTER_HEADER, INTERNAL_PREFIX, MODEL_HEADER
 from extproc.formats import smart_api
 from extproc.formats.endpoints import Endpoint, allowed_methods, classify, dialect_for_path
-from extproc.phases import envelope, spend, strategies
+from extproc.phases import conversation, envelope, spend, strategies
 from extproc.phases.actions import CONTINUE, JSON, Action, Continue, Respond, error_response
 from extproc.phases.attempt import Attempt, AttemptStart, open_attempt
 from extproc.phases.context import (
@@ -87,6 +87,8 @@ class RouterStream:
             return Respond(200, self.context.openai_model_list)
         if endpoint.operation == "tags":
             return Respond(200, self.context.ollama_tags)
+        if endpoint.operation in ("retrieve", "delete"):
+            return await conversation.answer_stored(self.context, self.tenant, endpoint)
         if end_of_stream:
             return self.fail("invalid_request", "the request has no body")
         self.client_headers = [k for k in headers if k.startswith(INTERNAL_PREFIX)]
@@ -106,6 +108,12 @@ class RouterStream:
             chat, embedding = decode_client_body(endpoint, body, default_model)
         except ir.GatewayError as exc:
             return error_response(self.dialect, exc.info)
+        thread = None
+        if chat is not None and endpoint.dialect == conversation.DIALECT:
+            resolved = await conversation.resolve(self.context, self.tenant, body, chat)
+            if isinstance(resolved, Respond):
+                return resolved
+            chat, thread = resolved
         request = chat or embedding
         assert request is not None  # decode_client_body returns one of the two
         model = request.model
@@ -136,7 +144,7 @@ class RouterStream:
         if refused is not None:
             return refused
         if state is not None and state.cached is not None and chat is not None:
-            hit = self.replay(chat, state.cached)
+            hit = await self.replay(chat, state.cached, thread)
             if hit is not None:
                 return hit
         decision = self.decide(route, state)
@@ -162,6 +170,8 @@ class RouterStream:
             cluster=route.cluster,
             spend_periods=hold.periods if hold is not None else (),
             spend_estimate=hold.estimate if hold is not None else 0,
+            response_id=thread.response_id if thread is not None else None,
+            response_key=thread.record_key if thread is not None else None,
         )
         internal = envelope.seal(info, request)
         if len(route.model.targets) == 1:
@@ -329,11 +339,15 @@ class RouterStream:
         if lookup.read and store is not None:
             self.context.background(store.cache_count("miss"))
 
-    def replay(self, chat: ir.ChatRequest, entry: bytes) -> Respond | None:
+    async def replay(
+        self, chat: ir.ChatRequest, entry: bytes, thread: conversation.Thread | None
+    ) -> Respond | None:
         """Answer from the cache in the client's dialect, streamed if it asked so."""
         response = cache.decode_entry(entry)
         if response is None:
             return None
+        if thread is not None:
+            response = await conversation.cache_hit(self.context, thread, chat, response)
         store = self.context.store
         assert store is not None and self.endpoint is not None
         self.context.background(store.cache_count("hit"))

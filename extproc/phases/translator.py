@@ -18,6 +18,7 @@ from extproc.decisions import cache, providers
 from extproc.decisions.usage import UsageMeter
 from extproc.formats.base import StreamDecoder, StreamEncoder
 from extproc.formats.registry import CLIENT_CODECS
+from extproc.phases import conversation
 from extproc.phases.plan import AttemptPlan, AttemptState
 from extproc.phases.translation import (
     chat_stream_encoder,
@@ -52,7 +53,7 @@ class ResponseTranslator:
         info = plan.info
         self.decoder = providers.codec_for(plan.provider).StreamDecoder()
         self.encoder = chat_stream_encoder(info.dialect, info.operation, plan.include_usage)
-        if info.cache_key is not None:
+        if info.cache_key is not None or info.response_key is not None:
             self.assembler = cache.ResponseAssembler()
 
     def chunk(self, body: bytes, end_of_stream: bool) -> bytes:
@@ -62,6 +63,8 @@ class ResponseTranslator:
         events = decoder.feed(body) if body else []
         if end_of_stream:
             events += decoder.finish()
+        if self.plan.info.response_id is not None:
+            events = conversation.renamed(events, self.plan.info.response_id)
         self.meter.observe_events(events)
         self.note_events(events)
         if self.assembler is not None:
@@ -94,6 +97,8 @@ class ResponseTranslator:
             state.response_model = embedded.model
             return encode_embedding_response(info.dialect, plan.request, embedded)
         chat = providers.codec_for(plan.provider).decode_response(body)
+        if info.response_id is not None:  # the Responses API's id is the gateway's
+            chat = msgspec.structs.replace(chat, id=info.response_id)
         self.meter.observe_usage(chat.usage)
         state.finish_reason = chat.finish_reason
         state.response_model = chat.model

@@ -220,6 +220,22 @@ class CacheEntries(Protocol):
         ...
 
 
+class StoredResponses(Protocol):
+    """Responses API conversation state: one record per stored response, per tenant."""
+
+    def response_key(self, tenant: str, response_id: str) -> str:
+        """The record's key, hash-tagged by tenant: another tenant's id names another key."""
+        ...
+
+    async def response_put(self, key: str, record: bytes, ttl_s: int) -> None: ...
+
+    async def response_get(self, key: str) -> bytes | None: ...
+
+    async def response_delete(self, key: str) -> bool:
+        """True when the record existed."""
+        ...
+
+
 class ActivityLog(Protocol):
     """The dashboard's recent requests and per-minute sums."""
 
@@ -242,7 +258,14 @@ class ActivityLog(Protocol):
 
 
 class Store(
-    RoutingState, StrategyState, KeyRecords, CostLedger, CacheEntries, ActivityLog, Protocol
+    RoutingState,
+    StrategyState,
+    KeyRecords,
+    CostLedger,
+    CacheEntries,
+    StoredResponses,
+    ActivityLog,
+    Protocol,
 ):
     """Everything above, plus health and shutdown."""
 

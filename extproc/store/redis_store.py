@@ -518,6 +518,24 @@ class RedisStore:
                 await self.redis.delete(f"{PREFIX}:cache-stats")
         return removed
 
+    # ------------------------------------------------------------------ stored responses
+
+    @staticmethod
+    def response_key(tenant: str, response_id: str) -> str:
+        return f"{PREFIX}:{tenant_tag(tenant)}:resp:{response_id}"
+
+    async def response_put(self, key: str, record: bytes, ttl_s: int) -> None:
+        with _redis_errors():
+            await self.redis.set(key, record, ex=ttl_s)
+
+    async def response_get(self, key: str) -> bytes | None:
+        with _redis_errors():
+            return cast(bytes | None, await self.redis.get(key))
+
+    async def response_delete(self, key: str) -> bool:
+        with _redis_errors():
+            return bool(await self.redis.delete(key))
+
     # ------------------------------------------------------------------ dashboard activity
 
     async def activity_push(

@@ -330,6 +330,23 @@ class MemoryStore:
             "models": dict(data.get("cost:models", {})),
         }
 
+    # ------------------------------------------------------------------ stored responses
+
+    def response_key(self, tenant: str, response_id: str) -> str:
+        return f"{tenant_tag(tenant)}:resp:{response_id}"
+
+    async def response_put(self, key: str, record: bytes, ttl_s: int) -> None:
+        self._check().set(key, record, ttl_s)
+
+    async def response_get(self, key: str) -> bytes | None:
+        found: bytes | None = self._check().get(key)
+        return found
+
+    async def response_delete(self, key: str) -> bool:
+        data = self._check()
+        data.get(key)  # an expired record is already gone
+        return data.delete(key)
+
     # ------------------------------------------------------------------ cache
 
     def cache_key(self, model: str, digest: str) -> str:

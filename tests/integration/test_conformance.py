@@ -516,12 +516,94 @@ class OllamaClient:
         return Seen(exc.status_code, self.last_headers.get("retry-after"), "", str(exc.error))
 
 
-Client = OpenAIClient | AnthropicClient | GeminiClient | OllamaClient
+class ResponsesClient:
+    """The `openai` SDK's Responses methods: create, and the stream() helper for streams."""
+
+    name = "responses"
+    finish = {"stop": "completed", "tools": "completed"}  # a Response's status
+    errors = OpenAIClient.errors
+    kinds = OpenAIClient.kinds
+
+    def __init__(self, url: str) -> None:
+        self.sdk = openai.OpenAI(base_url=url + "/v1", api_key=CLIENT_KEY, max_retries=0)
+
+    def send(self, model: str, ask: Ask) -> Reply:
+        content: list[dict[str, Any]] = [{"type": "input_text", "text": ask.user}]
+        if ask.image:
+            url = IMAGE_URL if ask.image == "url" else f"data:image/png;base64,{PNG_B64}"
+            content.append({"type": "input_image", "image_url": url, "detail": "auto"})
+        items: list[dict[str, Any]] = [{"role": "user", "content": content}]
+        # As an SDK user continues: the model's output items, then the call outputs.
+        items.extend(
+            {
+                "type": "function_call",
+                "call_id": call.id,
+                "name": call.name,
+                "arguments": json.dumps(call.arguments),
+            }
+            for call in ask.answers
+        )
+        items.extend(
+            {"type": "function_call_output", "call_id": call.id, "output": result}
+            for call, result in zip(ask.answers, TOOL_RESULTS, strict=False)
+        )
+        kwargs: dict[str, Any] = {}
+        if ask.system:
+            kwargs["instructions"] = ask.system
+        if ask.tools:
+            kwargs["tools"] = [
+                {
+                    "type": "function",
+                    "name": TOOL_NAME,
+                    "description": TOOL_DESCRIPTION,
+                    "parameters": WEATHER_SCHEMA,
+                    "strict": False,
+                }
+            ]
+        if ask.json_schema:
+            kwargs["text"] = {
+                "format": {"type": "json_schema", "name": "answer", "schema": ANSWER_SCHEMA}
+            }
+        create = self.sdk.responses.create
+        if not ask.stream:
+            response = create(model=model, input=items, **kwargs)  # type: ignore[arg-type]
+        elif not ask.tools:  # plain events, as create(stream=True) yields them
+            events = list(create(model=model, input=items, stream=True, **kwargs))  # type: ignore[arg-type]
+            assert [e.sequence_number for e in events] == list(range(len(events)))
+            assert events[0].type == "response.created"
+            assert events[-1].type == "response.completed"
+            response = events[-1].response
+            deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+            assert "".join(deltas) == response.output_text
+        else:  # the stream() helper, which checks the event sequence strictly
+            with self.sdk.responses.stream(model=model, input=items, **kwargs) as stream:  # type: ignore[arg-type]
+                deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+                response = stream.get_final_response()
+            assert "".join(deltas) == response.output_text
+        calls = [
+            ToolCall(item.call_id, item.name, json.loads(item.arguments))
+            for item in response.output
+            if item.type == "function_call"
+        ]
+        usage = response.usage
+        return Reply(
+            response.output_text,
+            calls,
+            str(response.status),
+            (usage.input_tokens, usage.output_tokens) if usage else None,
+        )
+
+    def seen(self, exc: Exception) -> Seen:
+        return OpenAIClient.seen(self, exc)  # type: ignore[arg-type]
+
+
+Client = OpenAIClient | AnthropicClient | GeminiClient | OllamaClient | ResponsesClient
 CLIENT_CLASSES: dict[str, Callable[[str], Client]] = {
     "openai": OpenAIClient,
     "anthropic": AnthropicClient,
     "gemini": GeminiClient,
     "ollama": OllamaClient,
+    "responses": ResponsesClient,
 }
 
 
@@ -926,7 +1008,7 @@ CASES: dict[str, Callable[[Client, Backend, SimulatedProviders], object]] = {
     "error_429": lambda c, b, s: case_error(c, b, s, 429),
     "error_500": lambda c, b, s: case_error(c, b, s, 500),
 }
-URL_IMAGE_CLIENTS = ("openai", "anthropic")  # the clients whose API can name an image by URL
+URL_IMAGE_CLIENTS = ("openai", "anthropic", "responses")  # the APIs that name images by URL
 
 
 def matrix() -> Iterator[Any]:
@@ -999,6 +1081,8 @@ def raw_stream(gateway: Gateway, dialect: str, model: str) -> tuple[httpx.Respon
     elif dialect == "gemini":
         url = f"/v1beta/models/{model}:streamGenerateContent?alt=sse"
         body = {"contents": [{"role": "user", "parts": [{"text": USER}]}]}
+    elif dialect == "responses":
+        url, body = "/v1/responses", {"model": model, "stream": True, "input": USER}
     else:
         url, body = "/api/chat", {"model": model, "messages": [{"role": "user", "content": USER}]}
     with httpx.stream(
@@ -1033,6 +1117,11 @@ def test_raw_stream_ends_with_the_dialects_terminator(
     if dialect == "openai":
         assert events[-1] == b"data: [DONE]"
         assert events.count(b"data: [DONE]") == 1
+    elif dialect == "responses":
+        assert events[-1].startswith(b"event: response.completed\n")
+        names = [e.split(b"\n")[0] for e in events]
+        assert names[0] == b"event: response.created"
+        assert names.count(b"event: response.completed") == 1
     elif dialect == "anthropic":
         assert events[-1].startswith(b"event: message_stop\n")
         names = [e.split(b"\n")[0] for e in events]

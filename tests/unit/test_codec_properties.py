@@ -94,6 +94,7 @@ CLIENT_PATHS = {
     "gemini": "/v1beta/models/m:generateContent",
     "ollama": "/api/chat",
     "smart": "/api/smart",
+    "responses": "/v1/responses",
 }
 
 
@@ -187,6 +188,19 @@ FREE_FORM: dict[str, list[Any]] = {
         {"model": "m", "messages": HI, "format": "DEEP", "unknown": "DEEP"},
     ],
     "smart": [{"prompt": "hi", "unknown": "DEEP"}],
+    "responses": [
+        {
+            "model": "m",
+            "input": "hi",
+            "tools": [{"type": "function", "name": "f", "parameters": "DEEP"}],
+        },
+        {"model": "m", "input": [{"role": "user", "content": [{"type": "x", "y": "DEEP"}]}]},
+        {
+            "model": "m",
+            "input": "hi",
+            "text": {"format": {"type": "json_schema", "schema": "DEEP"}},
+        },
+    ],
 }
 
 

@@ -426,6 +426,38 @@ def test_cost_adds_up_per_provider_and_model(run: Callable[[Case], None]) -> Non
     run(case)
 
 
+# ---------------------------------------------------------------------- stored responses
+
+
+def test_a_stored_response_is_kept_per_tenant_until_deleted(run: Callable[[Case], None]) -> None:
+    async def case(s: Subject) -> None:
+        mine, theirs = (
+            s.store.response_key("acme", "resp_1"),
+            s.store.response_key("globex", "resp_1"),
+        )
+        assert mine != theirs and "{tenant:acme}" in mine  # one hash slot per tenant
+        assert await s.store.response_get(mine) is None
+        await s.store.response_put(mine, b"record", 60)
+        assert await s.store.response_get(mine) == b"record"
+        assert await s.store.response_get(theirs) is None
+        assert await s.store.response_delete(theirs) is False
+        assert await s.store.response_delete(mine) is True
+        assert await s.store.response_get(mine) is None
+        assert await s.store.response_delete(mine) is False
+
+    run(case)
+
+
+def test_a_stored_response_expires_after_its_ttl(run: Callable[[Case], None]) -> None:
+    async def case(s: Subject) -> None:
+        key = s.store.response_key("global", "resp_2")
+        await s.store.response_put(key, b"record", 1)
+        await s.later(1.05)
+        assert await s.store.response_get(key) is None
+
+    run(case)
+
+
 # ---------------------------------------------------------------------- cache
 
 

@@ -75,11 +75,26 @@ def encode_request(req: ir.ChatRequest, *, model: str) -> bytes:
     choice = _encode_tool_choice(req)
     if choice:
         body["tool_choice"] = choice
-    if req.response_format is not None and req.response_format.type != "text":
-        body["output_config"] = {"format": _encode_output_format(req.response_format)}
+    output = _output_config(req)
+    if output:
+        body["output_config"] = output
     if req.user:
         body["metadata"] = {"user_id": req.user}
     return _encode_json(body)
+
+
+def _output_config(req: ir.ChatRequest) -> dict[str, Any]:
+    """The answer's format and effort. Effort "none" asks for no thinking, which Claude
+    does only when `thinking` is enabled (never here): nothing to send."""
+    config: dict[str, Any] = {}
+    if req.response_format is not None and req.response_format.type != "text":
+        config["format"] = _encode_output_format(req.response_format)
+    effort = req.reasoning_effort
+    if effort is not msgspec.UNSET and effort != "none":
+        if effort == "minimal":
+            raise ir.effort_refused(effort, "anthropic")
+        config["effort"] = effort
+    return config
 
 
 def _sampling(req: ir.ChatRequest) -> dict[str, Any]:

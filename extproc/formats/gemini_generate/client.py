@@ -338,13 +338,16 @@ def _function_call_parts(calls: list[ir.ToolCall]) -> tuple[list[Json], bool]:
 
 
 def _encode_usage(usage: ir.Usage) -> Json:
+    # Gemini counts thoughts apart from the candidates; the IR's output includes them.
     out: Json = {
         "promptTokenCount": usage.input_tokens,
-        "candidatesTokenCount": usage.output_tokens,
+        "candidatesTokenCount": usage.output_tokens - usage.reasoning_tokens,
         "totalTokenCount": usage.total_tokens,
     }
     if usage.cached_tokens:
         out["cachedContentTokenCount"] = usage.cached_tokens
+    if usage.reasoning_tokens:
+        out["thoughtsTokenCount"] = usage.reasoning_tokens
     return out
 
 

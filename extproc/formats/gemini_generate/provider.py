@@ -143,7 +143,23 @@ def _encode_generation_config(req: ir.ChatRequest) -> Json:
         config["responseMimeType"] = "application/json"
         if fmt.type == "json_schema" and fmt.schema:
             config["responseSchema"] = schema_to_gemini(fmt.schema, ordered=True)
+    effort = req.reasoning_effort
+    if effort is not msgspec.UNSET:
+        level = _THINKING_LEVELS.get(effort)
+        if level is None:
+            raise ir.effort_refused(effort, "gemini")
+        config["thinkingConfig"] = {"thinkingLevel": level}
     return config
+
+
+# https://ai.google.dev/gemini-api/docs/thinking: thinkingLevel (Gemini 3 and later).
+_THINKING_LEVELS = {
+    "minimal": "MINIMAL",
+    "low": "LOW",
+    "medium": "MEDIUM",
+    "high": "HIGH",
+    "xhigh": "XHIGH",
+}
 
 
 _FINISH_IN: dict[str, ir.FinishReason] = {
@@ -246,6 +262,7 @@ def _decode_usage(meta: object) -> ir.Usage | None:
         input_tokens=count("promptTokenCount") + count("toolUsePromptTokenCount"),
         output_tokens=count("candidatesTokenCount") + count("thoughtsTokenCount"),
         cached_tokens=count("cachedContentTokenCount"),
+        reasoning_tokens=count("thoughtsTokenCount"),
     )
 
 

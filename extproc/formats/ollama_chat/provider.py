@@ -161,7 +161,16 @@ def encode_request(req: ir.ChatRequest, *, model: str) -> bytes:
     options = _wire_options(req)
     if options:
         body["options"] = options
+    effort = req.reasoning_effort
+    if effort is not msgspec.UNSET:
+        if effort not in _THINK:
+            raise ir.effort_refused(effort, "ollama")
+        body["think"] = _THINK[effort]
     return _encode(body)
+
+
+# Ollama's `think`: on/off, or a level for the models that take one (gpt-oss).
+_THINK: dict[str, bool | str] = {"none": False, "low": "low", "medium": "medium", "high": "high"}
 
 
 def upstream_path(*, model: str, stream: bool) -> str:

@@ -31,10 +31,15 @@ class _PromptDetails(msgspec.Struct):
     cached_tokens: int | None = None
 
 
+class _CompletionDetails(msgspec.Struct):
+    reasoning_tokens: int | None = None
+
+
 class _Usage(msgspec.Struct):
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     prompt_tokens_details: _PromptDetails | None = None
+    completion_tokens_details: _CompletionDetails | None = None
 
 
 class _Choice(msgspec.Struct):
@@ -171,6 +176,8 @@ def _put_sampling(body: dict[str, Any], req: ir.ChatRequest) -> None:
             body[key] = value
     if req.stop:
         body["stop"] = req.stop
+    if req.reasoning_effort is not msgspec.UNSET:
+        body["reasoning_effort"] = req.reasoning_effort
 
 
 def _encode_messages(req: ir.ChatRequest) -> list[dict[str, Any]]:
@@ -309,11 +316,12 @@ def _finish_reason(raw: str | None, has_tool_calls: bool) -> ir.FinishReason:
 
 
 def _usage(wire: _Usage) -> ir.Usage:
-    details = wire.prompt_tokens_details
+    details, completion = wire.prompt_tokens_details, wire.completion_tokens_details
     return ir.Usage(
         input_tokens=wire.prompt_tokens or 0,
         output_tokens=wire.completion_tokens or 0,
         cached_tokens=(details.cached_tokens or 0) if details else 0,
+        reasoning_tokens=(completion.reasoning_tokens or 0) if completion else 0,
     )
 
 
