@@ -25,7 +25,7 @@ class Built:
 
 
 @pytest.fixture(scope="package")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
+def built(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Iterator[Built]:
     reason = podman_root.unavailable_reason()
     if reason:
         pytest.skip(reason)
@@ -40,3 +40,6 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
         result.seconds["python base import"] = time.monotonic() - started
         result.seconds["llmux build"] = stand_ins.build_llmux(root)
         yield result
+    steps = ", ".join(f"{step} {s:.0f} s" for step, s in result.seconds.items())
+    with pytestconfig.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+        print(f"\ntests/image took: {steps}")
