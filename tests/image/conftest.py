@@ -29,17 +29,17 @@ def built(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config)
     reason = podman_root.unavailable_reason()
     if reason:
         pytest.skip(reason)
-    started = time.monotonic()
-    podman_root.prepare()
-    prepared = time.monotonic() - started
     xfer: Path = tmp_path_factory.mktemp("podman-xfer")
-    with podman_root.PodmanRoot(xfer) as root:
-        result = Built(root, stand_ins.LLMUX_IMAGE, {"debian roots": prepared})
+    with podman_root.cache_lock():
         started = time.monotonic()
-        stand_ins.import_python_base(root)
-        result.seconds["python base import"] = time.monotonic() - started
-        result.seconds["llmux build"] = stand_ins.build_llmux(root)
-        yield result
-    steps = ", ".join(f"{step} {s:.0f} s" for step, s in result.seconds.items())
+        podman_root.prepare()
+        seconds = {"debian roots": time.monotonic() - started}
+        with podman_root.PodmanRoot(xfer) as root:
+            started = time.monotonic()
+            stand_ins.import_python_base(root)
+            seconds["python base import"] = time.monotonic() - started
+            seconds["llmux build"] = stand_ins.build_llmux(root)
+            yield Built(root, stand_ins.LLMUX_IMAGE, seconds)
+    steps = ", ".join(f"{step} {s:.0f} s" for step, s in seconds.items())
     with pytestconfig.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
         print(f"\ntests/image took: {steps}")

@@ -13,12 +13,15 @@ the trixie root, so built layers are cached between runs too.
 `PodmanRoot` enters the trixie root in a private mount namespace with `pivot_root`
 (a chroot is not enough: `podman exec` would land in the host's root) and runs podman
 there with `nsenter`. Nothing it mounts is visible on the host, and closing it removes
-every container, pod and volume and ends every process left in that namespace.
+every container, pod and volume and ends every process left running in that root
+(leftovers.py), as does opening it after a run that was killed outright.
 Builds nothing itself beyond the roots: the images are the callers' (stand_ins.py).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import fcntl
 import os
 import re
@@ -26,10 +29,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
+
+from tests.image import leftovers
 
 CACHE = Path(os.environ.get("LLMUX_IMAGE_CACHE", "/var/tmp/llmux-image"))
 PODMAN_ROOT, PYTHON_ROOT = CACHE / "podman-root", CACHE / "python-root"
@@ -53,6 +58,7 @@ INSIDE_ENV = {
     "HOME": "/root",
     "PODMAN_IGNORE_CGROUPSV1_WARNING": "1",
 }
+PR_SET_PDEATHSIG = 1  # prctl(2)
 XFER = "/xfer"  # where the host's exchange folder appears inside the root
 
 # Run in the new mount namespace by `unshare`; $1 = the root, $2 = the exchange folder.
@@ -102,16 +108,29 @@ def unavailable_reason() -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def cache_lock() -> Iterator[None]:
+    """Held while preparing or using the cache: two test runs never share one podman."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with (CACHE / "lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def prepare() -> None:
-    """Build the cache unless it holds the current recipe (about 2.5 minutes cold)."""
+    """Build the cache unless it holds the current recipe (about 2 minutes cold).
+
+    Call it holding `cache_lock()`.
+    """
     if STAMP.exists() and STAMP.read_text() == RECIPE:
         return
     if shutil.which("debootstrap") is None:
         apt = ["env", "DEBIAN_FRONTEND=noninteractive", "apt-get"]
         subprocess.run([*apt, "update", "-qq"], check=True)
         subprocess.run([*apt, "install", "-y", "-qq", "debootstrap"], check=True)
-    shutil.rmtree(CACHE, ignore_errors=True)
-    CACHE.mkdir(parents=True)
+    STAMP.unlink(missing_ok=True)
+    for stale in (PODMAN_ROOT, PYTHON_ROOT):
+        shutil.rmtree(stale, ignore_errors=True)
     mirror = debian_mirror()
     # Both at once: mostly waiting on the mirror. Each in its own mount namespace, so
     # debootstrap's /proc mounts never reach the host, even when it is interrupted.
@@ -151,27 +170,26 @@ def _trust_host_certificates(root: Path) -> None:
 class PodmanRoot:
     """The trixie root entered in a private mount namespace; podman runs inside it.
 
-    Holds the cache's lock while open, so two test runs never share one podman.
+    Open it holding `cache_lock()`.
     `xfer` is a host folder that appears as /xfer inside (build contexts, configs).
     """
 
     def __init__(self, xfer: Path) -> None:
         self.xfer = xfer
-        self._lock = (CACHE / "lock").open("w")
-        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        leftovers.end_processes_in(PODMAN_ROOT)  # from a run that was killed outright
         enter = ["unshare", "-m", "--propagation", "private", "sh", "-c", ENTER_SCRIPT]
         self._holder = subprocess.Popen(
             [*enter, "enter", str(PODMAN_ROOT), str(xfer)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=_die_with_parent,
         )
         assert self._holder.stdout is not None
         if self._holder.stdout.readline().strip() != "entered":
-            self._lock.close()
             _, stderr = self._holder.communicate()
             raise RuntimeError(f"entering {PODMAN_ROOT} failed: {stderr}")
-        self.remove_all()  # what an interrupted earlier run left behind
+        self.remove_all()  # what an interrupted earlier run left in podman's store
 
     def __enter__(self) -> PodmanRoot:
         return self
@@ -207,31 +225,16 @@ class PodmanRoot:
                 self.remove_all()
             finally:
                 self._end_namespace()
-        self._lock.close()
 
     def _end_namespace(self) -> None:
-        """End the holder and any process still in its namespace (a stray conmon)."""
-        namespace = os.readlink(f"/proc/{self._holder.pid}/ns/mnt")
-        for pid in _pids_in_mount_namespace(namespace):
-            if pid != self._holder.pid:
-                os.kill(pid, signal.SIGKILL)
         self._holder.kill()
         self._holder.wait(10)
-        deadline = time.monotonic() + 10
-        while _pids_in_mount_namespace(namespace) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        leftovers.end_processes_in(PODMAN_ROOT)  # only when removing containers failed
 
 
-def _pids_in_mount_namespace(namespace: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if os.readlink(entry / "ns/mnt") == namespace:
-                    found.append(int(entry.name))
-            except OSError:
-                continue  # gone meanwhile
-    return found
+def _die_with_parent() -> None:
+    """In the holder before exec: a test run killed outright takes its namespace along."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def main(args: list[str]) -> int:
@@ -239,13 +242,14 @@ def main(args: list[str]) -> int:
     if reason:
         print(reason, file=sys.stderr)
         return 1
-    prepare()
-    if args in ([], ["prepare"]):
-        return 0
-    xfer = CACHE / "xfer"
-    xfer.mkdir(exist_ok=True)
-    with PodmanRoot(xfer) as root:
-        result = root.run("podman", *args, timeout=600, check=False)
+    with cache_lock():
+        prepare()
+        if args in ([], ["prepare"]):
+            return 0
+        xfer = CACHE / "xfer"
+        xfer.mkdir(exist_ok=True)
+        with PodmanRoot(xfer) as root:
+            result = root.run("podman", *args, timeout=600, check=False)
     print(result.stdout, end="")
     print(result.stderr, end="", file=sys.stderr)
     return result.returncode
