@@ -228,7 +228,7 @@ class PodmanRoot:
 
     def _end_namespace(self) -> None:
         self._holder.kill()
-        self._holder.wait(10)
+        self._holder.communicate(timeout=10)  # and close its pipes
         leftovers.end_processes_in(PODMAN_ROOT)  # only when removing containers failed
 
 
