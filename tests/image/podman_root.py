@@ -223,6 +223,8 @@ class PodmanRoot:
         if self._holder.poll() is None:
             try:
                 self.remove_all()
+                # Layers a changed tree made stale; a day's worth stay for the build cache.
+                self.podman("image", "prune", "--force", "--filter", "until=24h")
             finally:
                 self._end_namespace()
 
