@@ -12,7 +12,8 @@ Changed, and only these, each for a stated reason:
 * `emptyDir: {medium: Memory}` on a volume that several containers mount: podman kube
   play gives each container its own tmpfs for it, so the bootstrap the init container
   renders would never reach Envoy. Without `medium` podman shares one volume, as a
-  kubelet does with either.
+  kubelet does with either. (A tmpfs-backed podman volume does not help: podman
+  unmounts it once the init container exits, and the bootstrap goes with it.)
 """
 
 from __future__ import annotations

@@ -189,7 +189,11 @@ class PodmanRoot:
         if self._holder.stdout.readline().strip() != "entered":
             _, stderr = self._holder.communicate()
             raise RuntimeError(f"entering {PODMAN_ROOT} failed: {stderr}")
-        self.remove_all()  # what an interrupted earlier run left in podman's store
+        try:
+            self.remove_all()  # what an interrupted earlier run left in podman's store
+        except BaseException:
+            self._end_namespace()
+            raise
 
     def __enter__(self) -> PodmanRoot:
         return self
