@@ -84,6 +84,16 @@ def _decoded(obj: Obj) -> dict[str, str]:
     return {**data, **(obj.get("stringData") or {})}
 
 
+def example_tree(dest: Path) -> Path:
+    """A copy of k8s/ in which each `*.env.example` is the `*.env` its secretGenerator
+    reads, so real (gitignored) keys in a developer's tree are never read."""
+    tree = dest / "k8s"
+    shutil.copytree(K8S, tree, ignore=shutil.ignore_patterns("*.env"))
+    for example in tree.rglob("*.env.example"):
+        shutil.copyfile(example, example.with_suffix(""))
+    return tree
+
+
 def render(tree: Path, overlay: str) -> list[Obj]:
     result = subprocess.run(
         [kubectl_binary(), "kustomize", str(tree / "overlays" / overlay)],
