@@ -5,7 +5,8 @@
 #   docker build -t llmux:0.1.0 .        # BuildKit (Docker >= 23): the healthcheck is a heredoc
 #
 # tests/k8s/test_dockerfile.py lints this file and runs the healthcheck script below
-# against a real ext_proc, since no Docker engine runs in CI.
+# against a real ext_proc; tests/image builds and runs the image with podman (README,
+# Kubernetes: what is tested, and where).
 
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
