@@ -57,7 +57,14 @@ UPSTREAM_MODELS = {"json": "bench", "sse": "bench-stream", "sim": "bench-sim"}
 #   sim-anthropic: the simulator's Anthropic /v1/messages, reached by translating the
 #                  OpenAI client request (provider type `anthropic`)
 #   cache:         the `json` upstream, on a second llmux with the response cache on
-LLMUX_ONLY_MODELS = {"sim-anthropic": "bench-sim-anthropic", "cache": "bench-cache"}
+#   sim-fallback:  a model of two targets, `sim` then `sim-anthropic`: translated per
+#                  attempt in Envoy's upstream filter, each 200 held until its first
+#                  content (stream-safe failover, issue #19); the first target answers
+LLMUX_ONLY_MODELS = {
+    "sim-anthropic": "bench-sim-anthropic",
+    "cache": "bench-cache",
+    "sim-fallback": "bench-sim-fallback",
+}
 TRANSLATED = "translated (simulator upstream)"
 
 
@@ -165,6 +172,12 @@ def translated_rows() -> list[Row]:
             ("plain Envoy", "plain", "sim", None),
             ("llmux openai→openai", "llmux", "sim", "plain"),
             ("llmux openai→anthropic", "llmux", "sim-anthropic", "llmux openai→openai"),
+            (
+                "llmux openai→openai, 2 targets (held)",
+                "llmux",
+                "sim-fallback",
+                "llmux openai→openai",
+            ),
         ):
             body = payloads.chat_request(
                 {**UPSTREAM_MODELS, **LLMUX_ONLY_MODELS}[upstream], stream=stream
@@ -520,8 +533,21 @@ def llmux_config(
         "models": [
             {"name": names[kind], "targets": [{"provider": f"bench-{kind}", "model": model(kind)}]}
             for kind in upstream_urls
+            if kind != "sim-fallback"
         ],
     }
+    if "sim-fallback" in upstream_urls:  # the same simulator behind both targets
+        data["providers"] = [p for p in data["providers"] if p["name"] != "bench-sim-fallback"]
+        targets = [("sim", 0), ("sim-anthropic", 1)]
+        data["models"].append(
+            {
+                "name": names["sim-fallback"],
+                "targets": [
+                    {"provider": f"bench-{kind}", "model": model(kind), "priority": priority}
+                    for kind, priority in targets
+                ],
+            }
+        )
     if cache:
         data["cache"] = {"enabled": True}
     data["extproc"] = {"transport": transport, "workers": workers}  # 0: one per core
@@ -707,7 +733,11 @@ def main(argv: list[str] | None = None) -> int:
         gateway = Gateway(
             workdir / "llmux",
             llmux_config(
-                {**upstream_urls, "sim-anthropic": upstream_urls["sim"]},
+                {
+                    **upstream_urls,
+                    "sim-anthropic": upstream_urls["sim"],
+                    "sim-fallback": upstream_urls["sim"],
+                },
                 kinds={"sim-anthropic": "anthropic"},
                 workers=args.workers,
             ),
@@ -753,7 +783,7 @@ def main(argv: list[str] | None = None) -> int:
                 {k: f"http://127.0.0.1:{p}" for k, p in plain_ports.items()}, {"envoy": plain.pid}
             ),
             "llmux": Target(
-                {k: gateway.url for k in [*upstream_ports, "sim-anthropic"]},
+                {k: gateway.url for k in [*upstream_ports, "sim-anthropic", "sim-fallback"]},
                 {"ext_proc": ext_pid, "envoy": envoy_pid},
             ),
         }

@@ -41,7 +41,18 @@ RETRIABLE_KINDS = frozenset({"rate_limit", "server_error", "bad_gateway", "overl
 class HeldResponse:
     """One attempt's 200 answer while its headers are held; `hold` is their answer."""
 
-    __slots__ = ("attempt", "body", "deadline", "failed", "headers", "hold", "released", "timer")
+    __slots__ = (
+        "attempt",
+        "body",
+        "deadline",
+        "extender",
+        "failed",
+        "headers",
+        "hold",
+        "patience",
+        "released",
+        "timer",
+    )
 
     def __init__(self, attempt: Attempt, headers: Continue) -> None:
         self.attempt = attempt
@@ -54,10 +65,14 @@ class HeldResponse:
         bound = config.first_token_timeout_s if streaming else config.timeouts.attempt_s
         self.deadline = time.monotonic() + bound
         self.body: bytearray | None = None if streaming else bytearray()
+        loop = asyncio.get_running_loop()
         self.timer: asyncio.TimerHandle | None = None
         if streaming:
-            self.timer = asyncio.get_running_loop().call_later(bound, self.stalled)
-        self.hold.extend(bound + HOLD_MARGIN_S)
+            self.timer = loop.call_later(bound, self.stalled)
+        # Envoy times out each message it sends after message_timeout: a hold that lasts
+        # half of it asks for more time. Most holds end sooner and never ask.
+        self.patience = config.extproc.message_timeout_ms / 2000
+        self.extender: asyncio.TimerHandle | None = loop.call_later(self.patience, self.extend)
 
     @property
     def holding(self) -> bool:
@@ -78,8 +93,7 @@ class HeldResponse:
         if state.first_token or end_of_stream:
             self.release(self.headers)
         else:
-            # Envoy restarts its message timer for each chunk it sends: ask again.
-            self.hold.extend(self.deadline - time.monotonic() + HOLD_MARGIN_S)
+            self.waited()
         if end_of_stream:
             await attempt.ended()
         return Continue(body=out)
@@ -89,7 +103,7 @@ class HeldResponse:
         assert self.body is not None
         self.body += body
         if not end_of_stream:
-            self.hold.extend(self.deadline - time.monotonic() + HOLD_MARGIN_S)
+            self.waited()
             return EMPTY
         action = self.attempt.translate_body(bytes(self.body), True)
         self.body = None
@@ -97,6 +111,18 @@ class HeldResponse:
         self.release(self.headers._replace(set_headers=[*self.headers.set_headers, *status]))
         await self.attempt.ended()
         return action._replace(set_headers=[])
+
+    def waited(self) -> None:
+        """Envoy sent another chunk, so its message timer started again: so does ours."""
+        if self.extender is not None:
+            self.extender.cancel()
+        self.extender = asyncio.get_running_loop().call_later(self.patience, self.extend)
+
+    def extend(self) -> None:
+        """Ask Envoy to wait until the bound (and a margin) for the held answers."""
+        self.extender = None
+        if self.holding:
+            self.hold.extend(self.deadline - time.monotonic() + HOLD_MARGIN_S)
 
     def stalled(self) -> None:
         """No content within the first-token bound."""
@@ -118,17 +144,19 @@ class HeldResponse:
         self.release(Continue(set_headers=[(":status", str(status))]))
 
     def release(self, action: Action) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.stop_timers()
         self.released = True
         self.hold.release(action)
 
+    def stop_timers(self) -> None:
+        for timer in (self.timer, self.extender):
+            if timer is not None:
+                timer.cancel()
+        self.timer = self.extender = None
+
     def closed(self) -> None:
         """The stream ended while the answer was held: the upstream reset (or the client left)."""
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.stop_timers()
         if self.holding and not self.failed:
             self.failed = True
             attempt = self.attempt

@@ -325,3 +325,40 @@ def test_the_openai_sdk_streams_the_backup_after_an_early_error(
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert [r.provider for r in sim.requests] == ["openai", "anthropic"]
     assert text == PRIMARIES["openai"].backup_text()
+
+
+# --- a healthy stream slower to its first token than Envoy's message timeout -----------
+
+
+@pytest.fixture(scope="module")
+def patient_gateway(
+    sim: SimulatedProviders, valkey: Any, gateway_factory: Callable[..., Gateway]
+) -> Gateway:
+    """Envoy waits 0.4 s per ext_proc answer; a held answer may wait 3 s for content."""
+    config = base_config(
+        sim.base_url,
+        extproc={"message_timeout_ms": 400, "workers": 1},
+        timeouts={"connect_ms": 1000, "attempt_s": 3, "idle_s": 6, "request_s": 30},
+        routing={"first_token_timeout_s": 3, "breaker": {"failures": 100000, "window_s": 1}},
+    )
+    return gateway_factory(config, store_url=valkey.url)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("dialect", ("openai", "anthropic"))
+def test_a_hold_longer_than_envoys_message_timeout_asks_for_more_time(
+    patient_gateway: Gateway, sim: SimulatedProviders, dialect: str
+) -> None:
+    """The primary's opening frames, then 1.2 s (three message timeouts) to its first
+    token: held all along, and served by the primary, not failed over."""
+    p = PRIMARIES["openai"]
+    sim.inject(Fault.stall(p.opening, 1.2), provider=p.sim)
+    with httpx.Client(base_url=patient_gateway.url, timeout=20) as http:
+        out = stream(http, dialect, p.model)
+    assert out.status == 200, out
+    assert out.headers["x-llmux-provider"] == p.provider, out.headers
+    assert out.headers["x-llmux-attempts"] == "1", out.headers
+    assert is_clean(dialect, out), out.raw
+    assert text_of(dialect, out.events) == p.text()
+    assert out.seconds >= 1.2
+    assert [r.provider for r in sim.requests] == [p.sim]
