@@ -174,9 +174,35 @@ class Cache(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class Auth(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     required: bool = False  # clients must present a virtual key
     admin_key: str | None = None  # protects the admin API; e.g. ${LLMUX_ADMIN_KEY}
+    anonymous_rpm: int | None = None  # requests per minute per client IP when no key is used
+    # Proxies in front of Envoy whose x-forwarded-for entries are trusted (0: the peer
+    # Envoy saw is the client; a client-supplied header is never believed).
+    trusted_hops: int = 0
 
     def __repr__(self) -> str:
         return f"Auth(required={self.required}, admin_key={'set' if self.admin_key else None})"
+
+
+Detect = Literal[
+    "regex", "secrets", "email", "phone", "payment_card", "ip_address", "prompt_injection"
+]
+GuardAction = Literal["block", "mask", "log"]
+GuardPhase = Literal["request", "response"]
+Severity = Literal["low", "medium", "high"]
+
+
+class Guardrail(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A named rule: a detector and what to do on a match (README, Guardrails)."""
+
+    name: str
+    detect: Detect
+    action: GuardAction
+    on: tuple[GuardPhase, ...] = ("request", "response")
+    pattern: str | None = None  # detect: regex
+    max_length: int = 256  # longest text a regex match spans (the stream look-behind)
+    severity: Severity = "low"  # prompt_injection: the least severe pattern applied
+    models: list[str] = []  # empty: every model
+    keys: list[str] = []  # virtual key ids or names; empty: every caller
 
 
 class Telemetry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -207,6 +233,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # `provider/model` (provider: a configured name or a type) -> price; over the defaults
     pricing: dict[str, Price] = {}
     tenants: dict[str, Tenant] = {}  # tenant name (as virtual keys name it) -> its limits
+    guardrails: list[Guardrail] = []  # checked in order on requests and responses
 
     def provider(self, name: str) -> Provider:
         return next(p for p in self.providers if p.name == name)
@@ -337,6 +364,7 @@ def check_references(config: Config) -> list[str]:
         if provider.type == "azure_openai" and not provider.api_version:
             problems.append(f"{at}.api_version: required for azure_openai")
     problems.extend(pricing_problems(config))
+    problems.extend(guardrail_problems(config))
     if config.timeouts.idle_s <= config.timeouts.attempt_s:
         problems.append(
             "$.timeouts.idle_s: must be longer than timeouts.attempt_s, or a slow attempt "
@@ -399,6 +427,38 @@ def pricing_problems(config: Config) -> list[str]:
                     f"{at}.{field}: must be >= 0 with at most 3 decimals "
                     "(US dollars per 1M tokens, counted in nano-dollars per token)"
                 )
+    return found
+
+
+def guardrail_problems(config: Config) -> list[str]:
+    """Unique rule names, a compilable `pattern` exactly for regex rules, known models."""
+    found: list[str] = []
+    names = [g.name for g in config.guardrails]
+    models = [m.name for m in config.models]
+    for i, rule in enumerate(config.guardrails):
+        at = f"$.guardrails[{i}]"
+        if names.count(rule.name) > 1:
+            found.append(f"{at}.name: duplicate guardrail name {rule.name!r}")
+        if (rule.detect == "regex") != (rule.pattern is not None):
+            found.append(f"{at}.pattern: required with detect: regex, and only with it")
+        elif rule.pattern is not None:
+            try:
+                re.compile(rule.pattern)
+            except re.error as exc:
+                found.append(f"{at}.pattern: not a valid regular expression ({exc})")
+        if not 1 <= rule.max_length <= 65536:
+            found.append(f"{at}.max_length: must be from 1 to 65536")
+        if not rule.on:
+            found.append(f"{at}.on: name request, response or both")
+        found.extend(
+            f"{at}.models: unknown model {m!r}{did_you_mean(m, models)}"
+            for m in rule.models
+            if m not in models
+        )
+    if config.auth.anonymous_rpm is not None and config.auth.anonymous_rpm < 1:
+        found.append("$.auth.anonymous_rpm: must be >= 1")
+    if config.auth.trusted_hops < 0:
+        found.append("$.auth.trusted_hops: must be >= 0")
     return found
 
 

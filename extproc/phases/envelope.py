@@ -41,6 +41,7 @@ class RequestInfo(msgspec.Struct, frozen=True, array_like=True):
     # (the store's spend key, seconds left in the period) each, and the estimate.
     spend_periods: tuple[tuple[str, int], ...] = ()
     spend_estimate: int = 0  # nano-dollars
+    key_name: str | None = None  # the virtual key's name: guardrails may name keys by it
 
     def budget(self) -> tuple[str, int] | None:
         """(Redis key, ttl) of the virtual key's budget period to charge; None without one."""

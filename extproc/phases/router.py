@@ -17,7 +17,7 @@ from extproc.decisions.usage import estimate_tokens
 from extproc.envoy.contract import CACHE_HEADER, CLUSTER_HEADER, INTERNAL_PREFIX, MODEL_HEADER
 from extproc.formats import smart_api
 from extproc.formats.endpoints import Endpoint, allowed_methods, classify, dialect_for_path
-from extproc.phases import envelope, spend, strategies
+from extproc.phases import envelope, guarding, spend, strategies
 from extproc.phases.actions import CONTINUE, JSON, Action, Continue, Respond, error_response
 from extproc.phases.attempt import Attempt, AttemptStart, open_attempt
 from extproc.phases.context import (
@@ -118,6 +118,16 @@ class RouterStream:
         route = self.models.get(model)
         if route is None:
             return self.fail("not_found", f"The model `{model}` does not exist")
+        key_id, key_name = (self.key.id, self.key.name) if self.key else (None, None)
+        rules = self.context.guardrails.rules(model, "request", key_id, key_name)
+        if rules:  # none configured: nothing to do, not even a call
+            checked = guarding.check_request(self.context, rules, request, self.dialect, self.span)
+            if isinstance(checked, Respond):
+                return checked
+            request = checked
+            chat, embedding = (
+                (checked, None) if isinstance(checked, ir.ChatRequest) else (None, checked)
+            )
         refused = await self.admit_key(model, estimate_tokens(len(body)))
         if refused is not None:
             return refused
@@ -151,7 +161,8 @@ class RouterStream:
             preferred=decision.preferred if decision is not None else {},
             cache_key=lookup.key if lookup.write else None,
             cache_status=lookup.status,
-            key_id=self.key.id if self.key is not None else None,
+            key_id=key_id,
+            key_name=key_name,
             tenant=self.tenant if self.key is not None else None,
             budget_key=budget[0] if budget else None,
             budget_ttl=budget[1] if budget else 0,
