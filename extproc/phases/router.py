@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING, NamedTuple
 
 from extproc import ir
-from extproc.decisions import cache, keys, providers, routing
+from extproc.decisions import cache, keys, providers, rate_limit_headers, routing
 from extproc.decisions.keys import key_tag
 from extproc.decisions.usage import estimate_tokens
 from extproc.envoy.contract import CACHE_HEADER, CLUSTER_HEADER, INTERNAL_PREFIX, MODEL_HEADER
@@ -28,7 +28,7 @@ from extproc.phases.context import (
     store_unavailable,
 )
 from extproc.phases.translation import decode_client_body, replay_body
-from extproc.store import RequestState, StoreError
+from extproc.store import RequestState, Reservation, StoreError
 from extproc.telemetry.core import end_span, trace_id_of
 from extproc.telemetry.record import RequestRecord
 
@@ -67,6 +67,7 @@ class RouterStream:
         self.started = time.perf_counter()
         self.attempt: Attempt | None = None  # single-target models: the one attempt
         self.route_attributes: dict[str, str] = {}  # the strategy's choice and reason
+        self.rate_headers: list[tuple[str, str]] = []  # where the caller stands in its limit
 
     async def request_headers(
         self, headers: dict[str, str], end_of_stream: bool, target: int | None
@@ -85,6 +86,11 @@ class RouterStream:
             return Respond(200, self.context.openai_model_list)
         if endpoint.operation == "tags":
             return Respond(200, self.context.ollama_tags)
+        auth = self.context.config.auth
+        if auth.anonymous_rpm and not auth.required:
+            refused = await self.admit_address(headers.get("x-forwarded-for"))
+            if refused is not None:
+                return refused
         if end_of_stream:
             return self.fail("invalid_request", "the request has no body")
         self.client_headers = [k for k in headers if k.startswith(INTERNAL_PREFIX)]
@@ -94,6 +100,12 @@ class RouterStream:
         return Continue(dialect=endpoint.dialect, response_header_mode="SEND")
 
     async def request_body(self, body: bytes, end_of_stream: bool) -> Action:
+        action = await self.route_body(body)
+        if self.rate_headers and isinstance(action, Respond):  # answered here: 429s, cache hits
+            return action._replace(headers=[*action.headers, *self.rate_headers])
+        return action
+
+    async def route_body(self, body: bytes) -> Action:
         endpoint = self.endpoint
         assert endpoint is not None
         try:
@@ -265,6 +277,7 @@ class RouterStream:
             if self.context.store_failed(exc):
                 return None
             return error_response(self.dialect, store_unavailable())
+        self.note_standing("key", record.rpm, record.tpm, reservation)
         if reservation.ok:
             return None
         self.refused_by = "key_rate"
@@ -274,6 +287,43 @@ class RouterStream:
             retry_after=reservation.retry_after_ms / 1000,
         )
         return error_response(self.dialect, info)
+
+    async def admit_address(self, forwarded_for: str | None) -> Respond | None:
+        """The anonymous per-IP limit, on the address Envoy saw (auth.anonymous_rpm)."""
+        auth, store = self.context.config.auth, self.context.store
+        address = rate_limit_headers.client_address(forwarded_for, auth.trusted_hops)
+        if address is None or store is None:
+            return None
+        tag = rate_limit_headers.address_tag(address)
+        try:
+            reservation = await store.reserve(tag, auth.anonymous_rpm, None, 0)
+        except StoreError as exc:
+            if self.context.store_failed(exc):
+                return None
+            return error_response(self.dialect, store_unavailable())
+        self.note_standing("ip", auth.anonymous_rpm, None, reservation)
+        if reservation.ok:
+            return None
+        self.refused_by = "ip_rate"
+        info = ir.ErrorInfo(
+            kind="rate_limit",
+            message="this address's rate limit is reached",
+            retry_after=reservation.retry_after_ms / 1000,
+        )
+        reply = error_response(self.dialect, info)
+        return reply._replace(headers=[*reply.headers, *self.rate_headers])
+
+    def note_standing(
+        self, policy: str, rpm: int | None, tpm: int | None, reservation: Reservation
+    ) -> None:
+        """The rate-limit headers every answer to this request carries."""
+        store = self.context.store
+        assert store is not None
+        _, reset = store.window()
+        standing = rate_limit_headers.Standing(
+            policy, rpm, tpm, reservation.requests, reservation.tokens, reset
+        )
+        self.rate_headers = rate_limit_headers.headers(standing)
 
     async def hold_spend(
         self, route: ModelRoute, request: ir.ChatRequest | ir.EmbeddingRequest, size: int
@@ -391,15 +441,17 @@ class RouterStream:
     async def response_headers(self, headers: dict[str, str]) -> Action:
         """Single-target models translate their response here; others pass through."""
         attempt, self.attempt = self.attempt, None
-        if attempt is None:
-            return Continue(response_body_mode="NONE")  # translated per attempt already
+        rate = self.rate_headers
+        if attempt is None:  # translated per attempt already
+            return Continue(set_headers=rate, response_body_mode="NONE")
         if "x-envoy-upstream-service-time" not in headers:
             # Envoy's own reply for the provider (timeout, reset, refused), already in
             # the client's shape: count the failed attempt, never translate the reply.
             attempt.local_reply(headers)
-            return Continue(response_body_mode="NONE")
+            return Continue(set_headers=rate, response_body_mode="NONE")
         self.attempt = attempt
-        return attempt.response_headers(headers)
+        action = attempt.response_headers(headers)
+        return action._replace(set_headers=[*action.set_headers, *rate]) if rate else action
 
     async def response_body(self, body: bytes, end_of_stream: bool) -> Action:
         if self.attempt is None:
