@@ -28,12 +28,20 @@ from extproc.phases.context import (
     store_unavailable,
 )
 from extproc.phases.translation import decode_client_body, replay_body
-from extproc.store import RequestState, Reservation, StoreError
+from extproc.store import RequestState, StoreError
 from extproc.telemetry.core import end_span, trace_id_of
 from extproc.telemetry.record import RequestRecord
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
+
+
+class RateLimit(NamedTuple):
+    policy: str  # "key" | "ip": the RateLimit-Policy name
+    rpm: int | None
+    tpm: int | None
+    scope: str  # llmux_quota_rejections_total's label when it refuses
+    whose: str  # for the 429's message
 
 
 class CacheLookup(NamedTuple):
@@ -271,59 +279,49 @@ class RouterStream:
             return error_response(self.dialect, refusal)
         if not (record.rpm or record.tpm):
             return None
-        try:
-            reservation = await store.reserve(key_tag(record.id), record.rpm, record.tpm, estimate)
-        except StoreError as exc:
-            if self.context.store_failed(exc):
-                return None
-            return error_response(self.dialect, store_unavailable())
-        self.note_standing("key", record.rpm, record.tpm, reservation)
-        if reservation.ok:
-            return None
-        self.refused_by = "key_rate"
-        info = ir.ErrorInfo(
-            kind="rate_limit",
-            message="this API key's rate limit is reached",
-            retry_after=reservation.retry_after_ms / 1000,
-        )
-        return error_response(self.dialect, info)
+        limit = RateLimit("key", record.rpm, record.tpm, "key_rate", "this API key's")
+        return await self.reserve(key_tag(record.id), limit, estimate)
 
     async def admit_address(self, forwarded_for: str | None) -> Respond | None:
         """The anonymous per-IP limit, on the address Envoy saw (auth.anonymous_rpm)."""
-        auth, store = self.context.config.auth, self.context.store
+        auth = self.context.config.auth
         address = rate_limit_headers.client_address(forwarded_for, auth.trusted_hops)
-        if address is None or store is None:
+        if address is None:
             return None
-        tag = rate_limit_headers.address_tag(address)
+        limit = RateLimit("ip", auth.anonymous_rpm, None, "ip_rate", "this address's")
+        reply = await self.reserve(rate_limit_headers.address_tag(address), limit, 0)
+        if reply is None:
+            return None
+        return reply._replace(headers=[*reply.headers, *self.rate_headers])
+
+    async def reserve(self, tag: str, limit: RateLimit, estimate: int) -> Respond | None:
+        """One request on a caller's rpm/tpm window; a 429 when it is used up.
+
+        Notes where the caller stands, for the rate-limit headers of every answer.
+        """
+        store = self.context.store
+        if store is None:
+            return None
         try:
-            reservation = await store.reserve(tag, auth.anonymous_rpm, None, 0)
+            reservation = await store.reserve(tag, limit.rpm, limit.tpm, estimate)
         except StoreError as exc:
             if self.context.store_failed(exc):
                 return None
             return error_response(self.dialect, store_unavailable())
-        self.note_standing("ip", auth.anonymous_rpm, None, reservation)
-        if reservation.ok:
-            return None
-        self.refused_by = "ip_rate"
-        info = ir.ErrorInfo(
-            kind="rate_limit",
-            message="this address's rate limit is reached",
-            retry_after=reservation.retry_after_ms / 1000,
-        )
-        reply = error_response(self.dialect, info)
-        return reply._replace(headers=[*reply.headers, *self.rate_headers])
-
-    def note_standing(
-        self, policy: str, rpm: int | None, tpm: int | None, reservation: Reservation
-    ) -> None:
-        """The rate-limit headers every answer to this request carries."""
-        store = self.context.store
-        assert store is not None
         _, reset = store.window()
         standing = rate_limit_headers.Standing(
-            policy, rpm, tpm, reservation.requests, reservation.tokens, reset
+            limit.policy, limit.rpm, limit.tpm, reservation.requests, reservation.tokens, reset
         )
         self.rate_headers = rate_limit_headers.headers(standing)
+        if reservation.ok:
+            return None
+        self.refused_by = limit.scope
+        info = ir.ErrorInfo(
+            kind="rate_limit",
+            message=f"{limit.whose} rate limit is reached",
+            retry_after=reservation.retry_after_ms / 1000,
+        )
+        return error_response(self.dialect, info)
 
     async def hold_spend(
         self, route: ModelRoute, request: ir.ChatRequest | ir.EmbeddingRequest, size: int
