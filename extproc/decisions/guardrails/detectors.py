@@ -28,7 +28,7 @@ SEVERITY_RANK = {"low": 0, "medium": 1, "high": 2}
 class Anchor(NamedTuple):
     literal: str
     back: int  # how far after the start of a match the literal may sit
-    pattern: re.Pattern[str]  # the matches it may start, tried at those starts only
+    pattern: re.Pattern[str] | regex.Pattern[str]  # the matches it may start, tried there only
 
 
 class Detector(NamedTuple):
@@ -135,6 +135,7 @@ IP = rf"(?<![\w.:])(?:{IPV4}|[0-9A-Fa-f]{{0,4}}(?::[0-9A-Fa-f]{{0,4}}){{2,7}})(?
 # Lower case: they match the lowered text (and the whole text ignoring case in streams).
 # high: tries to take over the model or run code / read secrets; medium: tries to
 # reveal hidden instructions; low: role-play framing often used to get around rules.
+# Each: name, severity, pattern, and the literals its matches start with.
 INJECTION_PATTERNS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     (
         "ignore_instructions",
@@ -157,27 +158,28 @@ INJECTION_PATTERNS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
         ("process.env", "os.environ", "os.getenv", "$env", "${env", "printenv"),
     ),
     (
+        # Anchored on the thing asked for (rarer than the verb, which a lookbehind checks).
         "credential_extraction",
         "high",
-        r"\b(?:reveal|print|show|tell|give|output|list|dump|leak|send)\s+(?:me\s+)?"
-        r"(?:all\s+|any\s+|the\s+|your\s+)*(?:api[\s_-]?keys?|secrets?|passwords?|"
+        r"(?<=\b(?:reveal|print|show|tell|give|output|list|dump|leak|send)\s+(?:me\s+)?"
+        r"(?:(?:all|any|the|your)\s+){0,3})(?:api[\s_-]?keys?|secrets?|passwords?|"
         r"credentials?|access[\s_-]?tokens?|private[\s_-]?keys?)\b",
-        ("reveal", "print", "show", "tell", "give", "output", "list", "dump", "leak", "send"),
+        ("api", "secret", "password", "credential", "access", "private"),
     ),
     (
         "system_prompt_extraction",
         "medium",
-        r"\b(?:reveal|print|show|repeat|output|tell\s+me|what\s+(?:is|are|was|were))\s+"
-        r"(?:me\s+)?(?:your\s+|the\s+)?(?:system\s+prompt|initial\s+instructions|"
+        r"(?<=\b(?:reveal|print|show|repeat|output|tell\s+me|what\s+(?:is|are|was|were))\s+"
+        r"(?:me\s+)?(?:(?:your|the)\s+)?)(?:system\s+prompt|initial\s+instructions|"
         r"hidden\s+instructions|original\s+instructions)\b",
-        ("reveal", "print", "show", "repeat", "output", "tell", "what"),
+        ("system", "initial", "hidden", "original"),
     ),
     (
         "role_override",
         "low",
-        r"\byou\s+are\s+now\s+(?:in\s+)?(?:dan|developer\s+mode|jailbroken|unrestricted)\b"
-        r"|\bact\s+as\s+(?:an?\s+)?(?:unfiltered|unrestricted|jailbroken)\b",
-        ("you", "act"),
+        r"(?<=\b(?:you\s+are\s+now\s+(?:in\s+)?|act\s+as\s+(?:an?\s+)?))"
+        r"(?:dan|developer\s+mode|jailbroken|unrestricted|unfiltered)\b",
+        ("dan", "developer", "jailbroken", "unrestricted", "unfiltered"),
     ),
 )
 
@@ -191,7 +193,8 @@ def injection(min_severity: str) -> Detector:
     for p, words in chosen:
         for word in words:
             by_word.setdefault(word, []).append(f"(?:{p})")
-    found = tuple(Anchor(w, 0, re.compile("|".join(ps))) for w, ps in by_word.items())
+    # `regex`: the stdlib has no variable-length lookbehind
+    found = tuple(Anchor(w, 0, regex.compile("|".join(ps))) for w, ps in by_word.items())
     return Detector("prompt_injection", pattern, 200, anchors=found, fold=True)
 
 
@@ -210,8 +213,8 @@ def builtin(name: str, severity: str = "low") -> Detector:
         found = anchors(PHONE, (*DIGITS, ("+", 0), ("(", 0)))
         return Detector("phone", regex.compile(PHONE), 32, anchors=found)
     if name == "payment_card":
-        found = anchors(CARD, DIGITS)
-        return Detector("payment_card", regex.compile(CARD), 40, card_number, anchors=found)
+        # `regex` scans a digit-led pattern faster than anchors at every digit would
+        return Detector("payment_card", regex.compile(CARD), 40, card_number)
     if name == "ip_address":
         found = anchors(IP, (*DIGITS, (":", 4)))  # IPv6: a colon in its first 5 characters
         refine = whole_if(ip_address)

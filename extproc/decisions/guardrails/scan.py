@@ -77,9 +77,9 @@ def refined(detector: Detector, text: str, start: int, end: int) -> tuple[int, i
     return None if cut is None else (start + cut[0], start + cut[1])
 
 
-def _anchored(detector: Detector, hay: str, pos: int) -> list[re.Match[str]]:
+def _anchored(detector: Detector, hay: str, pos: int) -> list[re.Match[str] | regex.Match[str]]:
     """The matches in `hay`, tried only where an anchor says one may start."""
-    starts: list[tuple[int, re.Pattern[str]]] = []
+    starts: list[tuple[int, re.Pattern[str] | regex.Pattern[str]]] = []
     for literal, back, pattern in detector.anchors:
         at = hay.find(literal, pos)
         while at >= 0:
@@ -102,7 +102,7 @@ def _anchored(detector: Detector, hay: str, pos: int) -> list[re.Match[str]]:
     return matches
 
 
-def _first(start: tuple[int, re.Pattern[str]]) -> int:
+def _first(start: tuple[int, object]) -> int:
     return start[0]
 
 

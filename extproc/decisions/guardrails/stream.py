@@ -21,7 +21,7 @@ from extproc import ir
 from extproc.decisions.guardrails.rules import Rule
 from extproc.decisions.guardrails.scan import Span, Verdict, find, mask, refined
 
-CONTEXT = 32  # characters already sent that lookbehinds and \b may still look at
+CONTEXT = 64  # characters already sent that lookbehinds and \b may still look at
 
 
 class TextScanner:
