@@ -18,6 +18,7 @@ from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 import msgspec
+import regex
 import yaml  # type: ignore[import-untyped]
 
 from extproc.config.cpus import usable_cpus
@@ -329,7 +330,7 @@ def _parse(text: str, source: str, env: Mapping[str, str]) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(source, ["the top level must be a mapping"])
     missing: list[str] = []
-    raw = expand_env(raw, env, "$", missing)
+    raw = expand_env(_guardrail_on_keys(raw), env, "$", missing)
     found = missing + problems(raw, Config) + _store_problems(raw)
     if found:
         raise ConfigError(source, found)
@@ -341,6 +342,19 @@ def _parse(text: str, source: str, env: Mapping[str, str]) -> Config:
     if found:
         raise ConfigError(source, found)
     return config
+
+
+def _guardrail_on_keys(raw: dict[Any, Any]) -> dict[Any, Any]:
+    """YAML 1.1 reads an unquoted `on:` key as the boolean true: a guardrail's `on` it is."""
+    rules = raw.get("guardrails")
+    if isinstance(rules, list):
+        raw["guardrails"] = [
+            {("on" if key is True else key): v for key, v in rule.items()}
+            if isinstance(rule, dict)
+            else rule
+            for rule in rules
+        ]
+    return raw
 
 
 def check_references(config: Config) -> list[str]:
@@ -443,8 +457,8 @@ def guardrail_problems(config: Config) -> list[str]:
             found.append(f"{at}.pattern: required with detect: regex, and only with it")
         elif rule.pattern is not None:
             try:
-                re.compile(rule.pattern)
-            except re.error as exc:
+                regex.compile(rule.pattern)  # the engine the guardrails run it on
+            except regex.error as exc:
                 found.append(f"{at}.pattern: not a valid regular expression ({exc})")
         if not 1 <= rule.max_length <= 65536:
             found.append(f"{at}.max_length: must be from 1 to 65536")

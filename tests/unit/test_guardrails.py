@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from extproc import ir
+from extproc.config import settings
 from extproc.config.settings import Guardrail
 from extproc.decisions.guardrails import Guardrails, Verdict, scan_request, scan_response, scan_text
 from extproc.decisions.guardrails.detectors import INJECTION_PATTERNS, luhn
@@ -175,3 +176,31 @@ def test_response_scan_masks_text_and_tool_arguments() -> None:
     checked, _ = scan_response(rules, answer)
     assert checked.content == [ir.TextPart("pay with [REDACTED:payment_card]")]
     assert checked.tool_calls[0].arguments == '{"card": "[REDACTED:payment_card]"}'
+
+
+def test_the_config_reads_an_unquoted_on_and_says_what_is_wrong() -> None:
+    base = (
+        "providers: [{name: o, type: openai, base_url: 'http://x', api_key: k}]\n"
+        "models: [{name: m, targets: [{provider: o, model: g}]}]\n"
+    )
+    good = base + "guardrails:\n  - {name: c, detect: payment_card, action: mask, on: [response]}\n"
+    assert settings.parse(good, env={}).guardrails[0].on == ("response",)
+    bad = base + (
+        "guardrails:\n"
+        "  - {name: r, detect: regex, action: block}\n"
+        "  - {name: r, detect: regex, pattern: '(', action: block, models: [nope]}\n"
+        "  - {name: s, detect: secrets, pattern: 'x', action: mask}\n"
+        "auth: {anonymous_rpm: 0}\n"
+    )
+    with pytest.raises(settings.ConfigError) as caught:
+        settings.parse(bad, env={})
+    found = "\n".join(caught.value.problems)
+    for why in (
+        "$.guardrails[0].pattern: required with detect: regex",
+        "$.guardrails[1].name: duplicate guardrail name 'r'",
+        "$.guardrails[1].pattern: not a valid regular expression",
+        "$.guardrails[1].models: unknown model 'nope'",
+        "$.guardrails[2].pattern: required with detect: regex, and only with it",
+        "$.auth.anonymous_rpm: must be >= 1",
+    ):
+        assert why in found, why
