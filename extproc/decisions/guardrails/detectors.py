@@ -40,6 +40,9 @@ class Detector(NamedTuple):
     anchors: tuple[Anchor, ...] = ()
     fold: bool = False  # anchors and their patterns are lower case: match the lowered text
     gate: str | None = None  # no match without this character
+    # Set when every match starts with an anchor literal: their proper prefixes, so a
+    # stream scanner can tell, without the full pattern, where a match may be starting.
+    prefixes: frozenset[str] | None = None
 
 
 def anchors(pattern: str, literals: Iterable[tuple[str, int]]) -> tuple[Anchor, ...]:
@@ -195,7 +198,8 @@ def injection(min_severity: str) -> Detector:
             by_word.setdefault(word, []).append(f"(?:{p})")
     # `regex`: the stdlib has no variable-length lookbehind
     found = tuple(Anchor(w, 0, regex.compile("|".join(ps))) for w, ps in by_word.items())
-    return Detector("prompt_injection", pattern, 200, anchors=found, fold=True)
+    prefixes = frozenset(w[:k] for w in by_word for k in range(1, len(w)))
+    return Detector("prompt_injection", pattern, 200, anchors=found, fold=True, prefixes=prefixes)
 
 
 def builtin(name: str, severity: str = "low") -> Detector:

@@ -16,6 +16,9 @@ the stream with an in-band error event. Pure: no I/O.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
+
+import regex
 
 from extproc import ir
 from extproc.decisions.guardrails.rules import Rule
@@ -57,10 +60,17 @@ class TextScanner:
 
     def _matches(self, buffer: str, base: int) -> tuple[list[Span], int]:
         """Complete matches, and where the earliest match that may still grow starts."""
-        spans = []
+        spans: list[Span] = []
         hold = size = len(buffer)
+        folded: str | None = None
         for rule in self.rules:
             detector = rule.detector
+            if detector.prefixes is not None:
+                folded = buffer.lower() if folded is None and detector.fold else folded
+                hay = folded if detector.fold and folded is not None else buffer
+                if len(hay) == size:
+                    hold = min(hold, anchored(rule, hay, base, spans))
+                    continue
             for match in detector.pattern.finditer(buffer, base, partial=True):
                 start, end = match.span()
                 if end == size or match.partial:
@@ -85,6 +95,46 @@ class TextScanner:
                     hold = span.start if span.start >= floor else span.end
                     moved = True
         return hold
+
+
+def anchored(rule: Rule, hay: str, base: int, spans: list[Span]) -> int:
+    """A detector whose matches start at an anchor literal, tried only there (it is cheaper
+    than its whole pattern at every position); adds its complete matches to `spans` and
+    returns where one that may still grow starts (len(hay): none)."""
+    detector, size = rule.detector, len(hay)
+    starts: list[tuple[int, regex.Pattern[str]]] = []
+    for literal, _, pattern in detector.anchors:
+        at = hay.find(literal, base)
+        while at >= 0:
+            starts.append((at, cast("regex.Pattern[str]", pattern)))  # `prefixes`: regex
+            at = hay.find(literal, at + 1)
+    starts.sort(key=lambda start: start[0])
+    done = base
+    for start, pattern in starts:
+        if start < done:
+            continue
+        match = pattern.match(hay, start, partial=True)
+        if match is None or match.end() <= start:
+            continue
+        if match.partial or match.end() == size:
+            return start  # what follows waits with it
+        spans.append(Span(start, match.end(), rule))
+        done = match.end()
+    return _begun_literal(detector.prefixes or frozenset(), hay, max(base, done))
+
+
+def _begun_literal(prefixes: frozenset[str], hay: str, base: int) -> int:
+    """Where an anchor literal begins at the end of `hay` (at a word start), or len(hay)."""
+    size = len(hay)
+    for k in range(min(size - base, LONGEST_LITERAL), 0, -1):
+        if hay[size - k :] in prefixes and not (
+            hay[size - k].isalnum() and hay[size - k - 1 : size - k].isalnum()
+        ):
+            return size - k
+    return size
+
+
+LONGEST_LITERAL = 16  # longer than any anchor literal of the built-in detectors
 
 
 class StreamGuard:
