@@ -40,14 +40,20 @@ class Detector(NamedTuple):
     anchors: tuple[Anchor, ...] = ()
     fold: bool = False  # anchors and their patterns are lower case: match the lowered text
     gate: str | None = None  # no match without this character
-    # Set when every match starts with an anchor literal: their proper prefixes, so a
-    # stream scanner can tell, without the full pattern, where a match may be starting.
+    # Set when every match starts with an anchor literal and the anchors' patterns are
+    # `regex` ones (partial matches): the literals' proper prefixes, so a stream scanner
+    # can tell, without the full pattern, where a match may be starting.
     prefixes: frozenset[str] | None = None
 
 
 def anchors(pattern: str, literals: Iterable[tuple[str, int]]) -> tuple[Anchor, ...]:
     compiled = re.compile(pattern)
     return tuple(Anchor(literal, back, compiled) for literal, back in literals)
+
+
+def prefixes_of(found: tuple[Anchor, ...]) -> frozenset[str]:
+    """The proper prefixes of anchor literals that start their matches (back 0, `regex`)."""
+    return frozenset(a.literal[:k] for a in found for k in range(1, len(a.literal)))
 
 
 DIGITS = tuple((d, 0) for d in "0123456789")
@@ -113,13 +119,11 @@ SECRET_PATTERNS = (
     r"-----BEGIN[A-Z ]{0,20} PRIVATE KEY-----[\s\S]{0,4000}?-----END[A-Z ]{0,20} PRIVATE KEY-----",
 )
 
-# Where each secret shape starts (Stripe's `sk_live_`: the literal sits one character in).
+# What each secret shape starts with.
 SECRET_ANCHORS = (
-    *((a, 0) for a in ("sk-", "AIza", "AKIA", "ASIA", "github_pat_", "xox", "hf_", "eyJ")),
-    *((f"gh{c}_", 0) for c in "pousr"),
-    ("k_live_", 1),
-    ("k_test_", 1),
-    ("-----BEGIN", 0),
+    *("sk-", "AIza", "AKIA", "ASIA", "github_pat_", "xox", "hf_", "eyJ", "-----BEGIN"),
+    *(f"gh{c}_" for c in "pousr"),
+    *(f"{c}k_{mode}_" for c in "sr" for mode in ("live", "test")),
 )
 
 EMAIL = (
@@ -198,8 +202,9 @@ def injection(min_severity: str) -> Detector:
             by_word.setdefault(word, []).append(f"(?:{p})")
     # `regex`: the stdlib has no variable-length lookbehind
     found = tuple(Anchor(w, 0, regex.compile("|".join(ps))) for w, ps in by_word.items())
-    prefixes = frozenset(w[:k] for w in by_word for k in range(1, len(w)))
-    return Detector("prompt_injection", pattern, 200, anchors=found, fold=True, prefixes=prefixes)
+    return Detector(
+        "prompt_injection", pattern, 200, anchors=found, fold=True, prefixes=prefixes_of(found)
+    )
 
 
 def builtin(name: str, severity: str = "low") -> Detector:
@@ -209,8 +214,9 @@ def builtin(name: str, severity: str = "low") -> Detector:
     if name == "secrets":
         secrets = "|".join(f"(?:{p})" for p in SECRET_PATTERNS)
         secret = rf"(?<![\w-])(?:{secrets})"
-        found = anchors(secret, SECRET_ANCHORS)
-        return Detector("secret", regex.compile(secret), 4200, anchors=found)
+        compiled = regex.compile(secret)
+        found = tuple(Anchor(literal, 0, compiled) for literal in SECRET_ANCHORS)
+        return Detector("secret", compiled, 4200, anchors=found, prefixes=prefixes_of(found))
     if name == "email":
         return Detector("email", regex.compile(EMAIL), 350, gate="@")
     if name == "phone":
