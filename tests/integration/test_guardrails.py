@@ -37,10 +37,23 @@ def gateway(
             "models": [
                 {"name": "guarded", "targets": [{"provider": "openai", "model": "gpt-a"}]},
                 {"name": "plain", "targets": [{"provider": "openai", "model": "gpt-b"}]},
+                {"name": "echo", "targets": [{"provider": "openai", "model": "gpt-c"}]},
             ],
             "guardrails": [
                 {"name": "no-injection", "detect": "prompt_injection", "action": "block"},
-                {"name": "no-secrets", "detect": "secrets", "action": "mask"},
+                {
+                    "name": "no-secrets",
+                    "detect": "secrets",
+                    "action": "mask",
+                    "models": ["guarded", "plain"],
+                },
+                {
+                    "name": "keys-out",
+                    "detect": "secrets",
+                    "action": "mask",
+                    "on": ["response"],
+                    "models": ["echo"],
+                },
                 {"name": "cards", "detect": "payment_card", "action": "mask", "on": ["response"]},
                 {
                     "name": "codename",
@@ -157,20 +170,21 @@ def test_a_masked_prompt_reaches_the_provider_masked(
     assert SECRET not in answer and "[REDACTED:secret]" in answer  # echoed back, still masked
 
 
-def test_a_card_split_across_streamed_chunks_is_masked_while_it_streams(
+def test_a_secret_split_across_streamed_chunks_is_masked_while_it_streams(
     client: Dialect, sim: SimulatedProviders
 ) -> None:
-    sim.configure(chunks=8, chunk_delay=0.25)
+    sim.configure(chunks=10, chunk_delay=0.2)
     started = time.monotonic()
     arrivals, pieces = [], []
-    for piece in client.stream("plain", f"My card is {CARD} thanks"):
+    for piece in client.stream("echo", f"My key is {SECRET} and my card {CARD} thanks"):
         if piece:
             arrivals.append(time.monotonic() - started)
             pieces.append(piece)
     text = "".join(pieces)
-    request = sim.last_request("openai")
-    assert CARD in request.raw_body.decode()  # the cards rule is for responses only
-    assert CARD not in text and "[REDACTED:payment_card]" in text
+    sent = sim.last_request("openai").raw_body.decode()
+    assert SECRET in sent and CARD in sent  # these rules are for answers only
+    assert "[REDACTED:secret]" in text and "[REDACTED:payment_card]" in text
+    assert SECRET not in text and SECRET[:12] not in text and SECRET[-12:] not in text
     assert "1111 1111" not in text
     # Still a stream: the first words came long before the provider's last chunk.
     assert len(pieces) >= 4 and arrivals[-1] - arrivals[0] >= 1.0
@@ -226,6 +240,6 @@ def test_decisions_are_counted_per_rule_and_never_logged_with_the_text(
         headers={"authorization": f"Bearer {ADMIN}"},
     ).json()["rules"]
     by_name = {rule["name"]: rule for rule in counts}
-    assert len(counts) == 6 and by_name["no-injection"]["action"] == "block"
+    assert len(counts) == 7 and by_name["no-injection"]["action"] == "block"
     assert by_name["no-injection"]["request"] >= 1 and by_name["cards"]["response"] >= 1
     assert by_name["codename"]["request"] >= 1
