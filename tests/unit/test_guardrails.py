@@ -7,7 +7,14 @@ import pytest
 from extproc import ir
 from extproc.config import settings
 from extproc.config.settings import Guardrail
-from extproc.decisions.guardrails import Guardrails, Verdict, scan_request, scan_response, scan_text
+from extproc.decisions.guardrails import (
+    Guardrails,
+    Verdict,
+    scan_embedding,
+    scan_request,
+    scan_response,
+    scan_text,
+)
 from extproc.decisions.guardrails.detectors import INJECTION_PATTERNS, luhn
 
 OPENAI_KEY = "sk-proj-" + "Ab3dEf6hIj9kLm2nOp5qRs8tUv"
@@ -204,3 +211,10 @@ def test_the_config_reads_an_unquoted_on_and_says_what_is_wrong() -> None:
         "$.auth.anonymous_rpm: must be >= 1",
     ):
         assert why in found, why
+
+
+def test_embedding_inputs_are_scanned_too() -> None:
+    rules = rules_of({"name": "s", "detect": "secrets"})
+    request = ir.EmbeddingRequest(model="m", inputs=["plain", f"key {OPENAI_KEY}"])
+    checked, verdict = scan_embedding(rules, request)
+    assert checked.inputs == ["plain", "key [REDACTED:secret]"] and verdict.matched
