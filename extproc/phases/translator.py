@@ -4,7 +4,8 @@ A `ResponseTranslator` turns the provider's answer (one buffered body, or a
 stream chunk by chunk) into the client's shape, meters the tokens it carries
 and rebuilds a streamed answer for the cache. It records what it reads in the
 attempt's state (model, finish reason, first token). It must not do I/O, count
-metrics or decide anything about the attempt: attempt.py does.
+metrics or decide anything about the attempt: attempt.py does. (The response
+guardrails it is handed count their own decisions: guarding.py.)
 """
 
 from __future__ import annotations
