@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench import loadgen, payloads, peers, procstat, servers  # noqa: E402
+from bench import guardrails, loadgen, payloads, peers, procstat, servers  # noqa: E402
 from extproc.run import children  # noqa: E402
 
 CHAT_PATH = "/v1/chat/completions"
@@ -882,6 +882,7 @@ def main(argv: list[str] | None = None) -> int:
         if portkey is not None and any(r.row.target == portkey.name for r in failed):
             tail = peers.log_tail(workdir, portkey.name)
             parts += [f"### {portkey.label} log (tail)", "", "```", tail, "```", ""]
+    parts += ["## Guardrails (in process)", "", guardrails.table(guardrails.measure()), ""]
     report = "\n".join(parts)
     print(report)
     out = Path(args.out)

@@ -6,11 +6,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import hypothesis  # noqa: F401  (see below)
 import pytest
 import redis
 
 from tests.harness import Gateway, Valkey
 from tests.simulated import SimulatedProviders
+
+# hypothesis is imported above, not lazily by its plugin at the end of a session that
+# used none of it: CPython 3.11.7's ast.parse can then fail with "SystemError: AST
+# constructor recursion depth mismatch" (python/cpython#106905, pytest-dev/pytest#10763)
+# once the `regex` module (guardrails) is loaded, failing a green run at its summary.
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -58,6 +58,7 @@ def build_app(context: Context) -> web.Application:
     app.router.add_get("/admin/cache/stats", cache_stats)
     app.router.add_post("/admin/cache/clear", cache_clear)
     app.router.add_get("/admin/activity", activity_view)
+    app.router.add_get("/admin/guardrails", guardrails_view)
     app.router.add_get(DASHBOARD, dashboard)
     app.router.add_get(DASHBOARD + "/{name}", dashboard)
     add_key_routes(app, CONTEXT)
@@ -176,6 +177,30 @@ async def activity_view(request: web.Request) -> web.Response:
         return web.json_response(await activity.read(context.store, minutes, context.clock()))
     except StoreError as exc:
         return error(503, f"store unavailable: {exc}")
+
+
+async def guardrails_view(request: web.Request) -> web.Response:
+    """Each configured guardrail with how often it acted, per phase (every worker's sum)."""
+    context = request.app[CONTEXT]
+    counts: dict[tuple[str, str], float] = {}
+    for family in exposition_registry(context.telemetry.metrics).collect():
+        if family.name != "llmux_guardrail_actions":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                key = (sample.labels["rule"], sample.labels["phase"])
+                counts[key] = counts.get(key, 0) + sample.value
+    rules = [
+        {
+            "name": rule.name,
+            "detect": rule.detect,
+            "action": rule.action,
+            "request": int(counts.get((rule.name, "request"), 0)),
+            "response": int(counts.get((rule.name, "response"), 0)),
+        }
+        for rule in context.config.guardrails
+    ]
+    return web.json_response({"rules": rules})
 
 
 async def dashboard(request: web.Request) -> web.Response:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 import msgspec
+import regex
 import yaml  # type: ignore[import-untyped]
 
 from extproc.config.cpus import usable_cpus
@@ -177,9 +178,35 @@ class Cache(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class Auth(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     required: bool = False  # clients must present a virtual key
     admin_key: str | None = None  # protects the admin API; e.g. ${LLMUX_ADMIN_KEY}
+    anonymous_rpm: int | None = None  # requests per minute per client IP when no key is used
+    # Proxies in front of Envoy whose x-forwarded-for entries are trusted (0: the peer
+    # Envoy saw is the client; a client-supplied header is never believed).
+    trusted_hops: int = 0
 
     def __repr__(self) -> str:
         return f"Auth(required={self.required}, admin_key={'set' if self.admin_key else None})"
+
+
+Detect = Literal[
+    "regex", "secrets", "email", "phone", "payment_card", "ip_address", "prompt_injection"
+]
+GuardAction = Literal["block", "mask", "log"]
+GuardPhase = Literal["request", "response"]
+Severity = Literal["low", "medium", "high"]
+
+
+class Guardrail(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A named rule: a detector and what to do on a match (README, Guardrails)."""
+
+    name: str
+    detect: Detect
+    action: GuardAction
+    on: tuple[GuardPhase, ...] = ("request", "response")
+    pattern: str | None = None  # detect: regex
+    max_length: int = 256  # longest text a regex match spans (the stream look-behind)
+    severity: Severity = "low"  # prompt_injection: the least severe pattern applied
+    models: list[str] = []  # empty: every model
+    keys: list[str] = []  # virtual key ids or names; empty: every caller
 
 
 class Telemetry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -210,6 +237,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # `provider/model` (provider: a configured name or a type) -> price; over the defaults
     pricing: dict[str, Price] = {}
     tenants: dict[str, Tenant] = {}  # tenant name (as virtual keys name it) -> its limits
+    guardrails: list[Guardrail] = []  # checked in order on requests and responses
 
     @property
     def first_token_timeout_s(self) -> float:
@@ -310,7 +338,7 @@ def _parse(text: str, source: str, env: Mapping[str, str]) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(source, ["the top level must be a mapping"])
     missing: list[str] = []
-    raw = expand_env(raw, env, "$", missing)
+    raw = expand_env(_guardrail_on_keys(raw), env, "$", missing)
     found = missing + problems(raw, Config) + _store_problems(raw)
     if found:
         raise ConfigError(source, found)
@@ -322,6 +350,19 @@ def _parse(text: str, source: str, env: Mapping[str, str]) -> Config:
     if found:
         raise ConfigError(source, found)
     return config
+
+
+def _guardrail_on_keys(raw: dict[Any, Any]) -> dict[Any, Any]:
+    """YAML 1.1 reads an unquoted `on:` key as the boolean true: a guardrail's `on` it is."""
+    rules = raw.get("guardrails")
+    if isinstance(rules, list):
+        raw["guardrails"] = [
+            {("on" if key is True else key): v for key, v in rule.items()}
+            if isinstance(rule, dict)
+            else rule
+            for rule in rules
+        ]
+    return raw
 
 
 def check_references(config: Config) -> list[str]:
@@ -345,6 +386,7 @@ def check_references(config: Config) -> list[str]:
         if provider.type == "azure_openai" and not provider.api_version:
             problems.append(f"{at}.api_version: required for azure_openai")
     problems.extend(pricing_problems(config))
+    problems.extend(guardrail_problems(config))
     if config.timeouts.idle_s <= config.timeouts.attempt_s:
         problems.append(
             "$.timeouts.idle_s: must be longer than timeouts.attempt_s, or a slow attempt "
@@ -410,6 +452,38 @@ def pricing_problems(config: Config) -> list[str]:
                     f"{at}.{field}: must be >= 0 with at most 3 decimals "
                     "(US dollars per 1M tokens, counted in nano-dollars per token)"
                 )
+    return found
+
+
+def guardrail_problems(config: Config) -> list[str]:
+    """Unique rule names, a compilable `pattern` exactly for regex rules, known models."""
+    found: list[str] = []
+    names = [g.name for g in config.guardrails]
+    models = [m.name for m in config.models]
+    for i, rule in enumerate(config.guardrails):
+        at = f"$.guardrails[{i}]"
+        if names.count(rule.name) > 1:
+            found.append(f"{at}.name: duplicate guardrail name {rule.name!r}")
+        if (rule.detect == "regex") != (rule.pattern is not None):
+            found.append(f"{at}.pattern: required with detect: regex, and only with it")
+        elif rule.pattern is not None:
+            try:
+                regex.compile(rule.pattern)  # the engine the guardrails run it on
+            except regex.error as exc:
+                found.append(f"{at}.pattern: not a valid regular expression ({exc})")
+        if not 1 <= rule.max_length <= 65536:
+            found.append(f"{at}.max_length: must be from 1 to 65536")
+        if not rule.on:
+            found.append(f"{at}.on: name request, response or both")
+        found.extend(
+            f"{at}.models: unknown model {m!r}{did_you_mean(m, models)}"
+            for m in rule.models
+            if m not in models
+        )
+    if config.auth.anonymous_rpm is not None and config.auth.anonymous_rpm < 1:
+        found.append("$.auth.anonymous_rpm: must be >= 1")
+    if config.auth.trusted_hops < 0:
+        found.append("$.auth.trusted_hops: must be >= 0")
     return found
 
 

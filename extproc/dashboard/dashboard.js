@@ -308,6 +308,23 @@
     $("cache-detail").textContent = `${count(stats.hits, "hit")} · ${count(stats.misses, "miss")}${stored}`;
   }
 
+  // ------------------------------------------------------------------ guardrails
+
+  function renderGuardrails(data) {
+    $("guardrails-section").hidden = data.rules.length === 0;
+    $("guardrails").tBodies[0].replaceChildren(
+      ...data.rules.map((rule) =>
+        el("tr", {},
+          el("td", {}, rule.name),
+          el("td", {}, rule.detect),
+          el("td", {}, badge(rule.action, rule.action === "block" ? "bad" : rule.action === "mask" ? "warn" : "")),
+          el("td", { class: "num" }, whole(rule.request)),
+          el("td", { class: "num" }, whole(rule.response)),
+        ),
+      ),
+    );
+  }
+
   // ------------------------------------------------------------------ virtual keys
 
   function meter(used, limit, text) {
@@ -441,6 +458,7 @@
         renderCredentials();
       }),
       refreshKeys(),
+      api("/admin/guardrails").then(renderGuardrails),
     ];
     const scan = now - state.entriesAt >= ENTRIES_MS;
     if (scan) state.entriesAt = now;

@@ -28,6 +28,7 @@ from extproc.phases.context import (
     Context,
     store_unavailable,
 )
+from extproc.phases.guarding import response_guard
 from extproc.phases.plan import AttemptPlan, AttemptState
 from extproc.phases.strategies import AttemptFeedback
 from extproc.phases.translation import encode_upstream_body
@@ -185,7 +186,7 @@ class Attempt:
         self.context = context
         self.plan = plan
         self.state = AttemptState()
-        self.translator = ResponseTranslator(plan, self.state)
+        self.translator = ResponseTranslator(plan, self.state, response_guard(context, plan))
         attempt_id = f"{plan.info.request_id}/{plan.number}"
         self.feedback = AttemptFeedback(
             context, plan.route.model, plan.provider, plan.upstream_model, attempt_id

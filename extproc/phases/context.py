@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 from extproc import ir
 from extproc.config.settings import Config, Model, Provider
 from extproc.decisions import routing
+from extproc.decisions.guardrails import Guardrails
 from extproc.decisions.pricing import PriceTable
 from extproc.envoy.contract import model_cluster_name
 from extproc.formats import ollama_chat, openai_chat
@@ -80,6 +81,7 @@ class Context:
         self.config = config
         self.models = models
         self.prices = PriceTable(config.pricing)
+        self.guardrails = Guardrails(config.guardrails, [m.name for m in config.models])
         names = [m.name for m in config.models]
         self.openai_model_list = openai_chat.encode_model_list(names)
         self.ollama_tags = ollama_chat.encode_tags(names)

@@ -44,6 +44,7 @@ class RequestInfo(msgspec.Struct, frozen=True, array_like=True):
     # Responses API: the id the answer gets, and the store key it is kept under (conversation.py).
     response_id: str | None = None
     response_key: str | None = None
+    key_name: str | None = None  # the virtual key's name: guardrails may name keys by it
 
     def budget(self) -> tuple[str, int] | None:
         """(Redis key, ttl) of the virtual key's budget period to charge; None without one."""

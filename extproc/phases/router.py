@@ -11,13 +11,13 @@ import time
 from typing import TYPE_CHECKING, NamedTuple
 
 from extproc import ir
-from extproc.decisions import cache, keys, providers, routing
+from extproc.decisions import cache, keys, providers, rate_limit_headers, routing
 from extproc.decisions.keys import key_tag
 from extproc.decisions.usage import estimate_tokens
 from extproc.envoy.contract import CACHE_HEADER, CLUSTER_HEADER, INTERNAL_PREFIX, MODEL_HEADER
 from extproc.formats import smart_api
 from extproc.formats.endpoints import Endpoint, allowed_methods, classify, dialect_for_path
-from extproc.phases import conversation, envelope, spend, strategies
+from extproc.phases import conversation, envelope, guarding, spend, strategies
 from extproc.phases.actions import CONTINUE, JSON, Action, Continue, Respond, error_response
 from extproc.phases.attempt import Attempt, AttemptStart, open_attempt
 from extproc.phases.context import (
@@ -35,6 +35,14 @@ from extproc.telemetry.record import RequestRecord
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
+
+
+class RateLimit(NamedTuple):
+    policy: str  # "key" | "ip": the RateLimit-Policy name
+    rpm: int | None
+    tpm: int | None
+    scope: str  # llmux_quota_rejections_total's label when it refuses
+    whose: str  # for the 429's message
 
 
 class CacheLookup(NamedTuple):
@@ -69,6 +77,7 @@ class RouterStream:
         # Single-target models: the one attempt (or token count) this stream follows.
         self.attempt: Attempt | CountCall | None = None
         self.route_attributes: dict[str, str] = {}  # the strategy's choice and reason
+        self.rate_headers: list[tuple[str, str]] = []  # where the caller stands in its limit
 
     async def request_headers(
         self, headers: dict[str, str], end_of_stream: bool, target: int | None
@@ -87,6 +96,11 @@ class RouterStream:
             return Respond(200, self.context.openai_model_list)
         if endpoint.operation == "tags":
             return Respond(200, self.context.ollama_tags)
+        auth = self.context.config.auth
+        if auth.anonymous_rpm and not auth.required:
+            refused = await self.admit_address(headers.get("x-forwarded-for"))
+            if refused is not None:
+                return refused
         if endpoint.operation in ("retrieve", "delete"):
             return await conversation.answer_stored(self.context, self.tenant, endpoint)
         if end_of_stream:
@@ -98,6 +112,12 @@ class RouterStream:
         return Continue(dialect=endpoint.dialect, response_header_mode="SEND")
 
     async def request_body(self, body: bytes, end_of_stream: bool) -> Action:
+        action = await self.route_body(body)
+        if self.rate_headers and isinstance(action, Respond):  # answered here: 429s, cache hits
+            return action._replace(headers=[*action.headers, *self.rate_headers])
+        return action
+
+    async def route_body(self, body: bytes) -> Action:
         endpoint = self.endpoint
         assert endpoint is not None
         if endpoint.operation == "count_tokens":
@@ -130,6 +150,16 @@ class RouterStream:
         route = self.models.get(model)
         if route is None:
             return self.fail("not_found", f"The model `{model}` does not exist")
+        key_id, key_name = (self.key.id, self.key.name) if self.key else (None, None)
+        rules = self.context.guardrails.rules(model, "request", key_id, key_name)
+        if rules:  # none configured: nothing to do, not even a call
+            checked = guarding.check_request(self.context, rules, request, self.dialect, self.span)
+            if isinstance(checked, Respond):
+                return checked
+            request = checked
+            chat, embedding = (
+                (checked, None) if isinstance(checked, ir.ChatRequest) else (None, checked)
+            )
         refused = await self.admit_key(model, estimate_tokens(len(body)))
         if refused is not None:
             return refused
@@ -163,7 +193,8 @@ class RouterStream:
             preferred=decision.preferred if decision is not None else {},
             cache_key=lookup.key if lookup.write else None,
             cache_status=lookup.status,
-            key_id=self.key.id if self.key is not None else None,
+            key_id=key_id,
+            key_name=key_name,
             tenant=self.tenant if self.key is not None else None,
             budget_key=budget[0] if budget else None,
             budget_ttl=budget[1] if budget else 0,
@@ -273,18 +304,46 @@ class RouterStream:
             return error_response(self.dialect, refusal)
         if not (record.rpm or record.tpm):
             return None
+        limit = RateLimit("key", record.rpm, record.tpm, "key_rate", "this API key's")
+        return await self.reserve(key_tag(record.id), limit, estimate)
+
+    async def admit_address(self, forwarded_for: str | None) -> Respond | None:
+        """The anonymous per-IP limit, on the address Envoy saw (auth.anonymous_rpm)."""
+        auth = self.context.config.auth
+        address = rate_limit_headers.client_address(forwarded_for, auth.trusted_hops)
+        if address is None:
+            return None
+        limit = RateLimit("ip", auth.anonymous_rpm, None, "ip_rate", "this address's")
+        reply = await self.reserve(rate_limit_headers.address_tag(address), limit, 0)
+        if reply is None:
+            return None
+        return reply._replace(headers=[*reply.headers, *self.rate_headers])
+
+    async def reserve(self, tag: str, limit: RateLimit, estimate: int) -> Respond | None:
+        """One request on a caller's rpm/tpm window; a 429 when it is used up.
+
+        Notes where the caller stands, for the rate-limit headers of every answer.
+        """
+        store = self.context.store
+        if store is None:
+            return None
         try:
-            reservation = await store.reserve(key_tag(record.id), record.rpm, record.tpm, estimate)
+            reservation = await store.reserve(tag, limit.rpm, limit.tpm, estimate)
         except StoreError as exc:
             if self.context.store_failed(exc):
                 return None
             return error_response(self.dialect, store_unavailable())
+        _, reset = store.window()
+        standing = rate_limit_headers.Standing(
+            limit.policy, limit.rpm, limit.tpm, reservation.requests, reservation.tokens, reset
+        )
+        self.rate_headers = rate_limit_headers.headers(standing)
         if reservation.ok:
             return None
-        self.refused_by = "key_rate"
+        self.refused_by = limit.scope
         info = ir.ErrorInfo(
             kind="rate_limit",
-            message="this API key's rate limit is reached",
+            message=f"{limit.whose} rate limit is reached",
             retry_after=reservation.retry_after_ms / 1000,
         )
         return error_response(self.dialect, info)
@@ -411,15 +470,17 @@ class RouterStream:
     ) -> Action:
         """Single-target models translate their response here; others pass through."""
         attempt, self.attempt = self.attempt, None
-        if attempt is None:
-            return Continue(response_body_mode="NONE")  # translated per attempt already
+        rate = self.rate_headers
+        if attempt is None:  # translated per attempt already
+            return Continue(set_headers=rate, response_body_mode="NONE")
         if "x-envoy-upstream-service-time" not in headers:
             # Envoy's own reply for the provider (timeout, reset, refused), already in
             # the client's shape: count the failed attempt, never translate the reply.
             attempt.local_reply(headers)
-            return Continue(response_body_mode="NONE")
+            return Continue(set_headers=rate, response_body_mode="NONE")
         self.attempt = attempt
-        return attempt.response_headers(headers)
+        action = attempt.response_headers(headers)
+        return action._replace(set_headers=[*action.set_headers, *rate]) if rate else action
 
     async def response_body(self, body: bytes, end_of_stream: bool) -> Action:
         if self.attempt is None:

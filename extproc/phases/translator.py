@@ -4,7 +4,8 @@ A `ResponseTranslator` turns the provider's answer (one buffered body, or a
 stream chunk by chunk) into the client's shape, meters the tokens it carries
 and rebuilds a streamed answer for the cache. It records what it reads in the
 attempt's state (model, finish reason, first token). It must not do I/O, count
-metrics or decide anything about the attempt: attempt.py does.
+metrics or decide anything about the attempt: attempt.py does. (The response
+guardrails it is handed count their own decisions: guarding.py.)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from extproc.decisions.usage import UsageMeter
 from extproc.formats.base import StreamDecoder, StreamEncoder
 from extproc.formats.registry import CLIENT_CODECS
 from extproc.phases import conversation
+from extproc.phases.guarding import ResponseGuard
 from extproc.phases.plan import AttemptPlan, AttemptState
 from extproc.phases.translation import (
     chat_stream_encoder,
@@ -31,11 +33,14 @@ from extproc.phases.translation import (
 class ResponseTranslator:
     """Translates, meters and assembles the response of one attempt."""
 
-    __slots__ = ("answer", "assembler", "decoder", "encoder", "meter", "plan", "state")
+    __slots__ = ("answer", "assembler", "decoder", "encoder", "guard", "meter", "plan", "state")
 
-    def __init__(self, plan: AttemptPlan, state: AttemptState) -> None:
+    def __init__(
+        self, plan: AttemptPlan, state: AttemptState, guard: ResponseGuard | None = None
+    ) -> None:
         self.plan = plan
         self.state = state
+        self.guard = guard  # response guardrails: masks (or blocks) before the client sees
         self.meter = UsageMeter()
         self.meter.estimate_input(plan.info.client_bytes)
         self.decoder: StreamDecoder | None = None  # set when a stream starts
@@ -67,6 +72,8 @@ class ResponseTranslator:
             events = conversation.renamed(events, self.plan.info.response_id)
         self.meter.observe_events(events)
         self.note_events(events)
+        if self.guard is not None:  # after metering (the provider's tokens), before the cache
+            events = self.guard.events(events, end_of_stream)
         if self.assembler is not None:
             self.assembler.feed(events)
         out = encoder.feed(events) if events else b""
@@ -102,6 +109,8 @@ class ResponseTranslator:
         self.meter.observe_usage(chat.usage)
         state.finish_reason = chat.finish_reason
         state.response_model = chat.model
+        if self.guard is not None:
+            chat = self.guard.response(chat)
         self.answer = chat
         return encode_chat_response(
             info.dialect, info.operation, chat, provider=plan.provider.name, cached=False

@@ -34,6 +34,8 @@ class RequestState(NamedTuple):
 class Reservation(NamedTuple):
     ok: bool
     retry_after_ms: int  # when not ok: how long until it might be
+    requests: int = 0  # requests counted in the window, this one included (rate-limit headers)
+    tokens: int = 0  # tokens charged in the window so far
 
 
 class SpendReservation(NamedTuple):

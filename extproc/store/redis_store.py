@@ -70,7 +70,8 @@ async def unusable(url: str, timeout_s: float) -> str | None:
 
 
 # KEYS: rpm, tpm, cool, live. ARGV: rpm limit (0 = none), tpm limit (0 = none),
-# estimated tokens, window ttl seconds, now (ms). Returns {ok, retry_after_ms}.
+# estimated tokens, window ttl seconds, now (ms). Returns {ok, retry_after_ms} and,
+# past the cooldown checks, the window's request and token counts (rate-limit headers).
 # `live` is what the provider's headers last said (see _LIVE): a limit it called
 # exhausted refuses until its reset, and each reservation takes one request off what
 # it said is left, so replicas stop before the provider would answer 429.
@@ -89,17 +90,17 @@ if wait > 0 then return {0, wait} end
 local rpm_limit = tonumber(ARGV[1])
 local tpm_limit = tonumber(ARGV[2])
 local rpm = tonumber(redis.call('GET', KEYS[1]) or '0')
-if rpm_limit > 0 and rpm >= rpm_limit then return {0, -1} end
-if tpm_limit > 0 then
-  local tpm = tonumber(redis.call('GET', KEYS[2]) or '0')
-  if tpm + tonumber(ARGV[3]) > tpm_limit and tpm > 0 then return {0, -1} end
+local tpm = tonumber(redis.call('GET', KEYS[2]) or '0')
+if rpm_limit > 0 and rpm >= rpm_limit then return {0, -1, rpm, tpm} end
+if tpm_limit > 0 and tpm + tonumber(ARGV[3]) > tpm_limit and tpm > 0 then
+  return {0, -1, rpm, tpm}
 end
 if rpm_limit > 0 then
-  redis.call('INCR', KEYS[1])
+  rpm = redis.call('INCR', KEYS[1])
   redis.call('EXPIRE', KEYS[1], ARGV[4])
 end
 if live[1] and tonumber(live[2]) > now then redis.call('HINCRBY', KEYS[4], 'req', -1) end
-return {1, 0}
+return {1, 0, rpm, tpm}
 """
 
 # KEYS: live. ARGV: now (ms), then per limit (requests, tokens) remaining and reset ms,
@@ -271,13 +272,13 @@ class RedisStore:
     ) -> Reservation:
         window, ttl = self.window()
         with _redis_errors():
-            ok, retry_ms = await self._reserve(
+            ok, retry_ms, *used = await self._reserve(
                 keys=[*self.keys(tag, window), f"{PREFIX}:{tag}:live"],
                 args=[rpm or 0, tpm or 0, estimate, ttl + 60, self.now_ms()],
             )
         if int(retry_ms) < 0:
             retry_ms = ttl * 1000
-        return Reservation(bool(ok), int(retry_ms))
+        return Reservation(bool(ok), int(retry_ms), *(int(n) for n in used))
 
     async def charge_tokens(self, tag: str, tokens: int, window: int | None = None) -> int:
         current, ttl = self.window()

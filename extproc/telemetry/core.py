@@ -131,6 +131,12 @@ class Metrics:
         self._rejections = _counter(
             r, "llmux_quota_rejections", "Requests refused by a limit", "scope"
         )
+        self._guardrails = _counter(
+            r,
+            "llmux_guardrail_actions",
+            "Guardrail rules that matched, by what was done (never the matched text)",
+            "rule action phase",
+        )
         self._fallbacks = _counter(
             r, "llmux_fallbacks", "Requests served after a failed attempt", "model"
         )
@@ -207,6 +213,9 @@ class Metrics:
 
     def rejection(self, scope: str) -> None:
         self._rejections.labels(scope).inc()
+
+    def guardrail(self, rule: str, action: str, phase: str) -> None:
+        self._guardrails.labels(rule, action, phase).inc()
 
     def fallback(self, model: str) -> None:
         self._fallbacks.labels(model).inc()

@@ -134,17 +134,17 @@ class MemoryStore:
         requests = int(data.get(f"{tag}:rpm:{window}", 0))
         tokens = int(data.get(f"{tag}:tpm:{window}", 0))
         if rpm and requests >= rpm:
-            return Reservation(False, ttl * 1000)
+            return Reservation(False, ttl * 1000, requests, tokens)
         if tpm and tokens > 0 and tokens + estimate > tpm:
-            return Reservation(False, ttl * 1000)
+            return Reservation(False, ttl * 1000, requests, tokens)
         if rpm:
-            self._incr(f"{tag}:rpm:{window}", 1)
+            requests = self._incr(f"{tag}:rpm:{window}", 1)
             data.expire(f"{tag}:rpm:{window}", ttl + 60)
         live = dict(data.get(f"{tag}:live", {}))
         if "req" in live and live["req_until"] > self._now_ms():
             live["req"] -= 1
             data.keep(f"{tag}:live", live)
-        return Reservation(True, 0)
+        return Reservation(True, 0, requests, tokens)
 
     async def charge_tokens(self, tag: str, tokens: int, window: int | None = None) -> int:
         current, ttl = self.window()

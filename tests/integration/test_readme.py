@@ -38,6 +38,7 @@ NOT_RUN = {
         "the test command itself (CI runs it verbatim)"
     ),
     "pip install -e '.[examples]'": "an install; the test install brings the same SDKs",
+    'RateLimit-Policy: "key";q=60;w=60': "response headers; test_rate_limit_headers.py checks them",
     "$EDITOR llmux.yaml": "interactive; test_reload.py covers reloading",
     "client ──HTTP──► Envoy listener": "a diagram",
     "Service llmux :8080": "a diagram",

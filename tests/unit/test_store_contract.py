@@ -97,13 +97,14 @@ def test_rpm_admits_up_to_the_limit_then_says_when_the_window_ends(
     run: Callable[[Case], None],
 ) -> None:
     async def case(s: Subject) -> None:
-        assert await s.store.reserve(CRED, 2, None, 10) == (True, 0)
-        assert await s.store.reserve(CRED, 2, None, 10) == (True, 0)
-        assert await s.store.reserve(CRED, 2, None, 10) == (False, 50_000)
+        # With the window's request and token counts, for the rate-limit headers.
+        assert await s.store.reserve(CRED, 2, None, 10) == (True, 0, 1, 0)
+        assert await s.store.reserve(CRED, 2, None, 10) == (True, 0, 2, 0)
+        assert await s.store.reserve(CRED, 2, None, 10) == (False, 50_000, 2, 0)
         assert await credential(s.store) == CredentialState(2, 0, 0)
         assert await credential(s.store, OTHER) == CredentialState(0, 0, 0)
         s.clock.advance(50)  # the next window: a fresh count
-        assert await s.store.reserve(CRED, 2, None, 10) == (True, 0)
+        assert (await s.store.reserve(CRED, 2, None, 10))[:2] == (True, 0)
         assert await credential(s.store) == CredentialState(1, 0, 0)
 
     run(case)
@@ -112,7 +113,7 @@ def test_rpm_admits_up_to_the_limit_then_says_when_the_window_ends(
 def test_an_unlimited_reservation_counts_nothing(run: Callable[[Case], None]) -> None:
     async def case(s: Subject) -> None:
         for _ in range(3):
-            assert await s.store.reserve(CRED, None, None, 10**6) == (True, 0)
+            assert (await s.store.reserve(CRED, None, None, 10**6))[:2] == (True, 0)
         assert await credential(s.store) == CredentialState(0, 0, 0)
 
     run(case)
@@ -122,11 +123,11 @@ def test_tpm_refuses_what_would_overflow_but_never_the_first_request(
     run: Callable[[Case], None],
 ) -> None:
     async def case(s: Subject) -> None:
-        assert await s.store.reserve(CRED, None, 100, 500) == (True, 0)  # nothing used yet
+        assert (await s.store.reserve(CRED, None, 100, 500))[:2] == (True, 0)  # nothing used yet
         assert await s.store.charge_tokens(CRED, 60) == 60
         assert await s.store.charge_tokens(CRED, 30) == 90
-        assert await s.store.reserve(CRED, None, 100, 10) == (True, 0)
-        assert await s.store.reserve(CRED, None, 100, 11) == (False, 50_000)
+        assert await s.store.reserve(CRED, None, 100, 10) == (True, 0, 0, 90)
+        assert await s.store.reserve(CRED, None, 100, 11) == (False, 50_000, 0, 90)
         assert await credential(s.store) == CredentialState(0, 90, 0)
 
     run(case)
@@ -177,10 +178,10 @@ def test_a_cooling_credential_refuses_reservations_until_it_cooled(
 ) -> None:
     async def case(s: Subject) -> None:
         await s.store.cool_down(CRED, 150)
-        ok, retry_ms = await s.store.reserve(CRED, None, None, 1)
+        ok, retry_ms, *_ = await s.store.reserve(CRED, None, None, 1)
         assert not ok and 0 < retry_ms <= 150
         await s.later(0.2)
-        assert await s.store.reserve(CRED, None, None, 1) == (True, 0)
+        assert (await s.store.reserve(CRED, None, None, 1))[:2] == (True, 0)
         assert (await credential(s.store)).cooldown_ms == 0
 
     run(case)
@@ -196,12 +197,12 @@ def test_a_limit_the_provider_calls_spent_makes_the_credential_wait_for_its_rese
         await s.store.note_provider_limits(CRED, ProviderLimits(0, 300, 5000, 60_000))
         state = await credential(s.store)
         assert 200 < state.exhausted_ms <= 300 and state.cooldown_ms == 0
-        ok, retry_ms = await s.store.reserve(CRED, 100, None, 1)
+        ok, retry_ms, *_ = await s.store.reserve(CRED, 100, None, 1)
         assert not ok and 200 < retry_ms <= 300
         assert (await credential(s.store)).requests == 0  # a refusal counts nothing
         await s.later(0.35)
         assert (await credential(s.store)).exhausted_ms == 0
-        assert await s.store.reserve(CRED, 100, None, 1) == (True, 0)
+        assert (await s.store.reserve(CRED, 100, None, 1))[:2] == (True, 0)
 
     run(case)
 
@@ -224,13 +225,13 @@ def test_reservations_use_up_what_the_provider_said_is_left(
 ) -> None:
     async def case(s: Subject) -> None:
         await s.store.note_provider_limits(CRED, ProviderLimits(2, 5_000, None, None))
-        assert await s.store.reserve(CRED, 100, None, 1) == (True, 0)
-        assert await s.store.reserve(CRED, 100, None, 1) == (True, 0)
-        ok, retry_ms = await s.store.reserve(CRED, 100, None, 1)
+        assert (await s.store.reserve(CRED, 100, None, 1))[:2] == (True, 0)
+        assert (await s.store.reserve(CRED, 100, None, 1))[:2] == (True, 0)
+        ok, retry_ms, *_ = await s.store.reserve(CRED, 100, None, 1)
         assert not ok and 4_000 < retry_ms <= 5_000
         assert 4_000 < (await credential(s.store)).exhausted_ms <= 5_000
         assert await s.store.reset_credential(CRED) == 2  # rpm count and live limits
-        assert await s.store.reserve(CRED, 100, None, 1) == (True, 0)
+        assert (await s.store.reserve(CRED, 100, None, 1))[:2] == (True, 0)
 
     run(case)
 
@@ -532,7 +533,7 @@ def test_keys_are_found_by_hash_and_by_id(run: Callable[[Case], None]) -> None:
 def test_a_key_tag_is_the_quota_name_of_a_key(run: Callable[[Case], None]) -> None:
     async def case(s: Subject) -> None:
         tag = key_tag("key_a")
-        assert await s.store.reserve(tag, 1, None, 1) == (True, 0)
+        assert (await s.store.reserve(tag, 1, None, 1))[:2] == (True, 0)
         assert (await s.store.reserve(tag, 1, None, 1)).ok is False
         assert await credential(s.store, tag) == CredentialState(1, 0, 0)
 
