@@ -42,7 +42,8 @@ NOT_RUN = {
     "$EDITOR llmux.yaml": "interactive; test_reload.py covers reloading",
     "client ──HTTP──► Envoy listener": "a diagram",
     "Service llmux :8080": "a diagram",
-    "docker build": "needs Docker; tests/k8s checks the Dockerfile",
+    "docker build": "needs Docker; tests/image runs the same checks with podman",
+    "sudo .venv/bin/pytest tests/image": "the image tests themselves (part of the suite)",
     "cp k8s/overlays": "needs a cluster; tests/k8s renders and validates every overlay",
     "kubectl": "needs a cluster; tests/k8s renders and validates every overlay",
 }
