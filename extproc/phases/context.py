@@ -37,12 +37,17 @@ class ModelRoute(NamedTuple):
     model: Model
     plan: routing.ModelPlan
     targets: tuple[tuple[Provider, str], ...]  # per target: its provider and upstream model
+    passthrough: bool = False  # a target serves the Responses API itself (responses_api)
 
 
 def model_route(config: Config, model: Model) -> ModelRoute:
     targets = tuple((config.provider(t.provider), t.model) for t in model.targets)
     return ModelRoute(
-        model_cluster_name(config, model), model, routing.plan_for(config, model), targets
+        model_cluster_name(config, model),
+        model,
+        routing.plan_for(config, model),
+        targets,
+        any(provider.responses_api for provider, _ in targets),
     )
 
 

@@ -53,6 +53,10 @@ class RequestInfo(msgspec.Struct, frozen=True, array_like=True):
 class ChatEnvelope(msgspec.Struct, frozen=True, array_like=True, tag="chat"):
     info: RequestInfo
     request: ir.ChatRequest
+    # Responses API requests a target may pass through untranslated (phases/passthrough.py):
+    # the client's body, and a previous_response_id only the provider can know.
+    passthrough: bytes | None = None
+    provider_previous: str | None = None
 
 
 class EmbeddingEnvelope(msgspec.Struct, frozen=True, array_like=True, tag="embeddings"):
@@ -73,9 +77,13 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Envelope)
 
 
-def seal(info: RequestInfo, request: ir.ChatRequest | ir.EmbeddingRequest) -> Envelope:
+def seal(
+    info: RequestInfo,
+    request: ir.ChatRequest | ir.EmbeddingRequest,
+    passthrough: tuple[bytes | None, str | None] = (None, None),
+) -> Envelope:
     if isinstance(request, ir.ChatRequest):
-        return ChatEnvelope(info, request)
+        return ChatEnvelope(info, request, *passthrough)
     return EmbeddingEnvelope(info, request)
 
 
