@@ -25,6 +25,7 @@ from tests.integration.conftest import close_client
 from tests.integration.test_costs import ADMIN, create_key, key_usage, metric_total, nano
 from tests.simulated import Fault, SimulatedProviders
 from tests.simulated.scenario import Usage
+from tests.unit.test_responses_passthrough import WEATHER
 
 pytestmark = pytest.mark.integration
 
@@ -32,15 +33,6 @@ USER = "Say hello through the passthrough"
 PRICES = {
     "direct/gpt-up": {"input": 0.15, "output": 0.60, "cached_input": 0.075},
     "an/claude-up": {"input": 1.0, "output": 5.0},
-}
-WEATHER = {
-    "type": "function",
-    "name": "get_weather",
-    "parameters": {
-        "type": "object",
-        "properties": {"location": {"type": "string"}},
-        "required": ["location"],
-    },
 }
 
 
