@@ -10,23 +10,61 @@ to other models never carry the client's body in the envelope.
 
 The provider keeps its own conversation: the gateway neither stores a passed-through
 answer nor renames its id, and a previous_response_id it does not know goes on to
-the provider; a translated target cannot continue that conversation (404).
+the provider; a translated target cannot continue that conversation (404). Built-in
+tools go through too; a translated target refuses them (400), as other models do.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from extproc import ir
 from extproc.config.settings import Provider
 from extproc.formats import openai_responses
+from extproc.formats.endpoints import Endpoint
 from extproc.phases import envelope
+from extproc.phases.context import ModelRoute
 from extproc.phases.conversation import DIALECT, Thread
+from extproc.phases.translation import decode_chat_request, decode_client_body
 
 
-def sealed_body(body: bytes, thread: Thread | None) -> tuple[bytes | None, str | None]:
-    """What the envelope carries for responses_api targets: the client's body, if any may."""
+def decode(
+    endpoint: Endpoint, body: bytes, models: Mapping[str, ModelRoute], default_model: str | None
+) -> tuple[ir.ChatRequest | None, ir.EmbeddingRequest | None, ir.ErrorInfo | None]:
+    """The client body as IR, and why translating targets must refuse it, if they must.
+
+    Built-in tools (web_search, file_search…) run on OpenAI's servers: a request with them
+    is accepted for a model with a responses_api target (its IR lacks them) and refused
+    by the targets that translate, with the error every other model answers at once.
+    """
+    try:
+        return (*decode_client_body(endpoint, body, default_model), None)
+    except ir.GatewayError as exc:
+        stripped = None
+        if endpoint.dialect == DIALECT and (exc.info.param or "").startswith("tool"):
+            stripped = openai_responses.without_builtin_tools(body)
+        if stripped is None:
+            raise
+        chat = decode_chat_request(endpoint, stripped)
+        route = models.get(chat.model)
+        if route is None or not route.passthrough:
+            raise
+        return chat, None, exc.info
+
+
+def sealed_body(
+    body: bytes, thread: Thread | None, untranslatable: ir.ErrorInfo | None
+) -> tuple[bytes | None, ir.ErrorInfo | None]:
+    """What the envelope carries for responses_api targets: the client's body, if any may,
+    and why translating targets must refuse the request (a conversation continued from
+    the gateway's store is always translated: the provider never saw it)."""
     if thread is None or not thread.passthrough:
-        return None, None
-    return body, thread.provider_previous
+        return None, untranslatable
+    if thread.provider_previous is not None:
+        message = f"Response with id {thread.provider_previous!r} not found."
+        missing = ir.ErrorInfo(kind="not_found", message=message, param="previous_response_id")
+        return body, untranslatable or missing
+    return body, untranslatable
 
 
 def applies(internal: envelope.Envelope, provider: Provider) -> bool:
@@ -39,11 +77,8 @@ def applies(internal: envelope.Envelope, provider: Provider) -> bool:
 
 
 def refusal(internal: envelope.Envelope) -> ir.ErrorInfo | None:
-    """A translated attempt cannot continue a conversation only the provider knows."""
-    if not isinstance(internal, envelope.ChatEnvelope) or internal.provider_previous is None:
-        return None
-    message = f"Response with id {internal.provider_previous!r} not found."
-    return ir.ErrorInfo(kind="not_found", message=message, param="previous_response_id")
+    """Why a translating attempt cannot serve this request; None when it can."""
+    return internal.untranslatable if isinstance(internal, envelope.ChatEnvelope) else None
 
 
 def upstream_body(internal: envelope.Envelope, model: str) -> bytes:

@@ -28,7 +28,7 @@ from extproc.phases.context import (
     store_unavailable,
 )
 from extproc.phases.count_tokens import CountCall, route_count
-from extproc.phases.translation import decode_client_body, decode_count_request, replay_body
+from extproc.phases.translation import decode_count_request, replay_body
 from extproc.store import RequestState, StoreError
 from extproc.telemetry.core import end_span, trace_id_of
 from extproc.telemetry.record import RequestRecord
@@ -105,7 +105,9 @@ class RouterStream:
         try:
             default = smart_api.DEFAULT_MODEL
             default_model = default if default in self.models else None
-            chat, embedding = decode_client_body(endpoint, body, default_model)
+            chat, embedding, untranslatable = passthrough.decode(
+                endpoint, body, self.models, default_model
+            )
         except ir.GatewayError as exc:
             return error_response(self.dialect, exc.info)
         thread = None
@@ -175,7 +177,9 @@ class RouterStream:
             response_id=thread.response_id if thread is not None else None,
             response_key=thread.record_key if thread is not None else None,
         )
-        internal = envelope.seal(info, request, passthrough.sealed_body(body, thread))
+        internal = envelope.seal(
+            info, request, passthrough.sealed_body(body, thread, untranslatable)
+        )
         if len(route.model.targets) == 1:
             return await self.single_target(route, internal)
         cluster = await self.first_target(route, decision, chat, len(body))

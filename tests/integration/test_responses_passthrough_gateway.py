@@ -208,3 +208,19 @@ def test_conversations_continue_where_they_are_kept(
     rec = sim.last_request("openai")
     assert rec.path == "/v1/chat/completions"
     assert [m["role"] for m in rec.body["messages"]] == ["user", "assistant", "user"]
+
+
+def test_built_in_tools_reach_a_passthrough_target_only(
+    client: openai.OpenAI, sim: SimulatedProviders
+) -> None:
+    tools: Any = [{"type": "web_search"}, WEATHER]
+    answer = client.responses.create(model="solo", input=USER, tools=tools)
+    assert answer.id.startswith("resp_sim")
+    assert sim.last_request("openai").body["tools"] == tools
+    # A target that translates refuses them, as a model without passthrough does at once.
+    with pytest.raises(openai.BadRequestError, match="web_search"):
+        client.responses.create(model="claude", input=USER, tools=tools)
+    sim.inject(Fault.error(500), provider="openai")
+    with pytest.raises(openai.BadRequestError, match="web_search"):
+        client.responses.create(model="pair", input=USER, tools=tools)
+    assert [r.path for r in sim.requests] == ["/v1/responses"] * 2

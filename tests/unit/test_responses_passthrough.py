@@ -139,3 +139,21 @@ def test_an_error_event_and_a_cut_stream_read_as_errors(sim: SimulatedProviders)
     cut = raw_stream(sim)[:-40]
     (error,) = [e for e in read_split(cut, 0) if isinstance(e, ir.StreamError)]
     assert error.error.kind == "bad_gateway"
+
+
+def test_only_built_in_tools_are_stripped_for_the_ir() -> None:
+    body = msgspec.json.encode(
+        {
+            "model": "m",
+            "tools": [{"type": "web_search"}, WEATHER],
+            "tool_choice": {"type": "web_search"},
+        }
+    )
+    stripped = openai_responses.without_builtin_tools(body)
+    assert stripped is not None
+    assert msgspec.json.decode(stripped) == {
+        "model": "m",
+        "tools": [WEATHER],
+        "tool_choice": "auto",
+    }
+    assert openai_responses.without_builtin_tools(msgspec.json.encode({"tools": [WEATHER]})) is None

@@ -38,6 +38,27 @@ def request_body(body: bytes, model: str) -> bytes:
     return _ENCODER.encode(obj)
 
 
+def without_builtin_tools(body: bytes) -> bytes | None:
+    """The body without the tools only OpenAI's servers run (web_search, file_search…) and a
+    tool_choice naming one; None when it has none. What the IR can hold of such a request:
+    its estimates, its cache key, its translation for a target that must refuse it."""
+    try:
+        obj = _ANY.decode(body)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return None
+    tools = obj.get("tools") if isinstance(obj, dict) else None
+    if not isinstance(tools, list):
+        return None
+    functions = [t for t in tools if isinstance(t, dict) and t.get("type") == "function"]
+    if len(functions) == len(tools):
+        return None
+    obj["tools"] = functions
+    choice = obj.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") != "function":
+        obj["tool_choice"] = "auto"
+    return _ENCODER.encode(obj)
+
+
 def read_response(body: bytes) -> ir.ChatResponse:
     """A Response object's id, model, finish and usage (its output stays in the body)."""
     try:
