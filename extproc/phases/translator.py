@@ -70,6 +70,8 @@ class ResponseTranslator:
         if encoder is None:  # passthrough: metered, sent as the provider wrote it
             self.meter.observe_events(events)
             self.note_events(events)
+            if isinstance(decoder, openai_responses.EventReader) and decoder.cut:
+                return body + decoder.cut_event()  # never a silent end without a terminator
             return body
         if self.plan.info.response_id is not None:
             events = conversation.renamed(events, self.plan.info.response_id)

@@ -224,3 +224,19 @@ def test_built_in_tools_reach_a_passthrough_target_only(
     with pytest.raises(openai.BadRequestError, match="web_search"):
         client.responses.create(model="pair", input=USER, tools=tools)
     assert [r.path for r in sim.requests] == ["/v1/responses"] * 2
+
+
+def test_a_stream_cut_after_content_ends_with_an_error_event(
+    gateway: Gateway, key: tuple[str, str], sim: SimulatedProviders
+) -> None:
+    sim.inject(Fault.malformed_json(after_chunks=5), provider="openai")
+    body = {"model": "solo", "input": USER, "stream": True}
+    headers = {"authorization": f"Bearer {key[1]}"}
+    url = gateway.url + "/v1/responses"
+    with httpx.stream("POST", url, json=body, headers=headers, timeout=10) as reply:
+        raw = b"".join(reply.iter_bytes())
+    assert reply.status_code == 200
+    assert b'"type":"response.output_text.delta"' in raw  # the content went out first
+    last = json.loads(raw.rstrip().rsplit(b"\n\n", 1)[1].split(b"data: ", 1)[1])
+    assert last["type"] == "error" and last["code"] == "server_error"
+    assert last["sequence_number"] == 5  # follows the provider's own numbering

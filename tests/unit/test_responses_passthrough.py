@@ -7,6 +7,7 @@ checked with the stream split at every byte offset.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import msgspec
@@ -136,9 +137,14 @@ def test_an_error_event_and_a_cut_stream_read_as_errors(sim: SimulatedProviders)
     errors = [e.error for e in events if isinstance(e, ir.StreamError)]
     assert [e.kind for e in errors] == ["rate_limit"]
     assert not any(isinstance(e, ir.TextDelta) for e in events)  # the error came before content
-    cut = raw_stream(sim)[:-40]
-    (error,) = [e for e in read_split(cut, 0) if isinstance(e, ir.StreamError)]
-    assert error.error.kind == "bad_gateway"
+    whole = raw_stream(sim)
+    cut = whole[: whole.rindex(b"event: response.completed")]
+    reader = openai_responses.EventReader()
+    (error,) = [e for e in reader.feed(cut) + reader.finish() if isinstance(e, ir.StreamError)]
+    assert error.error.kind == "bad_gateway" and reader.cut
+    numbers = [int(n) for n in re.findall(rb'"sequence_number":(\d+)', cut)]
+    event = msgspec.json.decode(reader.cut_event().split(b"data: ", 1)[1])
+    assert event["type"] == "error" and event["sequence_number"] == numbers[-1] + 1
 
 
 def test_only_built_in_tools_are_stripped_for_the_ir() -> None:

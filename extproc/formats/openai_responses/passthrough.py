@@ -18,7 +18,8 @@ from typing import Any
 import msgspec
 
 from extproc import ir
-from extproc.formats.framing import SSEParser
+from extproc.formats.framing import SSEParser, sse_event
+from extproc.formats.openai_responses.stream import error_code
 
 _ANY = msgspec.json.Decoder()
 _ENCODER = msgspec.json.Encoder()
@@ -118,11 +119,21 @@ def _error(error: Any, fallback: str) -> ir.ErrorInfo:
 class EventReader:
     """The typed SSE events -> the IR events they mean, for metering and the held response."""
 
-    __slots__ = ("_done", "_sse")
+    __slots__ = ("_done", "_next", "_sse", "cut")
 
     def __init__(self) -> None:
         self._sse = SSEParser()
         self._done = False  # a terminal event (completed, incomplete, failed, error) was read
+        self._next = 0  # the sequence_number an event of the gateway's own would take
+        self.cut = False  # the stream ended before a terminal event
+
+    def cut_event(self) -> bytes:
+        """The `error` event that ends a cut stream: a client must not take it for complete."""
+        info = ir.ErrorInfo(kind="bad_gateway", message=_CUT)
+        body = {"type": "error", "sequence_number": self._next, "code": error_code(info)}
+        # A blank line first: the cut may have left a line unfinished.
+        event = sse_event(_ENCODER.encode({**body, "message": _CUT, "param": None}), "error")
+        return b"\n\n" + event
 
     def feed(self, chunk: bytes) -> list[ir.StreamEvent]:
         events: list[ir.StreamEvent] = []
@@ -135,7 +146,7 @@ class EventReader:
         for sse in self._sse.finish():
             self._on_data(sse.data, events)
         if not self._done:
-            self._done = True
+            self._done = self.cut = True
             events.append(ir.StreamError(ir.ErrorInfo(kind="bad_gateway", message=_CUT)))
         return events
 
@@ -145,6 +156,8 @@ class EventReader:
         except msgspec.DecodeError:
             return  # the client's SDK sees the same bytes; the reader only meters
         if isinstance(obj, dict) and not self._done:
+            number = obj.get("sequence_number")
+            self._next = number + 1 if isinstance(number, int) else self._next
             self._event(obj, str(obj.get("type")), events)
 
     def _event(self, obj: dict[str, Any], kind: str, events: list[ir.StreamEvent]) -> None:
