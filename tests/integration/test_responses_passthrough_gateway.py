@@ -186,14 +186,16 @@ def test_a_failing_passthrough_target_falls_back_to_a_translated_one(
     assert_charged(db, key[0], sim, requests=3)
 
 
-def test_a_healthy_passthrough_target_of_a_pair_streams_untranslated(
+def test_a_healthy_passthrough_target_of_a_pair_answers_untranslated(
     client: openai.OpenAI, sim: SimulatedProviders
 ) -> None:
     with client.responses.stream(model="pair", input=USER) as stream:
         deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
         final = stream.get_final_response()
     assert final.id.startswith("resp_sim") and "".join(deltas) == final.output_text
-    assert [r.path for r in sim.requests] == ["/v1/responses"]
+    answer = client.responses.create(model="pair", input=USER)  # held until its end
+    assert answer.id.startswith("resp_sim") and answer.output_text == final.output_text
+    assert [r.path for r in sim.requests] == ["/v1/responses"] * 2
 
 
 def test_conversations_continue_where_they_are_kept(
