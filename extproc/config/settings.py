@@ -88,6 +88,9 @@ class Provider(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     credentials: list[Credential] = []
     api_version: str | None = None  # azure_openai `api-version`
     anthropic_version: str = "2023-06-01"
+    # The provider serves POST /v1/responses itself: Responses API requests pass through
+    # untranslated (phases/passthrough.py). Only for type openai.
+    responses_api: bool = False
 
     @property
     def all_credentials(self) -> list[Credential]:
@@ -385,6 +388,10 @@ def check_references(config: Config) -> list[str]:
             problems.append(f"{at}: a {provider.type} provider needs api_key or credentials")
         if provider.type == "azure_openai" and not provider.api_version:
             problems.append(f"{at}.api_version: required for azure_openai")
+        if provider.responses_api and provider.type != "openai":
+            problems.append(
+                f"{at}.responses_api: only an openai provider serves /v1/responses itself"
+            )
     problems.extend(pricing_problems(config))
     problems.extend(guardrail_problems(config))
     if config.timeouts.idle_s <= config.timeouts.attempt_s:

@@ -39,6 +39,18 @@ def chat_request(
     return UpstreamRequest(provider.url.prefix + path, codec.auth_headers(credential.api_key))
 
 
+# An OpenAI provider's own Responses API (providers[].responses_api: the passthrough).
+RESPONSES_PATH = "/v1/responses"
+
+
+def responses_request(provider: Provider, credential: Credential) -> UpstreamRequest:
+    """Where a passed-through Responses API request goes, with the gateway's key."""
+    codec = codec_for(provider)
+    return UpstreamRequest(
+        provider.url.prefix + RESPONSES_PATH, codec.auth_headers(credential.api_key)
+    )
+
+
 def embeddings_request(provider: Provider, credential: Credential, model: str) -> UpstreamRequest:
     codec = codec_for(provider)
     path = embeddings_of(provider, codec).embedding_path(model)

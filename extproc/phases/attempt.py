@@ -21,7 +21,7 @@ from extproc.decisions import cache, pricing, providers, routing
 from extproc.decisions.routing import credential_tag, target_tag
 from extproc.decisions.usage import estimate_tokens
 from extproc.envoy.contract import ATTEMPTS_HEADER, CACHE_HEADER, MODEL_HEADER, PROVIDER_HEADER
-from extproc.phases import conversation, envelope, spend
+from extproc.phases import conversation, envelope, passthrough, spend
 from extproc.phases.actions import JSON, Action, Continue, Respond, error_response
 from extproc.phases.context import (
     STREAM_TYPES,
@@ -81,10 +81,14 @@ async def open_attempt(
         include_usage=chat is not None and chat.stream_include_usage,
         span=span,
         started=started,
+        passthrough=passthrough.applies(internal, provider),
     )
     attempt = Attempt(context, plan)
     if isinstance(chosen, Respond):
         return attempt, chosen
+    refused = None if plan.passthrough else passthrough.refusal(internal)
+    if refused is not None:
+        return attempt, error_response(info.dialect, refused)
     await attempt.feedback.dispatched()
     try:
         return attempt, upstream_request(plan, chosen, internal, start.stale_headers)
@@ -158,10 +162,14 @@ def upstream_request(
 ) -> Continue:
     """The request in the provider's shape, with its path and credential headers."""
     provider, model = plan.provider, plan.upstream_model
-    body = encode_upstream_body(provider, internal, model)
-    if isinstance(internal.request, ir.EmbeddingRequest):
+    if plan.passthrough:
+        body = passthrough.upstream_body(internal, model)
+        upstream = providers.responses_request(provider, credential)
+    elif isinstance(internal.request, ir.EmbeddingRequest):
+        body = encode_upstream_body(provider, internal, model)
         upstream = providers.embeddings_request(provider, credential, model)
     else:
+        body = encode_upstream_body(provider, internal, model)
         upstream = providers.chat_request(provider, credential, model, plan.stream)
     setting = {name for name, _ in upstream.headers}
     return Continue(
@@ -359,6 +367,8 @@ class Attempt:
         """A Responses API answer, kept with its conversation for the next turn."""
         answer = self.translator.cacheable() if self.state.status == 200 else None
         request = self.plan.request
+        if self.plan.passthrough:
+            return  # the provider keeps its own conversation (passthrough.py)
         if answer is not None and isinstance(request, ir.ChatRequest):
             await conversation.keep(self.context, self.plan.info.response_key, request, answer)
 

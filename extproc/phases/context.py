@@ -38,12 +38,17 @@ class ModelRoute(NamedTuple):
     model: Model
     plan: routing.ModelPlan
     targets: tuple[tuple[Provider, str], ...]  # per target: its provider and upstream model
+    passthrough: bool = False  # a target serves the Responses API itself (responses_api)
 
 
 def model_route(config: Config, model: Model) -> ModelRoute:
     targets = tuple((config.provider(t.provider), t.model) for t in model.targets)
     return ModelRoute(
-        model_cluster_name(config, model), model, routing.plan_for(config, model), targets
+        model_cluster_name(config, model),
+        model,
+        routing.plan_for(config, model),
+        targets,
+        any(provider.responses_api for provider, _ in targets),
     )
 
 
@@ -73,7 +78,12 @@ class Context:
         cluster they were sent to (`clusters` keeps the previous generation's), so a
         reload never re-reads an attempt's target index against a changed model.
         """
+        guardrails = Guardrails(config.guardrails, [m.name for m in config.models])
         models = {m.name: model_route(config, m) for m in config.models}
+        for name, route in models.items():
+            # Passed-through bytes are never scanned: guardrails need the translated path.
+            if route.passthrough and guardrails.cover(name):
+                models[name] = route._replace(passthrough=False)
         self.clusters = {
             **{r.cluster: r for r in self.models.values()},
             **{r.cluster: r for r in models.values()},
@@ -81,7 +91,7 @@ class Context:
         self.config = config
         self.models = models
         self.prices = PriceTable(config.pricing)
-        self.guardrails = Guardrails(config.guardrails, [m.name for m in config.models])
+        self.guardrails = guardrails
         names = [m.name for m in config.models]
         self.openai_model_list = openai_chat.encode_model_list(names)
         self.ollama_tags = ollama_chat.encode_tags(names)

@@ -33,20 +33,30 @@ DIALECT = "responses"
 class Thread(NamedTuple):
     response_id: str  # the id the client is answered with
     record_key: str | None  # where the answer is kept; None when not stored
+    # A responses_api target may take the client's body as it came (passthrough.py): not
+    # when the conversation continues from this store, which the provider never saw.
+    passthrough: bool = False
+    provider_previous: str | None = None  # a previous_response_id only the provider knows
 
 
 async def resolve(
-    context: Context, tenant: str, body: bytes, chat: ir.ChatRequest
+    context: Context, tenant: str, body: bytes, chat: ir.ChatRequest, passthrough: bool = False
 ) -> tuple[ir.ChatRequest, Thread] | Respond:
-    """The request with its previous conversation, and where its answer will be kept."""
+    """The request with its previous conversation, and where its answer will be kept.
+
+    `passthrough`: the model has a responses_api target, so a previous_response_id not
+    in the store goes on to it (the provider's own id) instead of a 404.
+    """
     asked = openai_responses.decode_conversation(body)
     store = context.store
     response_id = "resp_" + new_request_id()
     key = store.response_key(tenant, response_id) if asked.store and store else None
     previous = asked.previous_response_id
     if previous is None:
-        return chat, Thread(response_id, key)
+        return chat, Thread(response_id, key, passthrough)
     if store is None:
+        if passthrough:
+            return chat, Thread(response_id, key, True, previous)
         return _missing(previous, "previous_response_id")
     try:
         data = await store.response_get(store.response_key(tenant, previous))
@@ -55,6 +65,8 @@ async def resolve(
         return error_response(DIALECT, store_unavailable())
     record = conversations.decode_record(data) if data is not None else None
     if record is None:
+        if passthrough:
+            return chat, Thread(response_id, key, True, previous)
         return _missing(previous, "previous_response_id")
     try:
         return conversations.continued(chat, record), Thread(response_id, key)

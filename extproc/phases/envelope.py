@@ -54,6 +54,11 @@ class RequestInfo(msgspec.Struct, frozen=True, array_like=True):
 class ChatEnvelope(msgspec.Struct, frozen=True, array_like=True, tag="chat"):
     info: RequestInfo
     request: ir.ChatRequest
+    # Responses API requests a target may pass through untranslated (phases/passthrough.py):
+    # the client's body, and why a target that translates cannot serve it (a previous
+    # response only the provider knows, a built-in tool), if it cannot.
+    passthrough: bytes | None = None
+    untranslatable: ir.ErrorInfo | None = None
 
 
 class EmbeddingEnvelope(msgspec.Struct, frozen=True, array_like=True, tag="embeddings"):
@@ -74,9 +79,13 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Envelope)
 
 
-def seal(info: RequestInfo, request: ir.ChatRequest | ir.EmbeddingRequest) -> Envelope:
+def seal(
+    info: RequestInfo,
+    request: ir.ChatRequest | ir.EmbeddingRequest,
+    passthrough: tuple[bytes | None, ir.ErrorInfo | None] = (None, None),
+) -> Envelope:
     if isinstance(request, ir.ChatRequest):
-        return ChatEnvelope(info, request)
+        return ChatEnvelope(info, request, *passthrough)
     return EmbeddingEnvelope(info, request)
 
 

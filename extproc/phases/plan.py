@@ -36,6 +36,7 @@ class AttemptPlan(msgspec.Struct, frozen=True):
     include_usage: bool
     span: Span | None  # None when tracing is off
     started: float  # perf_counter() when the attempt began
+    passthrough: bool = False  # the client's Responses body goes untranslated (passthrough.py)
 
 
 class AttemptState:

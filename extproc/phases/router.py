@@ -17,7 +17,7 @@ from extproc.decisions.usage import estimate_tokens
 from extproc.envoy.contract import CACHE_HEADER, CLUSTER_HEADER, INTERNAL_PREFIX, MODEL_HEADER
 from extproc.formats import smart_api
 from extproc.formats.endpoints import Endpoint, allowed_methods, classify, dialect_for_path
-from extproc.phases import conversation, envelope, guarding, spend, strategies
+from extproc.phases import conversation, envelope, guarding, passthrough, spend, strategies
 from extproc.phases.actions import CONTINUE, JSON, Action, Continue, Respond, error_response
 from extproc.phases.attempt import Attempt, AttemptStart, open_attempt
 from extproc.phases.context import (
@@ -28,7 +28,7 @@ from extproc.phases.context import (
     store_unavailable,
 )
 from extproc.phases.count_tokens import CountCall, route_count
-from extproc.phases.translation import decode_client_body, decode_count_request, replay_body
+from extproc.phases.translation import decode_count_request, replay_body
 from extproc.store import RequestState, StoreError
 from extproc.telemetry.core import end_span, trace_id_of
 from extproc.telemetry.record import RequestRecord
@@ -125,12 +125,15 @@ class RouterStream:
         try:
             default = smart_api.DEFAULT_MODEL
             default_model = default if default in self.models else None
-            chat, embedding = decode_client_body(endpoint, body, default_model)
+            chat, embedding, untranslatable = passthrough.decode(
+                endpoint, body, self.models, default_model
+            )
         except ir.GatewayError as exc:
             return error_response(self.dialect, exc.info)
         thread = None
         if chat is not None and endpoint.dialect == conversation.DIALECT:
-            resolved = await conversation.resolve(self.context, self.tenant, body, chat)
+            direct = chat.model in self.models and self.models[chat.model].passthrough
+            resolved = await conversation.resolve(self.context, self.tenant, body, chat, direct)
             if isinstance(resolved, Respond):
                 return resolved
             chat, thread = resolved
@@ -163,7 +166,8 @@ class RouterStream:
         refused = await self.admit_key(model, estimate_tokens(len(body)))
         if refused is not None:
             return refused
-        lookup = self.cache_lookup(chat)
+        # A passed-through answer is the provider's own: neither cached nor served from cache.
+        lookup = self.cache_lookup(None if thread is not None and thread.passthrough else chat)
         budget = self.budget()
         state = await self.read_state(
             route, lookup.key if lookup.read else None, budget[0] if budget else None
@@ -204,7 +208,9 @@ class RouterStream:
             response_id=thread.response_id if thread is not None else None,
             response_key=thread.record_key if thread is not None else None,
         )
-        internal = envelope.seal(info, request)
+        internal = envelope.seal(
+            info, request, passthrough.sealed_body(body, thread, untranslatable)
+        )
         if len(route.model.targets) == 1:
             return await self.single_target(route, internal)
         cluster = await self.first_target(route, decision, chat, len(body))

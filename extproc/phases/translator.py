@@ -17,6 +17,7 @@ import msgspec
 from extproc import ir
 from extproc.decisions import cache, providers
 from extproc.decisions.usage import UsageMeter
+from extproc.formats import openai_responses
 from extproc.formats.base import StreamDecoder, StreamEncoder
 from extproc.formats.registry import CLIENT_CODECS
 from extproc.phases import conversation
@@ -56,6 +57,9 @@ class ResponseTranslator:
         """The provider answered 200 to a streamed request: translate chunk by chunk."""
         plan = self.plan
         info = plan.info
+        if plan.passthrough:  # the provider's events go out as they are: read, not encoded
+            self.decoder = openai_responses.EventReader()
+            return
         self.decoder = providers.codec_for(plan.provider).StreamDecoder()
         self.encoder = chat_stream_encoder(info.dialect, info.operation, plan.include_usage)
         if info.cache_key is not None or info.response_key is not None:
@@ -63,11 +67,17 @@ class ResponseTranslator:
 
     def chunk(self, body: bytes, end_of_stream: bool) -> bytes:
         decoder, encoder = self.decoder, self.encoder
-        if decoder is None or encoder is None:
+        if decoder is None:
             raise RuntimeError("a stream chunk before the stream started")
         events = decoder.feed(body) if body else []
         if end_of_stream:
             events += decoder.finish()
+        if encoder is None:  # passthrough: metered, sent as the provider wrote it
+            self.meter.observe_events(events)
+            self.note_events(events)
+            if isinstance(decoder, openai_responses.EventReader) and decoder.cut:
+                return body + decoder.cut_event()  # never a silent end without a terminator
+            return body
         if self.plan.info.response_id is not None:
             events = conversation.renamed(events, self.plan.info.response_id)
         self.meter.observe_events(events)
@@ -103,6 +113,11 @@ class ResponseTranslator:
             self.meter.observe_usage(embedded.usage)
             state.response_model = embedded.model
             return encode_embedding_response(info.dialect, plan.request, embedded)
+        if plan.passthrough:
+            read = openai_responses.read_response(body)
+            self.meter.observe_usage(read.usage)
+            state.finish_reason, state.response_model = read.finish_reason, read.model
+            return body
         chat = providers.codec_for(plan.provider).decode_response(body)
         if info.response_id is not None:  # the Responses API's id is the gateway's
             chat = msgspec.structs.replace(chat, id=info.response_id)

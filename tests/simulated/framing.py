@@ -36,7 +36,9 @@ class Rendered:
     status: int
     frames: list[bytes]
     content_type: str
-    framing: str  # "json", "sse", "sse_events" (with `event:` lines), "sse_crlf" or "ndjson"
+    # "json", "sse", "sse_events" (with `event:` lines), "sse_typed" (the Responses API's
+    # events: `event:` lines and a typed `error` event), "sse_crlf" or "ndjson"
+    framing: str
     headers: dict[str, str] = field(default_factory=dict)
     usage: Usage | None = None
 
@@ -78,6 +80,11 @@ def in_band(error_json: bytes, framing: str) -> bytes:
         return error_json + b"\n"
     if framing == "sse_crlf":
         return b"data: " + error_json + b"\r\n\r\n"
+    if framing == "sse_typed":  # OpenAI Responses: ResponseErrorEvent, then nothing
+        error = orjson.loads(error_json)["error"]
+        code = error.get("code") or error.get("type")
+        event = {"type": "error", "code": code, "message": error["message"], "param": None}
+        return sse_frame({**event, "sequence_number": 2}, "error")
     head = b"event: error\n" if framing == "sse_events" else b""
     return head + b"data: " + error_json + b"\n\n"
 

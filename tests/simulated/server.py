@@ -20,7 +20,14 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.simulated import anthropic_wire, gemini_wire, ollama_wire, openai_wire, rate_limits
+from tests.simulated import (
+    anthropic_wire,
+    gemini_wire,
+    ollama_wire,
+    openai_responses_wire,
+    openai_wire,
+    rate_limits,
+)
 from tests.simulated.control import add_control_routes
 from tests.simulated.framing import Call, Rendered, broken_framing, broken_json_frame, in_band
 from tests.simulated.scenario import Fault, RecordedRequest, SimState
@@ -286,6 +293,7 @@ def add_provider_routes(app: web.Application) -> None:
     routes = [
         ("POST", "/v1/chat/completions", "openai", lambda c: openai_wire.chat(c, azure=False)),
         ("POST", "/v1/embeddings", "openai", lambda c: openai_wire.embeddings(c, azure=False)),
+        ("POST", "/v1/responses", "openai", openai_responses_wire.responses),
         (
             "POST",
             "/openai/deployments/{deployment}/chat/completions",

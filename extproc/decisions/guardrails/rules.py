@@ -52,6 +52,10 @@ class Guardrails:
                 if applied:
                     self._by_model[(model, phase)] = applied
 
+    def cover(self, model: str) -> bool:
+        """Some rule may apply to this model's requests or answers."""
+        return (model, "request") in self._by_model or (model, "response") in self._by_model
+
     def rules(
         self, model: str, phase: Phase, key_id: str | None, key_name: str | None
     ) -> tuple[Rule, ...]:

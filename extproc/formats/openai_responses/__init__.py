@@ -22,6 +22,12 @@ from extproc.formats.openai_responses.client import (
     encode_response,
     response_id,
 )
+from extproc.formats.openai_responses.passthrough import (
+    EventReader,
+    read_response,
+    request_body,
+    without_builtin_tools,
+)
 from extproc.formats.openai_responses.stream import StreamEncoder
 from extproc.formats.openai_responses.wire import STREAM_CONTENT_TYPE
 
@@ -29,12 +35,16 @@ __all__ = [
     "CLIENT",
     "STREAM_CONTENT_TYPE",
     "Conversation",
+    "EventReader",
     "StreamEncoder",
     "decode_conversation",
     "decode_request",
     "encode_error",
     "encode_response",
+    "read_response",
+    "request_body",
     "response_id",
+    "without_builtin_tools",
 ]
 
 CLIENT = FormatClient(

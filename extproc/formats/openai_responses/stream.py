@@ -30,6 +30,11 @@ _CUT_SHORT = ("length", "content_filter")  # the answer ended before the model w
 _ERROR_CODES = {"rate_limit": "rate_limit_exceeded", "invalid_request": "invalid_prompt"}
 
 
+def error_code(error: ir.ErrorInfo) -> str:
+    """The `code` of an `error` event (ResponseErrorEvent) for an IR error."""
+    return _ERROR_CODES.get(error.kind, "server_error")
+
+
 class _Item:
     """One output item being streamed: a message's text or a function call."""
 
@@ -127,7 +132,7 @@ class StreamEncoder:
 
     def _fail(self, error: ir.ErrorInfo, out: list[bytes]) -> None:
         self._start(out)
-        code = _ERROR_CODES.get(error.kind, "server_error")
+        code = error_code(error)
         self._emit(out, "error", code=code, message=error.message, param=error.param)
         response = self._snapshot(None, "failed")
         response["error"] = {"code": code, "message": error.message}
