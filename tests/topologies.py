@@ -69,9 +69,12 @@ class Node:
     """One valkey-server process; restartable on its port with its own options."""
 
     def __init__(self, workdir: Path, port: int, extra: list[str]) -> None:
-        self.port, self.extra = port, extra
+        self.port = port
+        # No wait before a replica's first full sync (default 5s): a replica that never
+        # synced cannot take over.
+        self.extra = ["--repl-diskless-sync-delay", "0", *extra]
         self.log = workdir / f"valkey-{port}.log"
-        self.proc = children.start_valkey(port, self.log, extra)
+        self.proc = children.start_valkey(port, self.log, self.extra)
 
     def kill(self) -> None:
         """SIGKILL: no goodbye to replicas or clients, as a crashed host."""
@@ -80,6 +83,11 @@ class Node:
 
     def restart(self) -> None:
         self.proc = children.start_valkey(self.port, self.log, self.extra)
+
+    def synced(self) -> bool:
+        """A primary, or a replica whose link to its primary is up (it could take over)."""
+        info = self.client().info("replication")
+        return info["role"] == "master" or info.get("master_link_status") == "up"
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port, socket_timeout=2)
@@ -221,6 +229,8 @@ class ValkeySentinel:
         return Sentinel([("127.0.0.1", p) for p in self.sentinel_ports], socket_timeout=2)
 
     def ready(self) -> bool:
+        if not all(n.synced() for n in self.nodes if n.proc.poll() is None):
+            return False
         for port in self.sentinel_ports:
             client = redis.Redis(port=port, socket_timeout=2)
             if len(client.sentinel_slaves(SERVICE)) < 1:
