@@ -30,7 +30,7 @@ SERVICE = "llmux"  # the Sentinel set's name of its primary
 NODE_TIMEOUT_MS = 1000  # how long a silent node takes to be called down (Cluster and Sentinel)
 
 
-class TestStore(Protocol):
+class StoreUnderTest(Protocol):
     url: str
 
     def client(self) -> redis.Redis | RedisCluster: ...
@@ -38,7 +38,7 @@ class TestStore(Protocol):
     def stop(self) -> None: ...
 
 
-def start_store(kind: str, workdir: Path) -> TestStore:
+def start_store(kind: str, workdir: Path) -> StoreUnderTest:
     if kind == "cluster":
         return ValkeyCluster(workdir / "cluster")
     if kind == "sentinel":
@@ -174,6 +174,26 @@ class ValkeyCluster:
             if int(start) <= slot <= int(end):
                 return next(n for n in self.nodes if n.port == int(primary[1]))
         raise LookupError(f"no primary serves slot {slot}")
+
+    def move_slot(self, key: str) -> tuple[Node, Node]:
+        """Move `key`'s slot and its keys to another primary, as a resharding does:
+        clients meet ASK while it moves and MOVED afterwards. (from, to)."""
+        slot = self.client().keyslot(key)
+        source = self.owner(key)
+        target = next(n for n in self.primaries().values() if n is not source)
+        source_id, target_id = (
+            n.client().execute_command("CLUSTER", "MYID") for n in (source, target)
+        )
+        target.client().execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        source.client().execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        while keys := source.client().execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+            source.client().execute_command(
+                "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys
+            )
+        others = [n for n in self.primaries().values() if n not in (source, target)]
+        for node in (target, source, *others):
+            node.client().execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        return source, target
 
     def client(self) -> ClusterClient:
         seeds = [ClusterNode("127.0.0.1", n.port) for n in self.nodes if n.proc.poll() is None]
