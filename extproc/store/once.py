@@ -52,6 +52,8 @@ def marker(key: str, token: str) -> str:
     end = key.find("}", start + 1)
     if start >= 0 and end > start + 1:
         return f"{key[: end + 1]}:once:{token}"
+    if "}" in key:  # `{key}` would end its tag early: no marker name shares the slot
+        raise ValueError(f"no marker can share the slot of {key!r}")
     return f"{{{key}}}:once:{token}"  # a key without a tag hashes whole: tag it with itself
 
 
