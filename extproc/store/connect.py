@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import AuthenticationError, RedisClusterException, RedisError, ResponseError
+from redis.maint_notifications import MaintNotificationsConfig
 
 from extproc.config.settings import StoreTls
 from extproc.config.store_url import parse
@@ -26,6 +27,9 @@ def connect(url: str, tls: StoreTls, **options: Any) -> Client:
     settings (pool size, timeouts), the same for every topology."""
     parsed = parse(url)
     secure = _tls_options(tls) if parsed.tls else {}
+    # No CLIENT MAINT_NOTIFICATIONS handshake on each new connection: Valkey has none,
+    # and under load redis-py then used a connection its timed-out handshake had closed.
+    options = {**options, "maint_notifications_config": MaintNotificationsConfig(enabled=False)}
     if parsed.topology == "cluster":
         return RedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in parsed.nodes],

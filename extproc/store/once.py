@@ -11,6 +11,7 @@ Decides nothing about fail-open/closed; raises the last RedisError when it gives
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple, TypeVar
 
@@ -36,6 +37,8 @@ FAILOVER_ERRORS = (
     SlotNotCoveredError,
 )
 
+LOST_CONNECTION = (AttributeError, RuntimeError)  # see raised_by_redis_py
+
 T = TypeVar("T")
 
 
@@ -44,6 +47,21 @@ class Increment(NamedTuple):
     field: str  # a hash's field; "" for a plain counter
     amount: int
     ttl_s: int = 0  # 0: keep the key's ttl
+
+
+def raised_by_redis_py(exc: BaseException) -> bool:
+    """An AttributeError or RuntimeError from inside redis-py: its Cluster client (8.x)
+    closes a node's busy connections when one call times out, and a call then writes to
+    the closed one (`None.writelines`, or "the handler is closed" on uvloop). That is a
+    lost connection, not a bug of ours."""
+    if not isinstance(exc, LOST_CONNECTION):
+        return False
+    frame = exc.__traceback__
+    while frame is not None:
+        if f"{os.sep}redis{os.sep}" in frame.tb_frame.f_code.co_filename:
+            return True
+        frame = frame.tb_next
+    return False
 
 
 def marker(key: str, token: str) -> str:
@@ -69,7 +87,9 @@ async def retried(
     while True:
         try:
             return await call()
-        except FAILOVER_ERRORS:
+        except (*FAILOVER_ERRORS, *LOST_CONNECTION) as exc:
+            if isinstance(exc, LOST_CONNECTION) and not raised_by_redis_py(exc):
+                raise
             if loop.time() >= deadline:
                 raise
             await sleep(pause)

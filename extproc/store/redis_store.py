@@ -29,7 +29,14 @@ from extproc.decisions.routing import CredentialState
 from extproc.decisions.strategy import EWMA_ALPHA, TargetLoad
 from extproc.store import scripts
 from extproc.store.connect import close, connect
-from extproc.store.once import MARKER_TTL_MS, Increment, marker, retried
+from extproc.store.once import (
+    LOST_CONNECTION,
+    MARKER_TTL_MS,
+    Increment,
+    marker,
+    raised_by_redis_py,
+    retried,
+)
 from extproc.store.protocol import (
     LATENCY_TTL_S,
     LatencyKind,
@@ -48,8 +55,12 @@ def _redis_errors() -> Iterator[None]:
     """Redis's errors as ours: the one place a RedisError is mapped."""
     try:
         yield
-    except RedisError as exc:
+    except (RedisError, RedisClusterException) as exc:
         raise StoreError(str(exc)) from exc
+    except LOST_CONNECTION as exc:
+        if not raised_by_redis_py(exc):
+            raise
+        raise StoreError(f"redis-py lost the connection mid-call ({exc})") from exc
 
 
 class RedisStore:

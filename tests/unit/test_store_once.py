@@ -57,3 +57,28 @@ def test_other_errors_and_a_long_outage_are_raised() -> None:
         asyncio.run(retried(wrong_type))
     with pytest.raises(RedisConnectionError):
         asyncio.run(retried(down, for_s=0.2))
+
+
+def test_an_attribute_error_is_retried_only_when_redis_py_raised_it() -> None:
+    """redis-py 8's Cluster client may write to a connection it just closed (None._writer)."""
+    namespace: dict[str, object] = {}
+    exec(
+        compile("def lost():\n    None.writelines", "/site/redis/connection.py", "exec"), namespace
+    )
+    attempts = []
+
+    async def flaky() -> int:
+        attempts.append(1)
+        if len(attempts) == 1:
+            namespace["lost"]()  # type: ignore[operator]
+        return 1
+
+    async def ours() -> int:
+        raise AttributeError("a bug of ours")
+
+    async def no_wait(_: float) -> None:
+        pass
+
+    assert asyncio.run(retried(flaky, sleep=no_wait)) == 1 and len(attempts) == 2
+    with pytest.raises(AttributeError, match="a bug of ours"):
+        asyncio.run(retried(ours, sleep=no_wait))
