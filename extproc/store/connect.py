@@ -12,7 +12,9 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import AuthenticationError, RedisClusterException, RedisError, ResponseError
 from redis.maint_notifications import MaintNotificationsConfig
 
@@ -29,7 +31,13 @@ def connect(url: str, tls: StoreTls, **options: Any) -> Client:
     secure = _tls_options(tls) if parsed.tls else {}
     # No CLIENT MAINT_NOTIFICATIONS handshake on each new connection: Valkey has none,
     # and under load redis-py then used a connection its timed-out handshake had closed.
-    options = {**options, "maint_notifications_config": MaintNotificationsConfig(enabled=False)}
+    options = {
+        "maint_notifications_config": MaintNotificationsConfig(enabled=False),
+        # A call fails fast (then `store.on_error`), also when a Cluster's seeds are all
+        # unreachable; redis-py's default tries ten times with backoff.
+        "retry": Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), 2),
+        **options,
+    }
     if parsed.topology == "cluster":
         return RedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in parsed.nodes],

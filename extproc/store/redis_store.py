@@ -18,8 +18,6 @@ from contextlib import contextmanager
 from typing import Any, cast
 
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisClusterException, RedisError
 
 from extproc.config.settings import StoreTls
@@ -84,10 +82,7 @@ class RedisStore:
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             health_check_interval=0,
-            # Calls on the request path fail fast (then `store.on_error`); accounting
-            # writes are sent again until a failover is over (once.retried).
-            retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), 2),
-        )
+        )  # calls fail fast (connect.py); accounting writes are sent again (once.retried)
         self.clock, self.new_id = clock, new_id
         register = self.redis.register_script
         self._reserve = register(scripts.RESERVE)
