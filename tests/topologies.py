@@ -175,9 +175,10 @@ class ValkeyCluster:
                 return next(n for n in self.nodes if n.port == int(primary[1]))
         raise LookupError(f"no primary serves slot {slot}")
 
-    def move_slot(self, key: str) -> tuple[Node, Node]:
+    def move_slot(self, key: str, midway: Callable[[], None] = lambda: None) -> tuple[Node, Node]:
         """Move `key`'s slot and its keys to another primary, as a resharding does:
-        clients meet ASK while it moves and MOVED afterwards. (from, to)."""
+        `midway` runs once the keys moved but before the slot did (clients meet ASK),
+        clients meet MOVED afterwards. (from, to)."""
         slot = self.client().keyslot(key)
         source = self.owner(key)
         target = next(n for n in self.primaries().values() if n is not source)
@@ -190,6 +191,7 @@ class ValkeyCluster:
             source.client().execute_command(
                 "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys
             )
+        midway()
         others = [n for n in self.primaries().values() if n not in (source, target)]
         for node in (target, source, *others):
             node.client().execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
