@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import redis
 
 from tests.harness import Gateway, Valkey
 from tests.simulated import SimulatedProviders
+from tests.topologies import start_store
 
 # hypothesis is imported above, not lazily by its plugin at the end of a session that
 # used none of it: CPython 3.11.7's ast.parse can then fail with "SystemError: AST
@@ -33,15 +35,17 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def valkey(workdir: Path) -> Iterator[Valkey]:
-    server = Valkey(workdir)
-    yield server
+    """The session's store: one Valkey, or with LLMUX_TEST_STORE=cluster|sentinel a
+    Valkey Cluster or a Sentinel set (tests/topologies.py) behind the same `url`/`client()`."""
+    server = start_store(os.environ.get("LLMUX_TEST_STORE", "single"), workdir)
+    yield server  # type: ignore[misc]
     server.stop()
 
 
 @pytest.fixture
 def db(valkey: Valkey) -> Iterator[redis.Redis]:
-    """The session Valkey, emptied for the test."""
-    client = redis.Redis.from_url(valkey.url)
+    """The session store, emptied for the test."""
+    client = valkey.client()
     client.flushdb()
     yield client
     client.close()

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import redis
 import yaml
 
 from extproc.config import settings as config
@@ -31,6 +32,9 @@ class Valkey:
         self.log = workdir / "valkey.log"
         self.proc = children.start_valkey(self.port, self.log)
         self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url)
 
     def stop(self) -> None:
         children.stop_all([self.proc])

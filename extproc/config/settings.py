@@ -15,12 +15,13 @@ import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import msgspec
 import regex
 import yaml  # type: ignore[import-untyped]
 
+from extproc.config import store_url
 from extproc.config.cpus import usable_cpus
 from extproc.config.schema import did_you_mean, problems
 
@@ -150,11 +151,21 @@ class Model(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     strategy: Strategy = "weighted"
 
 
+class StoreTls(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """For rediss:// URLs of any topology; unset files: the system's CA store, no client cert."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None  # a client certificate (mutual TLS) ...
+    key_file: str | None = None  # ... and its key
+    verify: bool = True  # false: accept any server certificate (test servers only)
+
+
 class Store(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    url: str | None = None  # None -> `llmux up` starts an embedded server
+    url: str | None = None  # None -> `llmux up` starts an embedded server (URL forms: README)
     on_error: Literal["open", "closed"] = "open"
     max_connections: int = 64  # per ext_proc process
     timeout_ms: int = 500  # per Redis call; a slow Redis never stalls a request longer
+    tls: StoreTls = StoreTls()
 
 
 class Breaker(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -502,19 +513,10 @@ def _store_problems(raw: dict[str, Any]) -> list[str]:
 
 
 def store_url_problems(url: str) -> list[str]:
-    """What redis-py's `from_url` would refuse; never echoes the URL (it may hold a password)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss", "unix"):
-        return [f"scheme must be redis://, rediss:// or unix://, not {parts.scheme or 'none'!r}"]
-    if parts.scheme == "unix":
-        return [] if parts.path else ["unix:// needs a socket path"]
-    found = [] if parts.hostname else ["a host is needed (redis://HOST[:PORT][/DB])"]
+    """Why `url` is none of the store's URL forms; never echoes the URL (it may hold a
+    password)."""
     try:
-        if parts.port == 0:
-            raise ValueError
-    except ValueError:
-        found.append("the port must be a number from 1 to 65535")
-    db = parts.path.strip("/") or parse_qs(parts.query).get("db", ["0"])[0]
-    if not db.isdigit():
-        found.append(f"the database must be a number (redis://host:port/0), not {db!r}")
-    return found
+        store_url.parse(url)
+    except store_url.StoreUrlError as exc:
+        return [str(exc)]
+    return []

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from extproc.config.cpus import usable_cpus
@@ -208,7 +208,9 @@ def accepts(port: int) -> bool:
         return False
 
 
-def start_valkey(port: int, log: Path) -> subprocess.Popen[bytes]:
+def start_valkey(port: int, log: Path, extra: Sequence[str] = ()) -> subprocess.Popen[bytes]:
+    """A Valkey on loopback `port`, without persistence; `extra` are more server options
+    (the tests' Cluster and Sentinel sets)."""
     args = [
         valkey_binary(),
         "--port",
@@ -221,6 +223,7 @@ def start_valkey(port: int, log: Path) -> subprocess.Popen[bytes]:
         "no",
         "--protected-mode",
         "yes",
+        *extra,
     ]
     proc = _spawn(args, log)
     wait_for_port(port, proc, 10, "valkey")

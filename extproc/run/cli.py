@@ -151,9 +151,9 @@ def _serve_problem(cfg: config.Config, port: int, count: int) -> str | None:
         return "; ".join(problems)
     if cfg.store.url is None:
         return None
-    from extproc.store import redis_store as store
+    from extproc.store import connect
 
-    return asyncio.run(store.unusable(cfg.store.url, cfg.store.timeout_ms / 1000))
+    return asyncio.run(connect.unusable(cfg.store.url, cfg.store.tls, cfg.store.timeout_ms / 1000))
 
 
 def _extproc_ports(cfg: config.Config, port: int, count: int) -> list[tuple[str, int, str]]:

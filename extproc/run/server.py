@@ -29,6 +29,7 @@ def _store(config: Config) -> RedisStore | None:
         config.store.url,
         max_connections=config.store.max_connections,
         timeout_s=config.store.timeout_ms / 1000,
+        tls=config.store.tls,
     )
 
 
@@ -52,6 +53,8 @@ async def serve(
     config file (or SIGHUP) is applied while serving.
     """
     store = _store(config)
+    if store is not None:
+        await store.start()
     context = Context(config, store)
     server, health = _transport(config, context)
     bound = await server.start(config.extproc.address, port or config.extproc.port)

@@ -10,18 +10,31 @@ fail-closed. What the store offers is the `Store` Protocol (protocol.py).
 
 from __future__ import annotations
 
+import asyncio
+import secrets
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import cast
+from typing import Any, cast
 
-import redis.asyncio as aioredis
-from redis.exceptions import AuthenticationError, RedisError, ResponseError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
 
+from extproc.config.settings import StoreTls
 from extproc.decisions.keys import key_tag, tenant_tag
 from extproc.decisions.provider_limits import DEFAULT_RESET_MS, ProviderLimits
 from extproc.decisions.routing import CredentialState
 from extproc.decisions.strategy import EWMA_ALPHA, TargetLoad
+from extproc.store import scripts
+from extproc.store.connect import close, connect
+from extproc.store.once import (
+    LOST_CONNECTION,
+    MARKER_TTL_MS,
+    Increment,
+    marker,
+    raised_by_redis_py,
+    retried,
+)
 from extproc.store.protocol import (
     LATENCY_TTL_S,
     LatencyKind,
@@ -40,152 +53,12 @@ def _redis_errors() -> Iterator[None]:
     """Redis's errors as ours: the one place a RedisError is mapped."""
     try:
         yield
-    except RedisError as exc:
+    except (RedisError, RedisClusterException) as exc:
         raise StoreError(str(exc)) from exc
-
-
-async def unusable(url: str, timeout_s: float) -> str | None:
-    """Why the store at `url` can never be used, or None when it works or may work later.
-
-    Never: a URL redis-py does not take, a refused password, a database the server
-    does not have. A refused connection or a timeout may heal (Redis starting after
-    us): `store.on_error` handles those per request. The reason never shows the URL,
-    which may carry a password.
-    """
-    try:
-        client = aioredis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
-        )
-    except ValueError as exc:
-        return f"store.url is not a Redis URL redis-py takes ({exc})"
-    try:
-        await client.ping()
-    except (AuthenticationError, ResponseError) as exc:
-        return f"the store refused the connection of store.url: {exc}"
-    except RedisError:
-        return None
-    finally:
-        await client.aclose()
-    return None
-
-
-# KEYS: rpm, tpm, cool, live. ARGV: rpm limit (0 = none), tpm limit (0 = none),
-# estimated tokens, window ttl seconds, now (ms). Returns {ok, retry_after_ms} and,
-# past the cooldown checks, the window's request and token counts (rate-limit headers).
-# `live` is what the provider's headers last said (see _LIVE): a limit it called
-# exhausted refuses until its reset, and each reservation takes one request off what
-# it said is left, so replicas stop before the provider would answer 429.
-_RESERVE = """
-local cool = redis.call('PTTL', KEYS[3])
-if cool > 0 then return {0, cool} end
-local now = tonumber(ARGV[5])
-local live = redis.call('HMGET', KEYS[4], 'req', 'req_until', 'tok', 'tok_until')
-local wait = 0
-for i = 1, 3, 2 do
-  if live[i] and tonumber(live[i + 1]) > now and tonumber(live[i]) <= 0 then
-    wait = math.max(wait, tonumber(live[i + 1]) - now)
-  end
-end
-if wait > 0 then return {0, wait} end
-local rpm_limit = tonumber(ARGV[1])
-local tpm_limit = tonumber(ARGV[2])
-local rpm = tonumber(redis.call('GET', KEYS[1]) or '0')
-local tpm = tonumber(redis.call('GET', KEYS[2]) or '0')
-if rpm_limit > 0 and rpm >= rpm_limit then return {0, -1, rpm, tpm} end
-if tpm_limit > 0 and tpm + tonumber(ARGV[3]) > tpm_limit and tpm > 0 then
-  return {0, -1, rpm, tpm}
-end
-if rpm_limit > 0 then
-  rpm = redis.call('INCR', KEYS[1])
-  redis.call('EXPIRE', KEYS[1], ARGV[4])
-end
-if live[1] and tonumber(live[2]) > now then redis.call('HINCRBY', KEYS[4], 'req', -1) end
-return {1, 0, rpm, tpm}
-"""
-
-# KEYS: live. ARGV: now (ms), then per limit (requests, tokens) remaining and reset ms,
-# '' when the provider did not say. Each limit keeps its own deadline; the key lives
-# until the later one (after a reset the provider's count starts afresh).
-_LIVE = """
-local now = tonumber(ARGV[1])
-local fields = {'req', 'tok'}
-for i = 1, 2 do
-  local left, reset = ARGV[2 * i], ARGV[2 * i + 1]
-  if left ~= '' then
-    redis.call('HSET', KEYS[1], fields[i], left, fields[i] .. '_until', now + tonumber(reset))
-  end
-end
-local untils = redis.call('HMGET', KEYS[1], 'req_until', 'tok_until')
-local last = math.max(tonumber(untils[1] or '0'), tonumber(untils[2] or '0'))
-if last > now then redis.call('PEXPIRE', KEYS[1], last - now) else redis.call('DEL', KEYS[1]) end
-return 1
-"""
-
-# KEYS: busy (a sorted set: attempt id -> deadline ms). ARGV: attempt id, now (ms),
-# lease ms. A lease that is never ended (a crashed replica) stops counting at its
-# deadline, and whoever starts the next one sweeps it out.
-_BUSY = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
-redis.call('ZADD', KEYS[1], tonumber(ARGV[2]) + tonumber(ARGV[3]), ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return redis.call('ZCARD', KEYS[1])
-"""
-
-# KEYS: latency hash. ARGV: field ('ttft' or 'total'), sample ms, alpha, ttl seconds.
-# An exponentially weighted moving average (decisions/strategy.py `ewma`), as a string:
-# Lua numbers would come back truncated to integers.
-_LATENCY = """
-local old = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
-local sample = tonumber(ARGV[2])
-local new = sample
-if old then new = old + tonumber(ARGV[3]) * (sample - old) end
-redis.call('HSET', KEYS[1], ARGV[1], tostring(new))
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-return tostring(new)
-"""
-
-# KEYS: tpm. ARGV: tokens, window ttl seconds.
-_CHARGE = """
-local n = redis.call('INCRBY', KEYS[1], ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-return n
-"""
-
-# KEYS: cooldown key. ARGV: milliseconds. A shorter cooldown never shortens a longer one.
-_COOL = """
-local left = redis.call('PTTL', KEYS[1])
-if left < tonumber(ARGV[1]) then
-  redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
-  return tonumber(ARGV[1])
-end
-return left
-"""
-
-# KEYS: fail counter, open flag. ARGV: window ms, threshold, open ms.
-_FAIL = """
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-if n >= tonumber(ARGV[2]) then
-  local left = redis.call('PTTL', KEYS[2])
-  if left < tonumber(ARGV[3]) then redis.call('SET', KEYS[2], '1', 'PX', ARGV[3]) end
-  redis.call('DEL', KEYS[1])
-  return 1
-end
-return 0
-"""
-
-
-# KEYS: spend. ARGV: limit, estimate (nano-dollars), ttl seconds. Returns {ok, spent}.
-# Admits while the period has spent less than the limit: only the request admitted
-# last may cross it, whatever the number of replicas (values stay below 2^53, exact
-# in Lua's doubles: $9M per period).
-_RESERVE_SPEND = """
-local spent = tonumber(redis.call('GET', KEYS[1]) or '0')
-if spent >= tonumber(ARGV[1]) then return {0, spent} end
-spent = redis.call('INCRBY', KEYS[1], ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-return {1, spent}
-"""
+    except LOST_CONNECTION as exc:
+        if not raised_by_redis_py(exc):
+            raise
+        raise StoreError(f"redis-py lost the connection mid-call ({exc})") from exc
 
 
 class RedisStore:
@@ -197,27 +70,42 @@ class RedisStore:
         *,
         max_connections: int = 64,
         timeout_s: float = 0.5,
+        tls: StoreTls | None = None,
         clock: Callable[[], float] = time.time,
+        new_id: Callable[[], str] = lambda: secrets.token_hex(8),
     ) -> None:
-        self.redis = aioredis.Redis.from_url(
+        """`url` in any form connect.py takes (one node, a Cluster, Sentinel)."""
+        self.redis = connect(
             url,
+            tls or StoreTls(),
             max_connections=max_connections,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             health_check_interval=0,
-        )
-        self.clock = clock
-        self._reserve = self.redis.register_script(_RESERVE)
-        self._charge = self.redis.register_script(_CHARGE)
-        self._cool = self.redis.register_script(_COOL)
-        self._fail = self.redis.register_script(_FAIL)
-        self._reserve_spend = self.redis.register_script(_RESERVE_SPEND)
-        self._live = self.redis.register_script(_LIVE)
-        self._busy = self.redis.register_script(_BUSY)
-        self._latency = self.redis.register_script(_LATENCY)
+        )  # calls fail fast (connect.py); accounting writes are sent again (once.retried)
+        self.clock, self.new_id = clock, new_id
+        register = self.redis.register_script
+        self._reserve = register(scripts.RESERVE)
+        self._cool = register(scripts.COOL)
+        self._fail = register(scripts.FAIL)
+        self._reserve_spend = register(scripts.RESERVE_SPEND)
+        self._live = register(scripts.LIVE)
+        self._busy = register(scripts.BUSY)
+        self._latency = register(scripts.LATENCY)
+        self._add_once = register(scripts.ADD_ONCE)
+
+    async def start(self) -> None:
+        """Learn a Cluster's slot map now, before requests come: redis-py's cluster client
+        fails some of many concurrent first calls while it learns it. Never raises (a
+        store that is down now is `store.on_error`'s case, per request)."""
+        if isinstance(self.redis, RedisCluster):
+            try:
+                await self.redis.initialize()
+            except (RedisError, RedisClusterException):
+                pass
 
     async def close(self) -> None:
-        await self.redis.aclose()
+        await close(self.redis)
 
     def window(self) -> tuple[int, int]:
         """(current window id, seconds left in it)."""
@@ -232,6 +120,16 @@ class RedisStore:
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
+
+    async def add_once(self, counters: Sequence[Increment]) -> int:
+        """Add to counters of one slot, once even when sent again; the first's new value."""
+        token = self.new_id()
+        keys = [marker(counters[0].key, token), *(c.key for c in counters)]
+        args: list[str | int] = [MARKER_TTL_MS]
+        for counter in counters:
+            args += [counter.field, counter.amount, counter.ttl_s]
+        with _redis_errors():
+            return int(await retried(lambda: self._add_once(keys=keys, args=args)))
 
     async def request_state(
         self,
@@ -283,8 +181,7 @@ class RedisStore:
     async def charge_tokens(self, tag: str, tokens: int, window: int | None = None) -> int:
         current, ttl = self.window()
         _, tpm, _ = self.keys(tag, current if window is None else window)
-        with _redis_errors():
-            return int(await self._charge(keys=[tpm], args=[tokens, ttl + 60]))
+        return await self.add_once([Increment(tpm, "", tokens, ttl + 60)])
 
     async def reset_credential(self, tag: str) -> int:
         """Forget a credential's counters, cooldown and provider limits (this window's)."""
@@ -380,17 +277,17 @@ class RedisStore:
         return [None if h is None else by_hash[h] for h in hashes]
 
     async def key_save(self, key_id: str, hashed: str, record: bytes) -> None:
-        """The record, its id's pointer and the id list in one MULTI/EXEC: all or nothing.
+        """The record, then its id's pointer, then the id list: a lookup never finds an id
+        whose record is missing.
 
-        A lookup never finds an id whose record is missing. (On a Redis Cluster the
-        three keys would need one hash tag; the single-node client here has none.)
+        Three slots on a Cluster, so three writes in this order instead of one MULTI;
+        a crash between them leaves at worst a record nothing lists, whose secret was
+        never shown (the admin API answers only after the save).
         """
         with _redis_errors():
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.set(f"{PREFIX}:vkey:{hashed}", record)
-                pipe.set(f"{PREFIX}:vkey-id:{key_id}", hashed)
-                pipe.sadd(f"{PREFIX}:vkeys", key_id)
-                await pipe.execute()
+            await self.redis.set(f"{PREFIX}:vkey:{hashed}", record)
+            await self.redis.set(f"{PREFIX}:vkey-id:{key_id}", hashed)
+            await self.redis.sadd(f"{PREFIX}:vkeys", key_id)
 
     async def key_ids(self) -> list[str]:
         with _redis_errors():
@@ -407,20 +304,20 @@ class RedisStore:
         budget: tuple[str, int] | None,
         usage: dict[str, int],
     ) -> None:
-        """Add a request's usage to its key (and budget period) and its tenant."""
-        with _redis_errors():
-            async with self.redis.pipeline(transaction=False) as pipe:
-                if key_id is not None:
-                    for field, amount in usage.items():
-                        pipe.hincrby(f"{PREFIX}:{key_tag(key_id)}:usage", field, amount)
-                    if budget is not None:
-                        budget_key, ttl = budget
-                        tokens = usage.get("input_tokens", 0) + usage.get("output_tokens", 0)
-                        pipe.incrby(budget_key, tokens).expire(budget_key, ttl + 86400)  # type: ignore[attr-defined]
-                if tenant is not None:
-                    for field, amount in usage.items():
-                        pipe.hincrby(f"{PREFIX}:{tenant_tag(tenant)}:usage", field, amount)
-                await pipe.execute()
+        """Add a request's usage to its key (and budget period) and its tenant, once each."""
+        writes = []
+        if key_id is not None:
+            usage_key = f"{PREFIX}:{key_tag(key_id)}:usage"
+            counters = [Increment(usage_key, field, n) for field, n in usage.items()]
+            if budget is not None:
+                budget_key, ttl = budget
+                tokens = usage.get("input_tokens", 0) + usage.get("output_tokens", 0)
+                counters.append(Increment(budget_key, "", tokens, ttl + 86400))
+            writes.append(self.add_once(counters))
+        if tenant is not None:
+            tenant_key = f"{PREFIX}:{tenant_tag(tenant)}:usage"
+            writes.append(self.add_once([Increment(tenant_key, f, n) for f, n in usage.items()]))
+        await _together(writes)
 
     async def usage(self, kind: str, name: str) -> dict[str, int]:
         tag = key_tag(name) if kind == "key" else tenant_tag(name)
@@ -439,16 +336,13 @@ class RedisStore:
     ) -> SpendReservation:
         with _redis_errors():
             ok, spent = await self._reserve_spend(
-                keys=[spend_key], args=[limit, estimate, ttl_s + 86400]
+                keys=[spend_key, marker(spend_key, self.new_id())],
+                args=[limit, estimate, ttl_s + 86400, MARKER_TTL_MS],
             )
         return SpendReservation(bool(ok), int(spent))
 
     async def settle_spend(self, spend_key: str, delta: int, ttl_s: int) -> int:
-        with _redis_errors():
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.incrby(spend_key, delta).expire(spend_key, ttl_s + 86400)  # type: ignore[attr-defined]
-                spent, _ = await pipe.execute()
-        return int(spent)
+        return await self.add_once([Increment(spend_key, "", delta, ttl_s + 86400)])
 
     async def spends(self, spend_keys: Sequence[str | None]) -> list[int | None]:
         with _redis_errors():
@@ -461,11 +355,12 @@ class RedisStore:
         ]
 
     async def record_cost(self, provider: str, model: str, nano: int) -> None:
-        with _redis_errors():
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.hincrby(f"{PREFIX}:cost:providers", provider, nano)
-                pipe.hincrby(f"{PREFIX}:cost:models", model, nano)
-                await pipe.execute()
+        await _together(
+            [
+                self.add_once([Increment(f"{PREFIX}:cost:providers", provider, nano)]),
+                self.add_once([Increment(f"{PREFIX}:cost:models", model, nano)]),
+            ]
+        )
 
     async def costs(self) -> dict[str, dict[str, int]]:
         with _redis_errors():
@@ -607,6 +502,13 @@ def exhausted_ms(live: Sequence[bytes | None], now_ms: int) -> int:
         if left is not None and until is not None and int(left) <= 0:
             wait = max(wait, int(until) - now_ms)
     return wait
+
+
+async def _together(writes: list[Coroutine[Any, Any, int]]) -> None:
+    """Writes to different slots at once; every one is tried, the first error raised."""
+    for outcome in await asyncio.gather(*writes, return_exceptions=True):
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 def _float(value: bytes | None) -> float | None:

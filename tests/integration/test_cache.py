@@ -33,7 +33,7 @@ def gateway(
 
 @pytest.fixture(autouse=True)
 def empty_cache(valkey: Valkey) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(valkey.url)
+    client = valkey.client()
     client.flushdb()
     yield client
     client.close()

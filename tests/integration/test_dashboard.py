@@ -83,7 +83,7 @@ def gateway(
 
 @pytest.fixture(scope="module")
 def db(valkey: Valkey) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(valkey.url)
+    client = valkey.client()
     client.flushdb()
     yield client
     client.close()

@@ -11,7 +11,6 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-import redis
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from extproc.run.children import free_port
@@ -125,7 +124,7 @@ def gateway(
 
 @pytest.fixture(autouse=True)
 def _flush(valkey: Valkey) -> None:
-    redis.Redis.from_url(valkey.url).flushdb()
+    valkey.client().flushdb()
 
 
 def traced_request(

@@ -39,7 +39,7 @@ def inside_one_window() -> None:
 @pytest.fixture
 def db(valkey: Valkey) -> Iterator[redis.Redis]:
     inside_one_window()
-    client = redis.Redis.from_url(valkey.url)
+    client = valkey.client()
     client.flushdb()
     yield client
     client.close()
@@ -256,7 +256,7 @@ def test_admin_resets_a_credentials_counters(
     config = routing_config(sim)
     config["auth"] = {"admin_key": "reset-admin"}
     gateway = gateway_factory(config, store_url=valkey.url)
-    redis.Redis.from_url(valkey.url).flushdb()
+    valkey.client().flushdb()
     inside_one_window()
     assert [chat(gateway, "limited").status_code for _ in range(4)] == [200, 200, 200, 429]
     admin = {"authorization": "Bearer reset-admin"}

@@ -8,7 +8,6 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
 from tests.harness import Gateway, Valkey, provider_config
 from tests.simulated import SimulatedProviders
@@ -188,7 +187,7 @@ def test_no_default_model_is_a_clear_400(cached_gateway: Gateway, sim: Simulated
 def test_second_identical_request_is_answered_from_the_cache(
     cached_gateway: Gateway, valkey: Valkey, sim: SimulatedProviders, stream: bool
 ) -> None:
-    client = redis.Redis.from_url(valkey.url)
+    client = valkey.client()
     client.flushdb()
     client.close()
     ask = {"prompt": f"Cache me ({stream})", "model": "cached"}
