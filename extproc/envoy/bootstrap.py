@@ -21,28 +21,27 @@ from typing import Any, NamedTuple
 from extproc.config.settings import Config, Model, Provider, UpstreamURL
 from extproc.envoy.contract import (
     CLUSTER_HEADER,
-    DIALECT_NAMESPACE,
-    HOLD_MARGIN_S,
     METADATA_NAMESPACE,
-    PHASE_METADATA,
-    ROUTER_PHASE,
     SUBSET_KEY,
     TARGET_KEY,
-    UPSTREAM_PHASE,
     model_cluster_name,
     ordered_cluster_name,
 )
-from extproc.envoy.local_replies import EXTPROC_FAILURE_STATUS, local_reply_config
+from extproc.envoy.ext_proc_filters import (
+    EXTPROC_CLUSTER,
+    ROUTER_FILTER,
+    UPSTREAM_FILTER,
+    router_ext_proc,
+    seconds,
+    upstream_ext_proc,
+)
+from extproc.envoy.local_replies import local_reply_config
 
-EXTPROC_CLUSTER = "llmux_extproc"
 MAX_SUBSET_TARGETS = 8  # 2^(n-1) list entries per endpoint; larger models skip subsetting
-ROUTER_FILTER = "llmux.router"
-UPSTREAM_FILTER = "llmux.upstream"
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 _T = "type.googleapis.com/"
 _HCM = _T + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-_EXT_PROC = _T + "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
 _ROUTER = _T + "envoy.extensions.filters.http.router.v3.Router"
 _CODEC = _T + "envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"
 _HTTP_OPTIONS = _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -184,10 +183,6 @@ def _socket(address: str, port: int) -> dict[str, Any]:
     return {"socket_address": {"address": address, "port_value": port}}
 
 
-def _seconds(value: float) -> str:
-    return f"{value:g}s"
-
-
 def _listener(config: Config, routes: dict[str, Any]) -> dict[str, Any]:
     hcm = {
         "@type": _HCM,
@@ -195,13 +190,13 @@ def _listener(config: Config, routes: dict[str, Any]) -> dict[str, Any]:
         "codec_type": "AUTO",
         "use_remote_address": True,
         "server_name": "llmux",
-        "stream_idle_timeout": _seconds(config.timeouts.idle_s),
+        "stream_idle_timeout": seconds(config.timeouts.idle_s),
         "request_timeout": "0s",  # bodies may stream slowly; idle timeout bounds them
         "local_reply_config": local_reply_config(),
         **routes,
         **({"tracing": _tracing(config)} if config.telemetry.otlp_endpoint else {}),
         "http_filters": [
-            {"name": ROUTER_FILTER, "typed_config": _router_ext_proc(config)},
+            {"name": ROUTER_FILTER, "typed_config": router_ext_proc(config)},
             {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}},
         ],
     }
@@ -292,8 +287,8 @@ def _model_route(
 ) -> dict[str, Any]:
     route: dict[str, Any] = {
         "cluster": cluster,
-        "timeout": _seconds(config.timeouts.request_s),
-        "idle_timeout": _seconds(config.timeouts.idle_s),
+        "timeout": seconds(config.timeouts.request_s),
+        "idle_timeout": seconds(config.timeouts.idle_s),
         "auto_host_rewrite": True,
         "retry_policy": _retry_policy(config, model, ordered=ordered),
     }
@@ -320,8 +315,8 @@ def _retry_policy(config: Config, model: Model, *, ordered: bool = False) -> dic
         return {
             "retry_on": "connect-failure,refused-stream,reset-before-request",
             "num_retries": 1,
-            "per_try_timeout": _seconds(config.timeouts.attempt_s),
-            "per_try_idle_timeout": _seconds(config.timeouts.idle_s),
+            "per_try_timeout": seconds(config.timeouts.attempt_s),
+            "per_try_idle_timeout": seconds(config.timeouts.idle_s),
         }
     tiers = [t.priority for t in model.targets]
     largest_tier = 1 if ordered else max(tiers.count(p) for p in set(tiers))
@@ -330,8 +325,8 @@ def _retry_policy(config: Config, model: Model, *, ordered: bool = False) -> dic
         "retry_on": "connect-failure,refused-stream,reset-before-request,retriable-status-codes,5xx",
         "retriable_status_codes": [429],
         "num_retries": max(0, attempts - 1),
-        "per_try_timeout": _seconds(config.timeouts.attempt_s),
-        "per_try_idle_timeout": _seconds(config.timeouts.idle_s),
+        "per_try_timeout": seconds(config.timeouts.attempt_s),
+        "per_try_idle_timeout": seconds(config.timeouts.idle_s),
         "retry_priority": {
             "name": "envoy.retry_priorities.previous_priorities",
             "typed_config": {
@@ -351,66 +346,6 @@ def _retry_policy(config: Config, model: Model, *, ordered: bool = False) -> dic
         ],
         "host_selection_retry_max_attempts": 5,
         "retry_back_off": {"base_interval": "0.001s", "max_interval": "0.01s"},
-    }
-
-
-def _processing_mode(**overrides: str) -> dict[str, str]:
-    mode = {
-        "request_header_mode": "SEND",
-        "response_header_mode": "SKIP",
-        "request_body_mode": "BUFFERED",
-        "response_body_mode": "NONE",
-        "request_trailer_mode": "SKIP",
-        "response_trailer_mode": "SKIP",
-    }
-    mode.update(overrides)
-    return mode
-
-
-def _grpc_service(phase: str) -> dict[str, Any]:
-    return {
-        "envoy_grpc": {"cluster_name": EXTPROC_CLUSTER},
-        "initial_metadata": [{"key": PHASE_METADATA, "value": phase}],
-    }
-
-
-def _router_ext_proc(config: Config) -> dict[str, Any]:
-    return {
-        "@type": _EXT_PROC,
-        "grpc_service": _grpc_service(ROUTER_PHASE),
-        "failure_mode_allow": False,
-        "message_timeout": f"{config.extproc.message_timeout_ms / 1000:g}s",
-        "processing_mode": _processing_mode(),
-        # Single-target models handle their response in this filter (see phases/router.py).
-        "allow_mode_override": True,
-        "status_on_error": {"code": EXTPROC_FAILURE_STATUS},
-        "metadata_options": {"receiving_namespaces": {"untyped": ["envoy.lb", DIALECT_NAMESPACE]}},
-    }
-
-
-def _upstream_ext_proc(config: Config) -> dict[str, Any]:
-    """Per attempt: the response's headers are held until its first content (issue #19).
-
-    Body chunks must reach the ext_proc while it holds its answer to the headers,
-    so the body mode is STREAMED with send_body_without_waiting_for_header_response
-    (which makes Envoy ignore mode_override: non-streamed answers arrive in chunks
-    too, and the ext_proc buffers them). A hold may outlast message_timeout by
-    asking for more time, up to max_message_timeout. See README "Stream-safe failover".
-    """
-    longest_hold = max(config.first_token_timeout_s, config.timeouts.attempt_s)
-    return {
-        "@type": _EXT_PROC,
-        "grpc_service": _grpc_service(UPSTREAM_PHASE),
-        "failure_mode_allow": False,
-        "message_timeout": f"{config.extproc.message_timeout_ms / 1000:g}s",
-        "max_message_timeout": _seconds(longest_hold + HOLD_MARGIN_S),
-        "processing_mode": _processing_mode(
-            response_header_mode="SEND", response_body_mode="STREAMED"
-        ),
-        "send_body_without_waiting_for_header_response": True,
-        "request_attributes": ["xds.upstream_host_metadata"],
-        "mutation_rules": {"allow_all_routing": True},
-        "status_on_error": {"code": EXTPROC_FAILURE_STATUS},
     }
 
 
@@ -544,8 +479,8 @@ def _outlier_detection(config: Config) -> dict[str, Any]:
         "enforcing_consecutive_gateway_failure": 0,
         "enforcing_success_rate": 0,
         "enforcing_local_origin_success_rate": 0,
-        "base_ejection_time": _seconds(config.routing.breaker.open_s),
-        "max_ejection_time": _seconds(config.routing.breaker.open_s),
+        "base_ejection_time": seconds(config.routing.breaker.open_s),
+        "max_ejection_time": seconds(config.routing.breaker.open_s),
         "max_ejection_percent": 100,
         "interval": "1s",
     }
@@ -580,7 +515,7 @@ def _upstream_options(config: Config, tls: bool, *, per_attempt: bool) -> dict[s
     }
     if per_attempt:
         options["http_filters"] = [
-            {"name": UPSTREAM_FILTER, "typed_config": _upstream_ext_proc(config)},
+            {"name": UPSTREAM_FILTER, "typed_config": upstream_ext_proc(config)},
             {"name": "envoy.filters.http.upstream_codec", "typed_config": {"@type": _CODEC}},
         ]
     return options

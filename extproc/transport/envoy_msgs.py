@@ -26,7 +26,7 @@ _HEADER_MODES = {
     "SKIP": processing_mode_pb2.ProcessingMode.SKIP,
 }
 _PM = processing_mode_pb2.ProcessingMode
-_BASE_MODE = _PM(  # bootstrap._processing_mode, as both filters are configured
+_BASE_MODE = _PM(  # ext_proc_filters._processing_mode; only the router filter takes overrides
     request_header_mode=_PM.SEND,
     response_header_mode=_PM.SEND,
     request_body_mode=_PM.BUFFERED,
