@@ -382,11 +382,15 @@ class Attempt:
             # lasts the attempt timeout: shorter ones are not held against the target.
             # Resets and refused connections are Envoy's outlier detection's to count
             # (see envoy_config._outlier_detection).
-            waited = time.perf_counter() - self.plan.started
-            if waited >= 0.9 * self.context.config.timeouts.attempt_s:
+            if self.lasted_its_timeout():
                 self.record_failure()
         self.state.cut = True
         self.finish()
+
+    def lasted_its_timeout(self) -> bool:
+        """Ended about when Envoy's per-try timeout would end it (not a quick reset)."""
+        waited = time.perf_counter() - self.plan.started
+        return waited >= 0.9 * self.context.config.timeouts.attempt_s
 
     def local_reply(self, headers: dict[str, str]) -> None:
         """Envoy answered for the provider (timeout, reset, refused): a failed attempt."""

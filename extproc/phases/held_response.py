@@ -161,7 +161,6 @@ class HeldResponse:
             self.failed = True
             attempt = self.attempt
             # Envoy's per-try timeout ends a held attempt too: a stall, not a reset.
-            waited = time.perf_counter() - attempt.plan.started
-            timed_out = waited >= 0.9 * attempt.context.config.timeouts.attempt_s
+            timed_out = attempt.lasted_its_timeout()
             reason: FailoverReason = "stall_before_content" if timed_out else "reset_before_content"
             attempt.failed_before_content(reason, 502, failover=not attempt.is_last())
