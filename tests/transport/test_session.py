@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from extproc.envoy.bootstrap import PHASE_METADATA
+from extproc.envoy.contract import PHASE_METADATA
 from extproc.phases.actions import Continue, Hold
 from extproc.phases.router import RouterStream
 from extproc.phases.upstream import UpstreamStream
